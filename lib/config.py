@@ -1,0 +1,417 @@
+"""Typed configuration: loading, validation that reports every problem at once, overrides,
+secret references and the run fingerprint.
+
+Secrets are never literal: a secret field holds `${ENV_VAR}` or
+`aws-secretsmanager:<secret-id>#<json-key>`, resolved only when a connection is opened.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from lib.errors import ConfigError
+from lib.identifiers import split_qualified
+
+DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.json"
+
+SECRET_KEYS = {"password", "private_key", "private_key_file_pwd", "private_key_passphrase", "token", "passcode"}
+SECRETS_MANAGER_PREFIX = "aws-secretsmanager:"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+CHUNKING_TYPES = ("date", "numeric")
+
+
+@dataclass(frozen=True)
+class Settings:
+    parallel_threads: int = 2
+    batch_size: int = 50_000
+    chunk_rows: int = 250_000
+    resume_max_age: float = 168.0
+    lease_seconds: int = 900
+    max_attempts: int = 3
+    memory_budget_mb: int = 2048
+
+
+SETTING_NAMES = tuple(Settings.__dataclass_fields__)
+
+# Options whose names are reserved by the product but not implemented yet: rejected, never ignored.
+NOT_SUPPORTED_TABLE_OPTIONS = {"source_watermark", "target_watermark"}
+TABLE_OPTIONS = {
+    "source", "target", "chunking_columns", "chunking_column_types", "source_filter",
+    "truncate_onstart", "insert_only_mode", "chunk_rows",
+} | NOT_SUPPORTED_TABLE_OPTIONS
+
+# Keys an execution (Step Functions input or CLI flag) may override. Everything else is refused.
+OVERRIDE_KEYS = {"source_name", "tables", "no_resume", *SETTING_NAMES}
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    source: tuple[str, ...]  # (db, schema, table) after folding; db/schema default to the source's
+    target: tuple[str, str]  # (schema, table)
+    chunking_columns: tuple[str, ...] = ()
+    chunking_column_types: tuple[str, ...] = ()
+    source_filter: str | None = None
+    truncate_onstart: bool = False
+    insert_only_mode: bool = True
+    chunk_rows: int | None = None
+
+    @property
+    def name(self) -> str:
+        """The table's name in the ledger: the source table as the user sees it."""
+        return ".".join(self.source)
+
+    @property
+    def target_name(self) -> str:
+        return ".".join(self.target)
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    name: str
+    snowflake: dict[str, Any]
+    postgres: dict[str, Any]
+    tables: tuple[TableSpec, ...]
+    settings: Settings
+    no_resume: bool = False
+    _secret_cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def chunk_rows(self, table: TableSpec) -> int:
+        return table.chunk_rows or self.settings.chunk_rows
+
+    def snowflake_connect_args(self) -> dict[str, Any]:
+        return _resolve_tree(self.snowflake, self._secret_cache)
+
+    def postgres_connect_args(self) -> dict[str, Any]:
+        return _resolve_tree(self.postgres, self._secret_cache)
+
+    def fingerprint(self) -> str:
+        """Hash of what decides the plan: source identity, target database, tables, chunk size.
+
+        Runtime knobs (threads, batch size, resume window, leases) and credentials are excluded,
+        so changing them does not prevent a resume.
+        """
+        sf = self.snowflake_connect_args()
+        pg = self.postgres_connect_args()
+        identity = {
+            "source_name": self.name,
+            "snowflake": {k: sf.get(k) for k in ("account", "database", "schema")},
+            "postgres": {"dbname": pg.get("dbname")},
+            "chunk_rows": self.settings.chunk_rows,
+            "tables": [asdict(t) for t in self.tables],
+        }
+        canonical = json.dumps(identity, sort_keys=True, default=str)
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config without secrets, safe for logs and run metadata."""
+        return {
+            "source_name": self.name,
+            "snowflake": {k: ("***" if k in SECRET_KEYS else v) for k, v in self.snowflake.items()},
+            "postgres": {k: ("***" if k in SECRET_KEYS else v) for k, v in self.postgres.items()},
+            "settings": asdict(self.settings),
+            "tables": [t.name for t in self.tables],
+        }
+
+
+def load_config(
+    source_name: str | None,
+    overrides: dict[str, Any] | None = None,
+    path: str | os.PathLike[str] | None = None,
+) -> SourceConfig:
+    """Load config.json, apply overrides and validate; raise ConfigError listing every problem."""
+    path = Path(path or os.environ.get("MIGRATION_CONFIG") or DEFAULT_CONFIG_PATH)
+    try:
+        raw = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError([f"config file {path} does not exist"]) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError([f"config file {path} is not valid JSON: {exc}"]) from None
+    return parse_config(raw, source_name, overrides or {})
+
+
+def parse_config(raw: Any, source_name: str | None, overrides: dict[str, Any]) -> SourceConfig:
+    problems: list[str] = []
+    overrides = dict(overrides)
+    unknown = sorted(set(overrides) - OVERRIDE_KEYS)
+    for key in unknown:
+        problems.append(f"override {key!r} is not allowed (allowed: {', '.join(sorted(OVERRIDE_KEYS))})")
+    source_name = overrides.pop("source_name", None) or source_name
+
+    if not isinstance(raw, dict):
+        raise ConfigError(["the config must be a JSON object with 'defaults' and 'sources'"])
+    for key in sorted(set(raw) - {"defaults", "sources", "$comment"}):
+        problems.append(f"unknown top-level key {key!r}")
+
+    settings = _parse_settings(raw.get("defaults", {}), "defaults", problems, Settings())
+    sources = raw.get("sources")
+    if not isinstance(sources, dict) or not sources:
+        raise ConfigError([*problems, "'sources' must be a non-empty object of named sources"])
+    if not source_name:
+        raise ConfigError([*problems, f"no source chosen: use --source NAME (one of: {', '.join(sorted(sources))})"])
+    if source_name not in sources:
+        raise ConfigError([*problems, f"unknown source {source_name!r} (configured: {', '.join(sorted(sources))})"])
+    src = sources[source_name]
+    where = f"sources.{source_name}"
+    if not isinstance(src, dict):
+        raise ConfigError([*problems, f"{where} must be an object"])
+    for key in sorted(set(src) - {"snowflake", "postgres", "tables", "defaults", "$comment"}):
+        problems.append(f"{where}: unknown key {key!r}")
+
+    settings = _parse_settings(src.get("defaults", {}), f"{where}.defaults", problems, settings)
+    setting_overrides = {k: v for k, v in overrides.items() if k in SETTING_NAMES}
+    settings = _parse_settings(setting_overrides, "overrides", problems, settings)
+
+    snowflake = _parse_connection(src.get("snowflake"), f"{where}.snowflake", problems, ("account", "user", "database", "schema"))
+    postgres = _parse_connection(src.get("postgres"), f"{where}.postgres", problems, ("dbname",))
+
+    default_db = str(snowflake.get("database", "")) if "${" not in str(snowflake.get("database", "")) else None
+    default_schema = str(snowflake.get("schema", "")) if "${" not in str(snowflake.get("schema", "")) else None
+    tables = _parse_tables(src.get("tables"), where, problems, default_db, default_schema)
+
+    wanted = overrides.get("tables")
+    if wanted is not None:
+        tables = _select_tables(tables, wanted, problems)
+
+    if problems:
+        raise ConfigError(problems)
+    return SourceConfig(
+        name=source_name,
+        snowflake=snowflake,
+        postgres=postgres,
+        tables=tuple(tables),
+        settings=settings,
+        no_resume=bool(overrides.get("no_resume", False)),
+    )
+
+
+def _parse_settings(raw: Any, where: str, problems: list[str], base: Settings) -> Settings:
+    if not isinstance(raw, dict):
+        problems.append(f"{where} must be an object")
+        return base
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key == "$comment":
+            continue
+        if key not in SETTING_NAMES:
+            problems.append(f"{where}: unknown setting {key!r}{_suggest(key, SETTING_NAMES)}")
+            continue
+        if key == "resume_max_age":
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
+            kind = "a positive number of hours"
+        else:
+            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
+            kind = "a positive integer"
+        if not ok:
+            problems.append(f"{where}.{key} must be {kind}, got {value!r}")
+            continue
+        values[key] = value
+    return replace(base, **values)
+
+
+def _parse_connection(raw: Any, where: str, problems: list[str], required: tuple[str, ...]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        problems.append(f"{where} must be an object of connection settings")
+        return {}
+    for key in required:
+        if key not in raw:
+            problems.append(f"{where}.{key} is required")
+    for key, value in raw.items():
+        if key in SECRET_KEYS and not _is_reference(value):
+            problems.append(
+                f"{where}.{key} must be a reference like ${{ENV_VAR}} or "
+                f"{SECRETS_MANAGER_PREFIX}<secret-id>#<key>, never a literal secret"
+            )
+        for name in _ENV_REF.findall(json.dumps(value)):
+            if name not in os.environ:
+                problems.append(f"{where}.{key} references ${{{name}}}, which is not set in the environment")
+    return dict(raw)
+
+
+def _is_reference(value: Any) -> bool:
+    return isinstance(value, str) and (
+        bool(_ENV_REF.fullmatch(value)) or value.startswith(SECRETS_MANAGER_PREFIX)
+    )
+
+
+def _parse_tables(
+    raw: Any, where: str, problems: list[str], default_db: str | None, default_schema: str | None
+) -> list[TableSpec]:
+    if not isinstance(raw, list) or not raw:
+        problems.append(f"{where}.tables must be a non-empty list")
+        return []
+    tables: list[TableSpec] = []
+    seen_targets: dict[str, str] = {}
+    for i, item in enumerate(raw):
+        label = f"{where}.tables[{i}]"
+        if not isinstance(item, dict):
+            problems.append(f"{label} must be an object")
+            continue
+        if isinstance(item.get("source"), str):
+            label = f"{label} ({item['source']})"
+        spec = _parse_table(item, label, problems, default_db, default_schema)
+        if spec is None:
+            continue
+        if spec.target_name in seen_targets:
+            problems.append(f"{label}: target {spec.target_name} is also the target of {seen_targets[spec.target_name]}")
+        seen_targets[spec.target_name] = label
+        tables.append(spec)
+    return tables
+
+
+def _parse_table(
+    item: dict[str, Any], label: str, problems: list[str], default_db: str | None, default_schema: str | None
+) -> TableSpec | None:
+    before = len(problems)
+    for key in item:
+        if key == "$comment":
+            continue
+        if key not in TABLE_OPTIONS:
+            problems.append(f"{label}: unknown option {key!r}{_suggest(key, TABLE_OPTIONS)}")
+        elif key in NOT_SUPPORTED_TABLE_OPTIONS and item[key] not in (None, ""):
+            problems.append(f"{label}: option {key!r} is not supported yet (incremental loads come later); remove it")
+    if item.get("insert_only_mode", True) is not True:
+        problems.append(
+            f"{label}: insert_only_mode=false (merge/upsert) is not supported yet; "
+            "only appending into a new or truncated table is"
+        )
+
+    source = item.get("source")
+    source_parts: tuple[str, ...] = ()
+    if not isinstance(source, str) or not source.strip():
+        problems.append(f"{label}: 'source' is required (TABLE, SCHEMA.TABLE or DB.SCHEMA.TABLE)")
+    else:
+        try:
+            source_parts = split_qualified(source, "upper")
+        except ValueError as exc:
+            problems.append(f"{label}: source: {exc}")
+        if len(source_parts) > 3:
+            problems.append(f"{label}: source {source!r} has more than three parts")
+        elif source_parts and len(source_parts) < 3:
+            if default_db is None or default_schema is None:
+                problems.append(f"{label}: source must be DB.SCHEMA.TABLE when database/schema come from the environment")
+            else:
+                defaults = (split_qualified(default_db, "upper")[0], split_qualified(default_schema, "upper")[0])
+                source_parts = defaults[: 3 - len(source_parts)] + source_parts
+
+    target_raw = item.get("target")
+    target: tuple[str, str] = ("public", "")
+    if target_raw is None and source_parts:
+        table = source_parts[-1]
+        target = ("public", table.lower() if table.isupper() else table)
+    elif not isinstance(target_raw, str):
+        problems.append(f"{label}: 'target' must be a string like schema.table")
+    else:
+        try:
+            parts = split_qualified(target_raw, "lower")
+            if len(parts) == 1:
+                target = ("public", parts[0])
+            elif len(parts) == 2:
+                target = (parts[0], parts[1])
+            else:
+                problems.append(f"{label}: target {target_raw!r} must be TABLE or SCHEMA.TABLE")
+        except ValueError as exc:
+            problems.append(f"{label}: target: {exc}")
+
+    columns = item.get("chunking_columns", [])
+    types = item.get("chunking_column_types", [])
+    if not isinstance(columns, list) or not all(isinstance(c, str) and c for c in columns):
+        problems.append(f"{label}: chunking_columns must be a list of column names")
+        columns = []
+    if not isinstance(types, list) or not all(isinstance(t, str) for t in types):
+        problems.append(f"{label}: chunking_column_types must be a list of types")
+        types = []
+    if len(columns) > 1:
+        problems.append(f"{label}: chunking on more than one column is not supported yet; give one column")
+    if types and len(types) != len(columns):
+        problems.append(f"{label}: chunking_column_types has {len(types)} entries for {len(columns)} chunking_columns")
+    for t in types:
+        if t not in CHUNKING_TYPES:
+            problems.append(f"{label}: chunking_column_types entry {t!r} must be one of {', '.join(CHUNKING_TYPES)}")
+    if columns and not types:
+        problems.append(f"{label}: chunking_column_types is required with chunking_columns (one of {', '.join(CHUNKING_TYPES)})")
+
+    source_filter = item.get("source_filter")
+    if source_filter is not None and (not isinstance(source_filter, str) or not source_filter.strip()):
+        problems.append(f"{label}: source_filter must be a non-empty SQL predicate string")
+    for flag in ("truncate_onstart", "insert_only_mode"):
+        if flag in item and not isinstance(item[flag], bool):
+            problems.append(f"{label}: {flag} must be true or false")
+    chunk_rows = item.get("chunk_rows")
+    if chunk_rows is not None and (not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows <= 0):
+        problems.append(f"{label}: chunk_rows must be a positive integer")
+
+    if len(problems) > before:
+        return None
+    return TableSpec(
+        source=source_parts,
+        target=target,
+        chunking_columns=tuple(split_qualified(c, "upper")[0] for c in columns),
+        chunking_column_types=tuple(types),
+        source_filter=source_filter,
+        truncate_onstart=bool(item.get("truncate_onstart", False)),
+        insert_only_mode=True,
+        chunk_rows=chunk_rows,
+    )
+
+
+def _select_tables(tables: list[TableSpec], wanted: Any, problems: list[str]) -> list[TableSpec]:
+    if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
+        problems.append("override 'tables' must be a list of table names")
+        return tables
+    chosen = []
+    for w in wanted:
+        folded = split_qualified(w, "upper")
+        match = [t for t in tables if t.source[-len(folded):] == folded or t.target_name == w]
+        if not match:
+            problems.append(f"override 'tables': {w!r} is not a configured table ({', '.join(t.name for t in tables)})")
+        chosen.extend(m for m in match if m not in chosen)
+    return chosen
+
+
+def _suggest(key: str, options: Any) -> str:
+    close = difflib.get_close_matches(key, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _resolve_tree(tree: dict[str, Any], cache: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out[key] = _resolve_tree(value, cache)
+        elif isinstance(value, str):
+            out[key] = _resolve_value(value, cache)
+        else:
+            out[key] = value
+    if "port" in out and isinstance(out["port"], str) and out["port"].isdigit():
+        out["port"] = int(out["port"])
+    return out
+
+
+def _resolve_value(value: str, cache: dict[str, str]) -> str:
+    if value.startswith(SECRETS_MANAGER_PREFIX):
+        if value not in cache:
+            cache[value] = _fetch_secret(value[len(SECRETS_MANAGER_PREFIX):])
+        return cache[value]
+    return _ENV_REF.sub(lambda m: os.environ.get(m.group(1), ""), value)
+
+
+def _fetch_secret(reference: str) -> str:
+    import boto3
+
+    secret_id, _, json_key = reference.partition("#")
+    response = boto3.client("secretsmanager").get_secret_value(SecretId=secret_id)
+    secret = response["SecretString"]
+    if not json_key:
+        return secret
+    try:
+        return str(json.loads(secret)[json_key])
+    except (ValueError, KeyError):
+        raise ConfigError([f"secret {secret_id!r} has no JSON key {json_key!r}"]) from None

@@ -1,0 +1,80 @@
+"""Plain data passed between modules: chunk bounds, planned chunks, table plans, claimed chunks."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+BoundKind = Literal["all", "range", "null"]
+KeyKind = Literal["date", "numeric"]
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """Which rows a chunk holds: all rows, `lo <= key < hi` (either end open), or `key IS NULL`.
+
+    Values are kept as strings (ISO dates, exact decimals) so they survive JSON and never lose
+    precision; `lo`/`hi` of None mean open below/above.
+    """
+
+    kind: BoundKind
+    column: str | None = None
+    key_kind: KeyKind | None = None
+    lo: str | None = None
+    hi: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | dict[str, Any]) -> Bounds:
+        data = json.loads(text) if isinstance(text, str) else text
+        return cls(**data)
+
+    def describe(self) -> str:
+        """Human-readable predicate for logs, plan output and the ledger."""
+        if self.kind == "all":
+            return "all rows"
+        if self.kind == "null":
+            return f"{self.column} IS NULL"
+        key = f"DATE({self.column})" if self.key_kind == "date" else str(self.column)
+        parts = []
+        if self.lo is not None:
+            parts.append(f"{key} >= {self.lo}")
+        if self.hi is not None:
+            parts.append(f"{key} < {self.hi}")
+        return " AND ".join(parts) if parts else f"{self.column} IS NOT NULL"
+
+
+@dataclass(frozen=True)
+class PlannedChunk:
+    chunk_no: int
+    bounds: Bounds
+    expected_rows: int
+
+
+@dataclass
+class TablePlan:
+    strategy: str
+    chunks: list[PlannedChunk]
+    reason: str
+    queries: int = 0
+    seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def expected_rows(self) -> int:
+        return sum(c.expected_rows for c in self.chunks)
+
+
+@dataclass(frozen=True)
+class ClaimedChunk:
+    chunk_id: int
+    run_id: int
+    table_name: str
+    chunk_no: int
+    bounds: Bounds
+    expected_rows: int
+    fence: int
+    attempts: int

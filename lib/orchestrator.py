@@ -1,0 +1,302 @@
+"""The order of a run: resume or plan → work → reconcile → finalize. The only module that knows it.
+
+Each step is callable on its own (the Step Functions handlers call them one by one); `run()`
+chains them for a local invocation and guarantees the run status is persisted on every exit.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from lib import postgres_target as pg
+from lib import status
+from lib.budget import fit_threads
+from lib.config import SourceConfig, TableSpec
+from lib.errors import FatalError, MigrationError
+from lib.log import ctx, get_logger
+from lib.planner import plan_table
+from lib.reconcile import reconcile_table
+from lib.snowflake_source import SnowflakeSource, columns_from_description
+from lib.typemap import estimated_row_bytes
+from lib.worker import WorkerStats, Worker, WorkPlan
+
+log = get_logger()
+
+
+@dataclass
+class StartResult:
+    run_id: int
+    mode: str  # "fresh" | "resumed" | "nothing_to_do"
+    message: str
+
+
+@dataclass
+class RunResult:
+    run_id: int
+    mode: str
+    status: str
+    message: str
+    seconds: float
+    tables: list[dict[str, Any]] = field(default_factory=list)
+    counters: dict[str, int] = field(default_factory=dict)
+
+
+def _hash_lock_key(conn: psycopg.Connection[Any], config_hash: str) -> int:
+    row = conn.execute("SELECT hashtextextended(%s, 7)", (config_hash,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def start_run(config: SourceConfig) -> StartResult:
+    """Resume the run of this config, or plan a new one. Two starters at once join one run."""
+    config_hash = config.fingerprint()
+    max_age = config.settings.resume_max_age
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        status.apply_migrations(conn)
+        key = _hash_lock_key(conn, config_hash)
+        conn.execute("SELECT pg_advisory_lock(%s)", (key,))
+        try:
+            latest = status.find_latest_run(conn, config_hash)
+            if latest and config.no_resume:
+                if latest.status != "completed":
+                    status.abandon_run(conn, latest.run_id, "superseded by a --no-resume run")
+                log.info("no_resume: not resuming run %s (%s); starting a fresh run", latest.run_id, latest.status)
+                latest = None
+            elif latest and latest.age_hours > max_age:
+                log.info(
+                    "run %s started %.1f h ago, beyond resume_max_age=%s h: not resumed, starting a fresh run",
+                    latest.run_id, latest.age_hours, max_age,
+                )
+                if latest.status != "completed":
+                    status.abandon_run(conn, latest.run_id, f"older than resume_max_age={max_age} h")
+                latest = None
+            if latest and latest.status == "completed":
+                return StartResult(
+                    latest.run_id, "nothing_to_do",
+                    f"run {latest.run_id} of this config already completed ({latest.age_hours:.1f} h ago): "
+                    "nothing left to do; use --no-resume to copy everything again",
+                )
+            if latest:
+                run_id, mode = latest.run_id, "resumed"
+                retried = status.reset_failed(conn, run_id)
+                status.set_run_status(conn, run_id, "running")
+                message = f"resuming run {run_id} (started {latest.age_hours:.1f} h ago, was {latest.status})"
+                if retried:
+                    message += f"; {retried} failed chunk(s) get new attempts"
+            else:
+                run_id = status.create_run(conn, config_hash, config.name, {
+                    "source_names": [config.name], "config": config.redacted(),
+                })
+                mode, message = "fresh", f"started run {run_id}"
+            log.info(message, **ctx(run_id=run_id))
+            _plan_missing_tables(conn, config, run_id)
+            return StartResult(run_id, mode, message)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def _plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> None:
+    """Plan each table that has no stored plan yet. A stored plan is never recomputed."""
+    planned = status.planned_tables(conn, run_id)
+    todo = [t for t in config.tables if t.name not in planned]
+    if not todo:
+        return
+    source = SnowflakeSource(config.snowflake_connect_args())
+    try:
+        for spec in todo:
+            try:
+                _plan_one(conn, source, config, run_id, spec)
+            except MigrationError as exc:
+                log.error("table failed at planning: %s", exc, **ctx(run_id=run_id, table=spec.name))
+                status.record_table_failure(conn, run_id, spec.name, spec.target_name, str(exc))
+    finally:
+        source.close()
+
+
+def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
+              spec: TableSpec) -> None:
+    described = source.describe(spec.source)
+    columns = columns_from_description(described)
+    plan = plan_table(source, spec, columns, config.chunk_rows(spec))
+    with conn.transaction():
+        created = pg.ensure_table(conn, spec.target, columns)
+        if not created:
+            if spec.truncate_onstart:
+                pg.truncate(conn, spec.target)
+                plan.notes.append(f"target {spec.target_name} truncated (truncate_onstart) when this run was planned")
+            elif pg.has_rows(conn, spec.target):
+                raise FatalError(
+                    f"target table {spec.target_name} already holds rows; appending would duplicate them. "
+                    "Set truncate_onstart=true for this table or empty it first"
+                )
+        status.store_plan(conn, run_id, spec.name, spec.target_name, plan, described)
+    log.info(
+        "planned %s: %s strategy, %d chunks, %d rows expected, %d query in %.2fs (%s)",
+        spec.name, plan.strategy, len(plan.chunks), plan.expected_rows, plan.queries, plan.seconds, plan.reason,
+        **ctx(run_id=run_id, table=spec.name),
+    )
+    for note in plan.notes:
+        log.info("plan note: %s", note, **ctx(run_id=run_id, table=spec.name))
+
+
+def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) -> WorkPlan:
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        stored = status.table_columns(conn, run_id)
+    tables = {
+        spec.name: (spec, columns_from_description(stored[spec.name]))
+        for spec in config.tables if spec.name in stored
+    }
+    return WorkPlan(config, run_id, tables, deadline=deadline)
+
+
+def thread_count(config: SourceConfig, plan: WorkPlan) -> int:
+    row_bytes = max((estimated_row_bytes(cols) for _, cols in plan.tables.values()), default=64)
+    threads, why = fit_threads(config.settings.parallel_threads, config.settings.batch_size, row_bytes,
+                               config.settings.memory_budget_mb)
+    if why:
+        log.warning(why, **ctx(run_id=plan.run_id))
+    return threads
+
+
+def work(plan: WorkPlan, threads: int) -> WorkerStats:
+    """Run `threads` workers until no chunk is claimable (or stop/deadline). Returns summed stats."""
+    workers = [Worker(plan) for _ in range(threads)]
+    pool = [threading.Thread(target=w.run, name=w.name, daemon=True) for w in workers]
+    for t in pool:
+        t.start()
+    try:
+        for t in pool:
+            while t.is_alive():
+                t.join(0.2)
+    except KeyboardInterrupt:
+        plan.stop.set()
+        log.warning("stop requested: finishing in-flight chunks, claiming no more (Ctrl-C again to abort)")
+        for t in pool:
+            t.join()
+        raise
+    total = WorkerStats()
+    for w in workers:
+        total.chunks_done += w.stats.chunks_done
+        total.chunks_failed += w.stats.chunks_failed
+        total.rows += w.stats.rows
+        total.bytes += w.stats.bytes
+        total.errors.extend(w.stats.errors)
+    return total
+
+
+def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
+    """Reconcile every table of the run whose chunks are all done or failed and that is not yet reconciled."""
+    done: list[str] = []
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        counts = status.chunk_counts(conn, run_id)
+        pending = {r["table_name"] for r in status.table_rows(conn, run_id) if r["status"] == "running"}
+        source = SnowflakeSource(config.snowflake_connect_args())
+        try:
+            for spec in config.tables:
+                chunks = counts.get(spec.name)
+                if spec.name not in pending or chunks is None or chunks["pending"] or chunks["running"]:
+                    continue
+                rec = reconcile_table(source, conn, run_id, spec, chunks)
+                level = log.info if rec.ok else log.error
+                level("reconciled: source %s, target %s%s", rec.source_count, rec.target_count,
+                      "" if rec.ok else f" — {rec.error}", **ctx(run_id=run_id, table=spec.name))
+                done.append(spec.name)
+        finally:
+            source.close()
+    return done
+
+
+def finalize_run(config: SourceConfig, run_id: int, interrupted: bool = False, error: str | None = None) -> str:
+    """Persist the run's true status and counters, derived from the table and chunk ledgers."""
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        counters = status.finalize_run_counters(conn, run_id)
+        counts = status.chunk_counts(conn, run_id)
+        unfinished = any(c["pending"] or c["running"] for c in counts.values())
+        tables = status.table_rows(conn, run_id)
+        open_tables = any(t["status"] in ("pending", "running") for t in tables)
+        if interrupted or unfinished or open_tables:
+            final = "running"  # resumable: the next start with this config picks it up
+        elif error:
+            final = "failed"
+        elif counters["failed_tables"]:
+            final = "completed_with_errors"
+        else:
+            final = "completed"
+        status.set_run_status(conn, run_id, final, error)
+    return final
+
+
+def run(config: SourceConfig) -> RunResult:
+    """Local invocation: start or resume, copy with threads, reconcile, finalize — on every exit path."""
+    started = time.monotonic()
+    start = start_run(config)
+    if start.mode == "nothing_to_do":
+        return RunResult(start.run_id, start.mode, "completed", start.message, 0.0,
+                         tables=summarize(config, start.run_id, None))
+    wall_start = _db_now(config)
+    interrupted, error = False, None
+    final = "running"
+    try:
+        plan = work_plan(config, start.run_id)
+        if plan.tables:
+            threads = thread_count(config, plan)
+            log.info("copying with %d thread(s)", threads, **ctx(run_id=start.run_id))
+            work(plan, threads)
+        reconcile_finished_tables(config, start.run_id)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    except MigrationError as exc:
+        error = str(exc)
+        raise
+    finally:
+        try:
+            final = finalize_run(config, start.run_id, interrupted, error)
+        except Exception as exc:  # noqa: BLE001 - the original error matters more; log this one
+            log.error("could not persist the final run status: %s", exc, **ctx(run_id=start.run_id))
+    return RunResult(start.run_id, start.mode, final, start.message, round(time.monotonic() - started, 2),
+                     tables=summarize(config, start.run_id, wall_start))
+
+
+def _db_now(config: SourceConfig) -> Any:
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        row = conn.execute("SELECT now()").fetchone()
+        assert row is not None
+        return row[0]
+
+
+def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, Any]]:
+    """Per table: ledger state plus rows/s and MB/s of the chunks copied since `since`."""
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        tables = status.table_rows(conn, run_id)
+        speed = {}
+        if since is not None:
+            for name, rows, nbytes, secs in conn.execute(
+                f"SELECT table_name, sum(rows_copied), sum(bytes_copied), "
+                "extract(epoch FROM max(completed_at) - min(started_at)) "
+                f"FROM {status.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done' "
+                "AND completed_at >= %s GROUP BY 1",
+                (run_id, since),
+            ).fetchall():
+                secs = max(float(secs or 0), 0.001)
+                speed[name] = (int(rows), round(int(rows) / secs), round(int(nbytes or 0) / secs / 2**20, 1))
+        counts = status.chunk_counts(conn, run_id)
+    out = []
+    for t in tables:
+        name = t["table_name"]
+        c = counts.get(name, {})
+        rows_now, rows_s, mb_s = speed.get(name, (0, 0, 0.0))
+        out.append({
+            "table": name, "target": t["target_table"], "status": t["status"], "strategy": t["strategy"],
+            "chunks": sum(c.get(k, 0) for k in ("pending", "running", "done", "failed")),
+            "chunks_failed": c.get("failed", 0), "expected_rows": t["planned_rows"],
+            "rows_copied": c.get("rows_copied", 0), "rows_copied_now": rows_now,
+            "source_count": t["source_count"], "target_count": t["target_count"],
+            "reconcile": t["reconcile_status"], "rows_per_s": rows_s, "mb_per_s": mb_s, "error": t["error"],
+        })
+    return out

@@ -1,0 +1,148 @@
+"""PostgreSQL side: create target tables from the type map, and COPY Arrow batches in binary.
+
+Batches are cast to each column's wire type and encoded by pgpq straight into the binary COPY
+format, so no Python object is built per value.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import pgpq
+import pgpq.encoders as pgpq_encoders
+import pgpq.schema as pgpq_schema
+import psycopg
+import pyarrow as pa
+import pyarrow.compute as pc
+from psycopg import sql
+
+from lib.errors import FatalError, classify
+from lib.typemap import Column
+
+CONNECT_KEYS = {
+    "host", "port", "dbname", "user", "password", "sslmode", "sslrootcert", "connect_timeout",
+    "application_name", "options", "target_session_attrs", "sslcert", "sslkey",
+}
+
+
+def connect(args: dict[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
+    kwargs = {k: v for k, v in args.items() if k in CONNECT_KEYS}
+    kwargs.setdefault("application_name", "snowflake-pg-migrate")
+    try:
+        return psycopg.connect(autocommit=autocommit, **kwargs)
+    except Exception as exc:
+        raise classify(exc, "connecting to PostgreSQL") from exc
+
+
+def table_ident(target: tuple[str, str]) -> sql.Composed:
+    return sql.Identifier(*target)
+
+
+def table_exists(conn: psycopg.Connection[Any], target: tuple[str, str]) -> bool:
+    row = conn.execute(
+        "SELECT 1 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p')",
+        target,
+    ).fetchone()
+    return row is not None
+
+
+def target_columns(conn: psycopg.Connection[Any], target: tuple[str, str]) -> list[str]:
+    rows = conn.execute(
+        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
+        "ORDER BY ordinal_position",
+        target,
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def target_column_names(columns: list[Column]) -> list[str]:
+    """PostgreSQL column names: Snowflake's upper-case default becomes lower case, anything else
+    (mixed case, spaces, quotes) keeps its exact spelling."""
+    return [c.name.lower() if c.name == c.name.upper() else c.name for c in columns]
+
+
+def ensure_table(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> bool:
+    """Create the target table when missing; check an existing one has every column. True if created."""
+    names = target_column_names(columns)
+    if table_exists(conn, target):
+        existing = set(target_columns(conn, target))
+        missing = [n for n in names if n not in existing]
+        if missing:
+            raise FatalError(
+                f"target table {'.'.join(target)} exists but lacks column(s) {', '.join(missing)}"
+            )
+        return False
+    conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target[0])))
+    column_defs = sql.SQL(", ").join(
+        sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(c.pg_type)) for n, c in zip(names, columns, strict=True)
+    )
+    conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table_ident(target), column_defs))
+    return True
+
+
+def row_count(conn: psycopg.Connection[Any], target: tuple[str, str]) -> int:
+    row = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table_ident(target))).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def has_rows(conn: psycopg.Connection[Any], target: tuple[str, str]) -> bool:
+    return conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(table_ident(target))).fetchone() is not None
+
+
+def truncate(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
+    conn.execute(sql.SQL("TRUNCATE TABLE {}").format(table_ident(target)))
+
+
+def wire_schema(columns: list[Column]) -> pa.Schema:
+    return pa.schema([pa.field(n, c.wire) for n, c in zip(target_column_names(columns), columns, strict=True)])
+
+
+def to_wire(batch: pa.RecordBatch, columns: list[Column], schema: pa.Schema) -> pa.RecordBatch:
+    """Cast each source column to its wire type; a value that does not fit raises ArrowInvalid."""
+    arrays = []
+    for i, field in enumerate(schema):
+        array = batch.column(i)
+        if array.type != field.type:
+            options = pc.CastOptions(target_type=field.type, allow_time_truncate=True)
+            array = pc.cast(array, options=options)
+        arrays.append(array)
+    return pa.RecordBatch.from_arrays(arrays, schema=schema)
+
+
+def _encoder(schema: pa.Schema, columns: list[Column]) -> pgpq.ArrowToPostgresBinaryEncoder:
+    encoders = {}
+    for field, column in zip(schema, columns, strict=True):
+        if column.is_json:
+            encoders[field.name] = pgpq_encoders.StringEncoderBuilder.new_with_output(field, pgpq_schema.Jsonb())
+        else:
+            encoders[field.name] = pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(field)
+    return pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(schema, encoders)
+
+
+def copy_batches(
+    conn: psycopg.Connection[Any],
+    target: tuple[str, str],
+    columns: list[Column],
+    batches: Iterable[pa.RecordBatch],
+) -> tuple[int, int]:
+    """COPY the batches into the target inside the caller's transaction. Returns (rows, bytes)."""
+    schema = wire_schema(columns)
+    encoder = _encoder(schema, columns)
+    statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
+        table_ident(target), sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
+    )
+    rows = written = 0
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        copy.write(encoder.write_header())
+        for batch in batches:
+            if batch.num_rows == 0:
+                continue
+            payload = encoder.write_batch(to_wire(batch, columns, schema))
+            copy.write(payload)
+            rows += batch.num_rows
+            written += len(payload)
+        copy.write(encoder.finish())
+    return rows, written

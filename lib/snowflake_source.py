@@ -1,0 +1,173 @@
+"""Snowflake side: connect, describe a table, one aggregated stats query per strategy, stream Arrow.
+
+Identifiers are always quoted (`quote_snowflake`); values always travel as bound parameters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import date
+from decimal import Decimal
+from typing import Any
+
+import pyarrow as pa
+import snowflake.connector
+
+from lib.chunking import DayCount, KeyBucket
+from lib.errors import FatalError, classify
+from lib.identifiers import quote_snowflake, snowflake_name
+from lib.models import Bounds
+from lib.typemap import Column, map_column
+
+CONNECT_KEYS = {
+    "account", "user", "password", "host", "port", "protocol", "database", "schema", "warehouse", "role",
+    "authenticator", "private_key_file", "private_key_file_pwd", "token", "login_timeout", "network_timeout",
+    "session_parameters", "client_session_keep_alive", "passcode",
+}
+
+
+class SnowflakeSource:
+    def __init__(self, connect_args: dict[str, Any]) -> None:
+        self._args = {k: v for k, v in connect_args.items() if k in CONNECT_KEYS}
+        self._conn: snowflake.connector.SnowflakeConnection | None = None
+
+    def connection(self) -> snowflake.connector.SnowflakeConnection:
+        if self._conn is None or self._conn.is_closed():
+            try:
+                self._conn = snowflake.connector.connect(**self._args)
+            except Exception as exc:
+                raise classify(exc, "connecting to Snowflake") from exc
+        return self._conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
+                pass
+            self._conn = None
+
+    def _fetchall(self, sql: str, params: dict[str, Any] | None, context: str) -> list[tuple[Any, ...]]:
+        try:
+            with self.connection().cursor() as cur:
+                cur.execute(sql, params)
+                return list(cur.fetchall())
+        except Exception as exc:
+            raise classify(exc, context) from exc
+
+    def describe(self, table: tuple[str, ...]) -> list[dict[str, Any]]:
+        """The table's columns as stored in the plan: name, data_type, precision, scale, char_length, nullable."""
+        db, schema, name = table
+        rows = self._fetchall(
+            f"SELECT column_name, data_type, numeric_precision, numeric_scale, character_maximum_length, is_nullable "
+            f"FROM {quote_snowflake(db)}.information_schema.columns "
+            f"WHERE table_schema = %(schema)s AND table_name = %(table)s ORDER BY ordinal_position",
+            {"schema": schema, "table": name},
+            f"describing source table {'.'.join(table)}",
+        )
+        if not rows:
+            raise FatalError(
+                f"source table {'.'.join(table)} does not exist or the configured role cannot see it"
+            )
+        described = [
+            {"name": r[0], "data_type": r[1], "precision": r[2], "scale": r[3], "char_length": r[4],
+             "nullable": str(r[5]).upper() != "NO"}
+            for r in rows
+        ]
+        columns_from_description(described)  # fail now, at planning, on a type with no mapping
+        return described
+
+    def count(self, table: tuple[str, ...], source_filter: str | None) -> int:
+        sql = f"SELECT COUNT(*) FROM {snowflake_name(table)}{_where(source_filter)}"
+        return int(self._fetchall(sql, None, f"counting {'.'.join(table)}")[0][0])
+
+    def day_counts(self, table: tuple[str, ...], column: str, source_filter: str | None) -> list[DayCount]:
+        """ONE aggregated query: rows per day (NULL keys as day None)."""
+        col = quote_snowflake(column)
+        sql = f"SELECT DATE({col}) AS d, COUNT(*) FROM {snowflake_name(table)}{_where(source_filter)} GROUP BY 1"
+        rows = self._fetchall(sql, None, f"counting rows per day of {'.'.join(table)}.{column}")
+        return [DayCount(_as_date(r[0]), int(r[1])) for r in rows]
+
+    def key_buckets(
+        self, table: tuple[str, ...], column: str, source_filter: str | None, bucket_rows: int
+    ) -> tuple[list[KeyBucket], int]:
+        """ONE aggregated query: sorted keys cut into equal-count buckets, plus the NULL count."""
+        col = quote_snowflake(column)
+        name = snowflake_name(table)
+        extra = f" AND ({source_filter})" if source_filter else ""
+        sql = (
+            f"SELECT b, MIN(k), MAX(k), COUNT(*) FROM ("
+            f"SELECT {col} AS k, FLOOR((ROW_NUMBER() OVER (ORDER BY {col}) - 1) / %(n)s) AS b "
+            f"FROM {name} WHERE {col} IS NOT NULL{extra}) AS keyed GROUP BY b "
+            f"UNION ALL SELECT -1, NULL, NULL, COUNT(*) FROM {name} WHERE {col} IS NULL{extra}"
+        )
+        rows = self._fetchall(sql, {"n": bucket_rows}, f"bucketing keys of {'.'.join(table)}.{column}")
+        buckets = [KeyBucket(Decimal(str(r[1])), Decimal(str(r[2])), int(r[3])) for r in rows if int(r[0]) >= 0]
+        null_rows = sum(int(r[3]) for r in rows if int(r[0]) < 0)
+        return buckets, null_rows
+
+    def read(
+        self,
+        table: tuple[str, ...],
+        columns: list[Column],
+        bounds: Bounds,
+        source_filter: str | None,
+        batch_size: int,
+    ) -> Iterator[pa.RecordBatch]:
+        """Stream the chunk's rows as Arrow record batches of at most `batch_size` rows."""
+        predicate, params = chunk_predicate(bounds)
+        if source_filter:
+            predicate = f"({predicate}) AND ({source_filter})"
+        select = ", ".join(quote_snowflake(c.name) for c in columns)
+        sql = f"SELECT {select} FROM {snowflake_name(table)} WHERE {predicate}"
+        context = f"reading {'.'.join(table)} where {bounds.describe()}"
+        try:
+            cur = self.connection().cursor()
+            cur.execute(sql, params)
+            for part in cur.fetch_arrow_batches():
+                batches = part.to_batches(max_chunksize=batch_size) if isinstance(part, pa.Table) else [part]
+                yield from batches
+            cur.close()
+        except GeneratorExit:
+            raise
+        except Exception as exc:
+            raise classify(exc, context) from exc
+
+
+def columns_from_description(described: list[dict[str, Any]]) -> list[Column]:
+    return [map_column(**d) for d in described]
+
+
+def chunk_predicate(bounds: Bounds) -> tuple[str, dict[str, Any]]:
+    """SQL predicate (with bound parameters) selecting exactly the rows of a chunk."""
+    if bounds.kind == "all":
+        return "TRUE", {}
+    assert bounds.column is not None
+    col = quote_snowflake(bounds.column)
+    if bounds.kind == "null":
+        return f"{col} IS NULL", {}
+    if bounds.key_kind == "date":
+        key, cast = f"DATE({col})", "TO_DATE(%({p})s)"
+    else:
+        key, cast = col, "%({p})s"
+    parts = [f"{col} IS NOT NULL"]
+    params: dict[str, Any] = {}
+    if bounds.lo is not None:
+        parts.append(f"{key} >= {cast.format(p='lo')}")
+        params["lo"] = bounds.lo if bounds.key_kind == "date" else Decimal(bounds.lo)
+    if bounds.hi is not None:
+        parts.append(f"{key} < {cast.format(p='hi')}")
+        params["hi"] = bounds.hi if bounds.key_kind == "date" else Decimal(bounds.hi)
+    return " AND ".join(parts), params
+
+
+def _where(source_filter: str | None) -> str:
+    return f" WHERE ({source_filter})" if source_filter else ""
+
+
+def _as_date(value: Any) -> date | None:
+    if value is None:
+        return None
+    if isinstance(value, date):
+        return value if type(value) is date else value.date()  # type: ignore[union-attr]
+    return date.fromisoformat(str(value)[:10])

@@ -1,0 +1,151 @@
+"""A worker thread: claim a chunk, stream it from Snowflake into PostgreSQL, mark it done in the
+same transaction under the fence, repeat until no chunk is left, a stop is asked, or time runs out.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from lib import postgres_target as pg
+from lib import status
+from lib.config import SourceConfig, TableSpec
+from lib.errors import FenceLostError, MigrationError, TransientError, classify
+from lib.log import ctx, get_logger
+from lib.models import ClaimedChunk
+from lib.snowflake_source import SnowflakeSource
+from lib.typemap import Column
+
+
+@dataclass
+class WorkerStats:
+    chunks_done: int = 0
+    chunks_failed: int = 0
+    rows: int = 0
+    bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+@dataclass
+class WorkPlan:
+    """What every worker of a run needs: the config, the run, each table's spec and columns."""
+
+    config: SourceConfig
+    run_id: int
+    tables: dict[str, tuple[TableSpec, list[Column]]]
+    stop: threading.Event = field(default_factory=threading.Event)
+    deadline: float | None = None  # time.monotonic() after which no new chunk is claimed
+
+    def may_claim(self) -> bool:
+        return not self.stop.is_set() and (self.deadline is None or time.monotonic() < self.deadline)
+
+
+class Worker:
+    def __init__(self, plan: WorkPlan, name: str | None = None) -> None:
+        self.plan = plan
+        self.name = name or f"worker-{uuid.uuid4().hex[:12]}"
+        self.stats = WorkerStats()
+        self.log = get_logger()
+        self._source: SnowflakeSource | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+
+    def run(self) -> WorkerStats:
+        settings = self.plan.config.settings
+        try:
+            while self.plan.may_claim():
+                chunk = status.claim_chunk(
+                    self._pg(), self.plan.run_id, self.name, settings.lease_seconds, settings.max_attempts
+                )
+                if chunk is None:
+                    break
+                self._process(chunk)
+        except MigrationError as exc:
+            self.log.error("worker %s stopped: %s", self.name, exc, **ctx(run_id=self.plan.run_id))
+            self.stats.errors.append(str(exc))
+        finally:
+            self._close()
+        return self.stats
+
+    def _process(self, chunk: ClaimedChunk) -> None:
+        spec, columns = self.plan.tables[chunk.table_name]
+        where = f"{chunk.table_name} chunk {chunk.chunk_no} ({chunk.bounds.describe()})"
+        fields = ctx(run_id=chunk.run_id, table=chunk.table_name, chunk=chunk.chunk_no)
+        try:
+            rows, nbytes = self._copy(chunk, spec, columns)
+        except FenceLostError as exc:
+            self.log.warning("%s", exc, **fields)
+            self._reset_pg()
+            return
+        except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
+            error = classify(exc, where)
+            retry = isinstance(error, TransientError)
+            self._reset_pg()
+            if retry:
+                self._reset_source()
+            outcome = self._record_failure(chunk, str(error), retry)
+            self.stats.errors.append(str(error))
+            if outcome == "failed":
+                self.stats.chunks_failed += 1
+            self.log.error("chunk failed (%s, now %s): %s", "transient" if retry else "fatal", outcome, error, **fields)
+            return
+        self.stats.chunks_done += 1
+        self.stats.rows += rows
+        self.stats.bytes += nbytes
+        if rows != chunk.expected_rows:
+            self.log.warning("copied %d rows, %d expected at plan time", rows, chunk.expected_rows, **fields)
+        self.log.debug("chunk done: %d rows", rows, **fields)
+
+    def _copy(self, chunk: ClaimedChunk, spec: TableSpec, columns: list[Column]) -> tuple[int, int]:
+        conn = self._pg()
+        batches = self._snowflake().read(
+            spec.source, columns, chunk.bounds, spec.source_filter, self.plan.config.settings.batch_size
+        )
+        try:
+            with conn.transaction():
+                rows, nbytes = pg.copy_batches(conn, spec.target, columns, batches)
+                status.mark_done(conn, chunk, rows, nbytes)
+        finally:
+            batches.close()
+        status.release_liveness_lock(conn, chunk)
+        return rows, nbytes
+
+    def _record_failure(self, chunk: ClaimedChunk, error: str, retry: bool) -> str:
+        try:
+            with pg.connect(self.plan.config.postgres_connect_args(), autocommit=True) as conn:
+                return status.mark_failed(conn, chunk, error, retry, self.plan.config.settings.max_attempts)
+        except Exception as exc:  # noqa: BLE001 - the lease will expire and the chunk be reclaimed
+            self.log.error("could not record the failure of chunk %s: %s", chunk.chunk_id, exc)
+            return "unrecorded"
+
+    def _pg(self) -> psycopg.Connection[Any]:
+        if self._conn is None or self._conn.closed:
+            self._conn = pg.connect(self.plan.config.postgres_connect_args(), autocommit=True)
+        return self._conn
+
+    def _snowflake(self) -> SnowflakeSource:
+        if self._source is None:
+            self._source = SnowflakeSource(self.plan.config.snowflake_connect_args())
+        return self._source
+
+    def _reset_pg(self) -> None:
+        # A fresh connection also drops the chunk's liveness lock.
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001
+                pass
+            self._conn = None
+
+    def _reset_source(self) -> None:
+        if self._source is not None:
+            self._source.close()
+            self._source = None
+
+    def _close(self) -> None:
+        self._reset_pg()
+        self._reset_source()

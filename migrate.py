@@ -1,0 +1,179 @@
+#!/usr/bin/env python3
+"""Snowflake → PostgreSQL migration CLI.
+
+    python migrate.py --source demo                 run (resume by default)
+    python migrate.py run --source demo --no-resume start a fresh run
+    python migrate.py plan --source demo            print the chunk plan, copy nothing
+    python migrate.py status --source demo          the latest run of this config
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import sys
+from typing import Any
+
+from lib.config import SourceConfig, load_config
+from lib.errors import ConfigError, MigrationError
+from lib.log import get_logger
+
+EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="migrate.py", description="Resumable Snowflake → PostgreSQL migration")
+    sub = parser.add_subparsers(dest="command")
+    for name in ("run", "plan", "status"):
+        # SUPPRESS: flags given before the sub-command are not reset by the sub-parser's defaults
+        p = sub.add_parser(name, argument_default=argparse.SUPPRESS)
+        _common(p)
+    _common(parser)
+    return parser
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--source", help="source name in config.json")
+    p.add_argument("--config", help="path to config.json (default: ./config.json or $MIGRATION_CONFIG)")
+    p.add_argument("--table", action="append", dest="tables", help="only this table (repeatable)")
+    p.add_argument("--no-resume", action="store_true", default=None, help="start a fresh run")
+    p.add_argument("--resume-max-age", type=float, help="resume window in hours (default 168)")
+    p.add_argument("--parallel-threads", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--chunk-rows", type=int)
+    p.add_argument("--json", action="store_true", default=None, help="print the result as JSON")
+
+
+def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    keys = {"tables": "tables", "no_resume": "no_resume", "resume_max_age": "resume_max_age",
+            "parallel_threads": "parallel_threads", "batch_size": "batch_size", "chunk_rows": "chunk_rows"}
+    return {key: getattr(args, attr) for attr, key in keys.items() if getattr(args, attr, None) is not None}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    log = get_logger()
+    try:
+        config = load_config(args.source, overrides_from_args(args), args.config)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    command = args.command or "run"
+    try:
+        if command == "plan":
+            return cmd_plan(config, bool(args.json))
+        if command == "status":
+            return cmd_status(config, bool(args.json))
+        return cmd_run(config, bool(args.json))
+    except KeyboardInterrupt:
+        log.warning("interrupted: the run stays resumable; start the same command again to continue")
+        return EXIT_INTERRUPTED
+    except MigrationError as exc:
+        log.error("%s", exc)
+        return EXIT_ERRORS
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+def cmd_run(config: SourceConfig, as_json: bool) -> int:
+    from lib.orchestrator import run
+
+    result = run(config)
+    if as_json:
+        print(json.dumps(result.__dict__, default=str, indent=2))
+    else:
+        print(f"\n{result.message}")
+        print_summary(result.run_id, result.status, result.tables, result.seconds)
+    return EXIT_OK if result.status == "completed" else EXIT_ERRORS
+
+
+def print_summary(run_id: int, run_status: str, tables: list[dict[str, Any]], seconds: float) -> None:
+    headers = ["table", "target", "status", "chunks", "rows copied", "source", "target rows", "reconcile", "rows/s", "MB/s"]
+    rows = [
+        [t["table"], t["target"], t["status"], f"{t['chunks'] - t['chunks_failed']}/{t['chunks']}",
+         f"{t['rows_copied']:,}", _num(t["source_count"]), _num(t["target_count"]), t["reconcile"],
+         f"{t['rows_per_s']:,}" if t["rows_copied_now"] else "-", f"{t['mb_per_s']}" if t["rows_copied_now"] else "-"]
+        for t in tables
+    ]
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
+    print(f"run {run_id}: {run_status} in {seconds:.1f}s")
+    for line in [headers, *rows]:
+        print("  " + "  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)))
+    for t in tables:
+        if t.get("error"):
+            print(f"  ! {t['table']}: {t['error']}")
+
+
+def _num(value: Any) -> str:
+    return "-" if value is None else f"{value:,}"
+
+
+def cmd_plan(config: SourceConfig, as_json: bool) -> int:
+    from lib.planner import plan_table
+    from lib.snowflake_source import SnowflakeSource, columns_from_description
+
+    source = SnowflakeSource(config.snowflake_connect_args())
+    failed = False
+    out = []
+    try:
+        for spec in config.tables:
+            try:
+                columns = columns_from_description(source.describe(spec.source))
+                plan = plan_table(source, spec, columns, config.chunk_rows(spec))
+            except MigrationError as exc:
+                failed = True
+                out.append({"table": spec.name, "error": str(exc)})
+                continue
+            sizes = [c.expected_rows for c in plan.chunks] or [0]
+            out.append({
+                "table": spec.name, "target": spec.target_name, "strategy": plan.strategy, "reason": plan.reason,
+                "chunks": len(plan.chunks), "rows": plan.expected_rows, "queries": plan.queries,
+                "seconds": plan.seconds, "min_rows": min(sizes), "median_rows": int(statistics.median(sizes)),
+                "max_rows": max(sizes), "notes": plan.notes,
+                "bounds": [{"chunk": c.chunk_no, "where": c.bounds.describe(), "rows": c.expected_rows} for c in plan.chunks],
+            })
+    finally:
+        source.close()
+    if as_json:
+        print(json.dumps(out, indent=2))
+    else:
+        for t in out:
+            if "error" in t:
+                print(f"{t['table']}: ERROR {t['error']}")
+                continue
+            print(f"{t['table']} → {t['target']}: {t['strategy']} ({t['reason']})")
+            print(f"  {t['chunks']} chunks, {t['rows']:,} rows; rows per chunk min {t['min_rows']:,} / "
+                  f"median {t['median_rows']:,} / max {t['max_rows']:,}; {t['queries']} query in {t['seconds']}s")
+            for note in t["notes"]:
+                print(f"  note: {note}")
+            for b in t["bounds"]:
+                print(f"    #{b['chunk']:<4} {b['rows']:>12,}  {b['where']}")
+    return EXIT_ERRORS if failed else EXIT_OK
+
+
+def cmd_status(config: SourceConfig, as_json: bool) -> int:
+    from lib import postgres_target as pg
+    from lib import status
+    from lib.orchestrator import summarize
+
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        status.apply_migrations(conn)
+        latest = status.find_latest_run(conn, config.fingerprint())
+    if latest is None:
+        print("no run of this config yet")
+        return EXIT_OK
+    tables = summarize(config, latest.run_id, None)
+    if as_json:
+        print(json.dumps({"run_id": latest.run_id, "status": latest.status, "tables": tables}, default=str, indent=2))
+    else:
+        print_summary(latest.run_id, latest.status, tables, 0.0)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
