@@ -95,7 +95,7 @@ def classify(exc: BaseException, context: str = "") -> MigrationError:
 
 
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, pg_errors.NumericValueOutOfRange) or isinstance(exc, pa.ArrowInvalid):
+    if isinstance(exc, (pg_errors.NumericValueOutOfRange, pa.ArrowInvalid)):
         return f"value does not fit the target column type ({type(exc).__name__}: {exc})"
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return f"permission denied in PostgreSQL: {exc}"

@@ -23,7 +23,7 @@ from lib.planner import plan_table
 from lib.reconcile import reconcile_table
 from lib.snowflake_source import SnowflakeSource, columns_from_description
 from lib.typemap import estimated_row_bytes
-from lib.worker import WorkerStats, Worker, WorkPlan
+from lib.worker import Worker, WorkerStats, WorkPlan
 
 log = get_logger()
 

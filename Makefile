@@ -1,0 +1,45 @@
+# Two commands for a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+
+.PHONY: venv demo stack-up stack-down stack-status test lint bench plan clean
+
+$(STAMP): requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+venv: $(STAMP)
+
+## demo: start the embedded stack, load demo data, migrate it, print the result
+demo: venv
+	$(PY) -m scripts.local_stack start
+	$(PY) -m scripts.local_stack load-demo
+	. .stack/env && $(PY) migrate.py --source demo
+
+stack-up: venv
+	$(PY) -m scripts.local_stack start
+
+## stack-down: stop the embedded fakesnow and PostgreSQL servers
+stack-down: venv
+	$(PY) -m scripts.local_stack stop
+
+stack-status: venv
+	$(PY) -m scripts.local_stack status
+
+plan: venv
+	$(PY) -m scripts.local_stack start
+	. .stack/env && $(PY) migrate.py plan --source demo
+
+lint: venv
+	$(PY) -m ruff check .
+
+## test: the whole suite against real components (fakesnow server, embedded PostgreSQL)
+test: venv lint
+	$(PY) -m pytest -q
+
+clean: stack-down
+	rm -rf .stack
