@@ -29,11 +29,13 @@ class DayCount:
 
 @dataclass(frozen=True)
 class KeyBucket:
-    """Rows of consecutive sorted keys: every key in [low, high], `rows` of them."""
+    """Rows of consecutive sorted keys: every key in [low, high], `rows` of them, `high_rows` of
+    which hold the key `high`. A key value never spans two buckets."""
 
     low: Decimal
     high: Decimal
     rows: int
+    high_rows: int
 
 
 def plan_single(total_rows: int, reason: str) -> TablePlan:
@@ -57,33 +59,35 @@ def plan_dates(column: str, days: Sequence[DayCount], chunk_rows: int, nullable:
     return _finish("date", column, chunks, null_rows, nullable, reason, notes)
 
 
-def plan_numeric(column: str, buckets: Sequence[KeyBucket], null_rows: int, chunk_rows: int, nullable: bool, reason: str) -> TablePlan:
+def plan_numeric(
+    column: str, buckets: Sequence[KeyBucket], null_rows: int, chunk_rows: int, nullable: bool, reason: str
+) -> TablePlan:
     """Cut at real key values so chunks hold near-equal row counts whatever the key's density.
 
-    Buckets come from sorting the keys (equal-count, not equal-width), so sparse and dense
-    regions both end up in chunks of about `chunk_rows`. Buckets that share a boundary value are
-    merged first, so no key value is split across two chunks and every count stays exact.
+    Buckets come from ranking the keys (equal-count, not equal-width), so sparse and dense regions
+    both end up in chunks of about `chunk_rows`. Each bucket is split into its keys below `high`
+    and the key `high` itself, so a key value heavier than a chunk gets a chunk of its own and
+    every count stays exact. Chunks exceed `chunk_rows` only when one key value alone does.
     """
-    ordered = sorted((b for b in buckets if b.rows > 0), key=lambda b: b.low)
-    merged: list[KeyBucket] = []
-    for b in ordered:
-        if merged and b.low <= merged[-1].high:
-            last = merged[-1]
-            merged[-1] = KeyBucket(last.low, max(last.high, b.high), last.rows + b.rows)
+    pieces: list[tuple[Decimal, int, bool]] = []  # (lowest key, rows, holds a single key value)
+    for b in sorted((b for b in buckets if b.rows > 0), key=lambda b: b.low):
+        below = b.rows - b.high_rows
+        if below > 0:
+            pieces.append((b.low, below, False))
+        pieces.append((b.high, b.high_rows, True))
+    groups: list[tuple[Decimal, int]] = []  # (lowest key of the chunk, rows)
+    notes: list[str] = []
+    for low, rows, single in pieces:
+        if groups and groups[-1][1] + rows <= chunk_rows:
+            groups[-1] = (groups[-1][0], groups[-1][1] + rows)
         else:
-            merged.append(b)
-    groups: list[tuple[Decimal, int]] = []  # (lowest key of the group, rows)
-    heavy: list[str] = []
-    for b in merged:
-        if groups and groups[-1][1] + b.rows <= chunk_rows:
-            groups[-1] = (groups[-1][0], groups[-1][1] + b.rows)
-        else:
-            groups.append((b.low, b.rows))
-        if b.rows > chunk_rows and b.low == b.high:
-            heavy.append(f"key value {b.low} alone holds {b.rows} rows, more than chunk_rows={chunk_rows}")
+            groups.append((low, rows))
+        if single and rows > chunk_rows:
+            notes.append(f"key value {_decimal_text(low)} alone holds {rows} rows, more than chunk_rows={chunk_rows}: "
+                         "it is one chunk of its own")
     starts = [_decimal_text(g[0]) for g in groups]
     chunks = _ranges(column, "numeric", starts, [g[1] for g in groups])
-    return _finish("numeric", column, chunks, null_rows, nullable, reason, heavy)
+    return _finish("numeric", column, chunks, null_rows, nullable, reason, notes)
 
 
 def _ranges(column: str, key_kind: str, starts: list[str], rows: list[int]) -> list[tuple[Bounds, int]]:

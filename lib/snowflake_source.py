@@ -91,18 +91,28 @@ class SnowflakeSource:
     def key_buckets(
         self, table: tuple[str, ...], column: str, source_filter: str | None, bucket_rows: int
     ) -> tuple[list[KeyBucket], int]:
-        """ONE aggregated query: sorted keys cut into equal-count buckets, plus the NULL count."""
+        """ONE aggregated query: sorted keys cut into buckets of about `bucket_rows`, plus the NULL count.
+
+        RANK() gives equal keys one rank, so a key value never spans two buckets; MAX(rank) tells
+        how many rows of the bucket hold its highest key, which lets a heavy value stand alone.
+        """
         col = quote_snowflake(column)
         name = snowflake_name(table)
-        extra = f" AND ({source_filter})" if source_filter else ""
+        extra = f" AND ({_bindable(source_filter)})" if source_filter else ""
         sql = (
-            f"SELECT b, MIN(k), MAX(k), COUNT(*) FROM ("
-            f"SELECT {col} AS k, FLOOR((ROW_NUMBER() OVER (ORDER BY {col}) - 1) / %(n)s) AS b "
+            f"SELECT b, MIN(k), MAX(k), COUNT(*), MAX(r) FROM ("
+            f"SELECT {col} AS k, RANK() OVER (ORDER BY {col}) AS r, "
+            f"FLOOR((RANK() OVER (ORDER BY {col}) - 1) / %(n)s) AS b "
             f"FROM {name} WHERE {col} IS NOT NULL{extra}) AS keyed GROUP BY b "
-            f"UNION ALL SELECT -1, NULL, NULL, COUNT(*) FROM {name} WHERE {col} IS NULL{extra}"
+            f"UNION ALL SELECT -1, NULL, NULL, COUNT(*), NULL FROM {name} WHERE {col} IS NULL{extra}"
         )
         rows = self._fetchall(sql, {"n": bucket_rows}, f"bucketing keys of {'.'.join(table)}.{column}")
-        buckets = [KeyBucket(Decimal(str(r[1])), Decimal(str(r[2])), int(r[3])) for r in rows if int(r[0]) >= 0]
+        buckets = []
+        for b, low, high, count, max_rank in rows:
+            if int(b) < 0:
+                continue
+            below_high = int(max_rank) - 1 - int(b) * bucket_rows  # rows of the bucket ranked before its highest key
+            buckets.append(KeyBucket(Decimal(str(low)), Decimal(str(high)), int(count), int(count) - below_high))
         null_rows = sum(int(r[3]) for r in rows if int(r[0]) < 0)
         return buckets, null_rows
 
@@ -117,13 +127,13 @@ class SnowflakeSource:
         """Stream the chunk's rows as Arrow record batches of at most `batch_size` rows."""
         predicate, params = chunk_predicate(bounds)
         if source_filter:
-            predicate = f"({predicate}) AND ({source_filter})"
+            predicate = f"({predicate}) AND ({_bindable(source_filter) if params else source_filter})"
         select = ", ".join(quote_snowflake(c.name) for c in columns)
         sql = f"SELECT {select} FROM {snowflake_name(table)} WHERE {predicate}"
         context = f"reading {'.'.join(table)} where {bounds.describe()}"
         try:
             cur = self.connection().cursor()
-            cur.execute(sql, params)
+            cur.execute(sql, params or None)
             for part in cur.fetch_arrow_batches():
                 batches = part.to_batches(max_chunksize=batch_size) if isinstance(part, pa.Table) else [part]
                 yield from batches
@@ -159,6 +169,11 @@ def chunk_predicate(bounds: Bounds) -> tuple[str, dict[str, Any]]:
         parts.append(f"{key} < {cast.format(p='hi')}")
         params["hi"] = bounds.hi if bounds.key_kind == "date" else Decimal(bounds.hi)
     return " AND ".join(parts), params
+
+
+def _bindable(source_filter: str) -> str:
+    """The filter inside a statement with bound parameters: its own % signs must not be read as placeholders."""
+    return source_filter.replace("%", "%%")
 
 
 def _where(source_filter: str | None) -> str:

@@ -2,7 +2,7 @@
 and the claim / lease / fence protocol.
 
 Liveness of a claimed chunk is carried by PostgreSQL itself: the worker's data connection holds a
-session advisory lock on the chunk while it works. A crashed worker's connection closes, the lock
+session advisory lock on (chunk, fence) while it works. A crashed worker's connection closes, the lock
 goes with it, and the chunk can be reclaimed at once; a live-but-stuck worker keeps the lock until
 its lease expires. Either way the fence (incremented on every claim) decides who may commit.
 """
@@ -22,6 +22,8 @@ from lib.models import Bounds, ClaimedChunk, TablePlan
 SCHEMA = "migration_status"
 # First key of the two-key advisory locks the engine takes ("MI"): chunk liveness locks.
 CHUNK_LOCK_CLASS = 0x4D49
+# Second key of a liveness lock: one per (chunk, fence), so a new claim never waits on a stuck old owner.
+LIVENESS_KEY = "((({chunk}) * 1000003 + ({fence})) %% 2147483647)::int"
 # Single-key advisory lock serialising schema migrations.
 MIGRATION_LOCK_KEY = 0x4D49475241544531
 
@@ -258,7 +260,7 @@ _CLAIMABLE = f"""
     WHERE run_id = %(run_id)s AND (
         status = 'pending'
         OR (status = 'running' AND (lease_expires_at < now()
-            OR pg_try_advisory_xact_lock({CHUNK_LOCK_CLASS}, (chunk_id %% 2147483647)::int))))
+            OR pg_try_advisory_xact_lock({CHUNK_LOCK_CLASS}, {LIVENESS_KEY.format(chunk="chunk_id", fence="fence")}))))
 """
 
 
@@ -291,12 +293,16 @@ def claim_chunk(
         ).fetchone()
         if row is None:
             return None
-        conn.execute("SELECT pg_advisory_lock(%s, (%s %% 2147483647)::int)", (CHUNK_LOCK_CLASS, row[0]))
+        # try-lock: the key is new for this fence, so only a hash collision could make it fail,
+        # and then the chunk merely looks alive until its lease expires.
+        conn.execute(f"SELECT pg_try_advisory_lock(%s, {LIVENESS_KEY.format(chunk='%s', fence='%s')})",
+                     (CHUNK_LOCK_CLASS, row[0], row[6]))
     return ClaimedChunk(row[0], row[1], row[2], row[3], Bounds.from_json(row[4]), row[5], row[6], row[7])
 
 
 def release_liveness_lock(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> None:
-    conn.execute("SELECT pg_advisory_unlock(%s, (%s %% 2147483647)::int)", (CHUNK_LOCK_CLASS, chunk.chunk_id))
+    conn.execute(f"SELECT pg_advisory_unlock(%s, {LIVENESS_KEY.format(chunk='%s', fence='%s')})",
+                 (CHUNK_LOCK_CLASS, chunk.chunk_id, chunk.fence))
 
 
 def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nbytes: int) -> None:

@@ -15,6 +15,8 @@ import argparse
 import json
 import logging
 import os
+import threading
+import time
 from pathlib import Path
 
 import pyarrow as pa
@@ -39,13 +41,28 @@ def _patch_timestamp_nulls() -> None:
     fakesnow.arrow.timestamp_to_sf_struct = with_null_mask
 
 
+def _exit_when_gone(pid: int) -> None:
+    def watch() -> None:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(0)
+            time.sleep(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--db-path", help="directory for persistent databases (default: in memory)")
     parser.add_argument("--ready-file", help="write the connect kwargs here once the server listens")
+    parser.add_argument("--exit-with", type=int, help="exit when the process with this pid is gone (tests)")
     args = parser.parse_args()
+    if args.exit_with:
+        _exit_when_gone(args.exit_with)
 
     _patch_timestamp_nulls()
     import fakesnow.server

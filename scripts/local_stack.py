@@ -80,7 +80,8 @@ class LocalStack:
                 conn.execute(f'CREATE DATABASE "{name}"')
 
     # --- fakesnow ---------------------------------------------------------------------------
-    def start_snowflake(self, persist: bool = True, port: int | None = None) -> dict[str, Any]:
+    def start_snowflake(self, persist: bool = True, port: int | None = None, tied: bool = False) -> dict[str, Any]:
+        """Start the fakesnow server; `tied` makes it exit with this process (for tests)."""
         state = self._sf_running()
         if state:
             return state
@@ -91,6 +92,8 @@ class LocalStack:
         cmd = [sys.executable, "-m", "scripts.fakesnow_server", "--port", str(port), "--ready-file", str(ready)]
         if persist:
             cmd += ["--db-path", str(self.sf_db)]
+        if tied:
+            cmd += ["--exit-with", str(os.getpid())]
         log = open(self.dir / "fakesnow.log", "ab")  # noqa: SIM115 - handed to the child process
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60

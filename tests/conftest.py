@@ -26,7 +26,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
     directory = tmp_path_factory.mktemp("stack")
     stack = LocalStack(directory)
     stack.start_postgres()
-    stack.start_snowflake(persist=True)
+    stack.start_snowflake(persist=True, tied=True)
     yield stack
     stack.stop_snowflake()
     stack.stop_postgres(mode="immediate")
