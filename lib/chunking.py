@@ -2,7 +2,8 @@
 
 Invariants every strategy keeps (tests check them):
 - ranges are contiguous `[lo, hi)`, the first is open below and the last open above, so a key
-  value that appears after planning still falls into exactly one chunk;
+  value that appears after planning still falls into exactly one chunk (hash chunks partition
+  rows by remainder instead, which covers every row by construction);
 - NULL keys of a nullable column get their own chunk;
 - each chunk's `expected_rows` is exact for the data seen at plan time, and they sum to the count.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from lib.models import Bounds, PlannedChunk, TablePlan
@@ -24,6 +25,12 @@ BUCKETS_PER_CHUNK = 4
 @dataclass(frozen=True)
 class DayCount:
     day: date | None  # None: rows whose key is NULL
+    rows: int
+
+
+@dataclass(frozen=True)
+class HourCount:
+    hour: datetime  # start of the hour (DATE_TRUNC('HOUR', key))
     rows: int
 
 
@@ -42,21 +49,79 @@ def plan_single(total_rows: int, reason: str) -> TablePlan:
     return TablePlan("single", [PlannedChunk(0, Bounds("all"), total_rows)], reason)
 
 
-def plan_dates(column: str, days: Sequence[DayCount], chunk_rows: int, nullable: bool, reason: str) -> TablePlan:
-    """Pack consecutive days into chunks of up to `chunk_rows` rows; a heavier day stands alone."""
+def plan_dates(
+    column: str, days: Sequence[DayCount], chunk_rows: int, nullable: bool, reason: str,
+    hours: Sequence[HourCount] = (),
+) -> TablePlan:
+    """Pack consecutive days into chunks of up to `chunk_rows` rows.
+
+    A day heavier than `chunk_rows` whose hourly counts are given (`hours`) is cut out of the day
+    ranges and split into chunks of consecutive hours; without hourly counts (a DATE column) it
+    stands alone. Cut points are days, so the ranges stay contiguous over all time.
+    """
+    by_day: dict[date, list[HourCount]] = {}
+    for h in hours:
+        by_day.setdefault(h.hour.date(), []).append(h)
     dated = sorted((d for d in days if d.day is not None and d.rows > 0), key=lambda d: d.day)  # type: ignore[arg-type,return-value]
     null_rows = sum(d.rows for d in days if d.day is None)
-    groups: list[tuple[date, int]] = []  # (first day of the group, rows)
+
+    segments: list[tuple[Bounds, int]] = []
+    group_lo: str | None = None  # the open group of days: its lower cut (None: open below) and rows
+    group_rows = 0
+    notes: list[str] = []
+
+    def close_group(hi: str | None) -> None:
+        if group_lo is None or hi is None or group_lo < hi:
+            segments.append((Bounds("range", column, "date", group_lo, hi), group_rows))
+
     for d in dated:
         assert d.day is not None
-        if groups and groups[-1][1] + d.rows <= chunk_rows:
-            groups[-1] = (groups[-1][0], groups[-1][1] + d.rows)
+        split = by_day.get(d.day) if d.rows > chunk_rows else None
+        if split:
+            close_group(d.day.isoformat())
+            segments.extend(_hour_chunks(column, d.day, split, chunk_rows, notes))
+            group_lo, group_rows = (d.day + timedelta(days=1)).isoformat(), 0
+            continue
+        if group_rows and group_rows + d.rows > chunk_rows:
+            close_group(d.day.isoformat())
+            group_lo, group_rows = d.day.isoformat(), 0
+        group_rows += d.rows
+        if d.rows > chunk_rows:
+            notes.append(f"{d.day} holds {d.rows} rows, more than chunk_rows={chunk_rows}, and has no time of day to split on")
+    close_group(None)
+    return _finish("date", column, segments, null_rows, nullable, reason, notes)
+
+
+def _hour_chunks(column: str, day: date, hours: list[HourCount], chunk_rows: int, notes: list[str]) -> list[tuple[Bounds, int]]:
+    """Chunks of consecutive hours covering exactly [day 00:00, next day 00:00)."""
+    groups: list[tuple[datetime, int]] = []
+    for h in sorted(hours, key=lambda h: h.hour):
+        if groups and groups[-1][1] + h.rows <= chunk_rows:
+            groups[-1] = (groups[-1][0], groups[-1][1] + h.rows)
         else:
-            groups.append((d.day, d.rows))
-    starts = [g[0].isoformat() for g in groups]
-    chunks = _ranges(column, "date", starts, [g[1] for g in groups])
-    notes = [f"{d.day} holds {d.rows} rows, more than chunk_rows={chunk_rows}" for d in dated if d.rows > chunk_rows]
-    return _finish("date", column, chunks, null_rows, nullable, reason, notes)
+            groups.append((h.hour, h.rows))
+        if h.rows > chunk_rows:
+            notes.append(f"hour {h.hour:%Y-%m-%d %H}:00 holds {h.rows} rows, more than chunk_rows={chunk_rows}")
+    start_of_day = datetime.combine(day, datetime.min.time())
+    cuts = [start_of_day, *(g[0] for g in groups[1:]), start_of_day + timedelta(days=1)]
+    notes.append(f"{day} holds {sum(g[1] for g in groups)} rows: split into {len(groups)} chunk(s) by hour")
+    return [
+        (Bounds("range", column, "hour", cuts[i].isoformat(), cuts[i + 1].isoformat()), g[1])
+        for i, g in enumerate(groups)
+    ]
+
+
+def plan_hash(columns: Sequence[str], remainder_rows: dict[int, int], modulus: int, reason: str) -> TablePlan:
+    """`modulus` chunks, each the rows whose hash of all `columns` has one remainder."""
+    chunks = [
+        PlannedChunk(r, Bounds("hash", hash_columns=tuple(columns), modulus=modulus, remainder=r), remainder_rows.get(r, 0))
+        for r in range(modulus)
+    ]
+    return TablePlan("hash", chunks, reason)
+
+
+def hash_modulus(total_rows: int, chunk_rows: int) -> int:
+    return max(1, -(-total_rows // chunk_rows))
 
 
 def plan_numeric(

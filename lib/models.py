@@ -6,16 +6,18 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-BoundKind = Literal["all", "range", "null"]
-KeyKind = Literal["date", "numeric"]
+BoundKind = Literal["all", "range", "null", "hash"]
+KeyKind = Literal["date", "hour", "numeric"]
 
 
 @dataclass(frozen=True)
 class Bounds:
-    """Which rows a chunk holds: all rows, `lo <= key < hi` (either end open), or `key IS NULL`.
+    """Which rows a chunk holds: all rows, `lo <= key < hi` (either end open), `key IS NULL`, or
+    the rows whose hash of `hash_columns` falls in one of `modulus` classes (`remainder`).
 
-    Values are kept as strings (ISO dates, exact decimals) so they survive JSON and never lose
-    precision; `lo`/`hi` of None mean open below/above.
+    The key of a range is the column itself (numeric), `DATE(column)` (date) or
+    `DATE_TRUNC('HOUR', column)` (hour). Values are kept as strings (ISO dates and timestamps,
+    exact decimals) so they survive JSON and never lose precision; `lo`/`hi` of None mean open.
     """
 
     kind: BoundKind
@@ -23,13 +25,18 @@ class Bounds:
     key_kind: KeyKind | None = None
     lo: str | None = None
     hi: str | None = None
+    hash_columns: tuple[str, ...] | None = None
+    modulus: int | None = None
+    remainder: int | None = None
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | dict[str, Any]) -> Bounds:
-        data = json.loads(text) if isinstance(text, str) else text
+        data = json.loads(text) if isinstance(text, str) else dict(text)
+        if data.get("hash_columns") is not None:
+            data["hash_columns"] = tuple(data["hash_columns"])
         return cls(**data)
 
     def describe(self) -> str:
@@ -38,7 +45,10 @@ class Bounds:
             return "all rows"
         if self.kind == "null":
             return f"{self.column} IS NULL"
-        key = f"DATE({self.column})" if self.key_kind == "date" else str(self.column)
+        if self.kind == "hash":
+            return f"HASH({', '.join(self.hash_columns or ())}) mod {self.modulus} = {self.remainder}"
+        key = {"date": f"DATE({self.column})", "hour": f"DATE_TRUNC('HOUR', {self.column})"}.get(
+            self.key_kind or "", str(self.column))
         parts = []
         if self.lo is not None:
             parts.append(f"{key} >= {self.lo}")

@@ -1,52 +1,109 @@
-"""Planning one table: pick the strategy, run its single aggregated stats query, build the chunks."""
+"""Planning one table: pick the strategy, run its aggregated stats queries, build the chunks.
+
+The number of queries per table is constant: at most three, whatever the number of days, keys
+or chunks (primary key lookup, one stats query, and one refinement or count query).
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
-from lib.chunking import BUCKETS_PER_CHUNK, plan_dates, plan_numeric, plan_single
+from lib.chunking import BUCKETS_PER_CHUNK, hash_modulus, plan_dates, plan_hash, plan_numeric, plan_single
 from lib.config import TableSpec
 from lib.errors import FatalError
 from lib.models import TablePlan
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column
 
-_DATE_TYPES = {"DATE", "TIMESTAMP_NTZ", "TIMESTAMP_TZ", "TIMESTAMP_LTZ", "DATETIME"}
+DATE_TYPES = {"DATE", "TIMESTAMP_NTZ", "TIMESTAMP_TZ", "TIMESTAMP_LTZ", "DATETIME"}
+# Heavy days are split by hour only where the hour is a wall-clock fact (no time zone to reinterpret).
+HOUR_SPLIT_TYPES = {"TIMESTAMP_NTZ", "DATETIME"}
+NUMERIC_PREFIXES = ("NUMBER", "FLOAT", "DOUBLE", "REAL")
+
+
+@dataclass(frozen=True)
+class Choice:
+    strategy: str  # "numeric" | "date" | "hash"
+    column: str | None
+    reason: str
 
 
 def plan_table(source: SnowflakeSource, spec: TableSpec, columns: list[Column], chunk_rows: int) -> TablePlan:
     started = time.monotonic()
-    plan = _plan(source, spec, columns, chunk_rows)
+    queries = 0
+    if spec.chunking_columns:
+        name, kind = spec.chunking_columns[0], spec.chunking_column_types[0]
+        choice = Choice(kind, name, f"chunking_columns={name} ({kind}) from the config")
+    else:
+        choice = choose_strategy(columns, source.primary_key(spec.source))
+        queries += 1
+    plan, used = _plan(source, spec, columns, chunk_rows, choice)
+    plan.queries = queries + used
     plan.seconds = round(time.monotonic() - started, 3)
     return plan
 
 
-def _plan(source: SnowflakeSource, spec: TableSpec, columns: list[Column], chunk_rows: int) -> TablePlan:
+def choose_strategy(columns: list[Column], primary_key: list[str]) -> Choice:
+    """Primary key first, then an ID-like integer column, then a date column, then hash."""
     by_name = {c.name: c for c in columns}
-    if not spec.chunking_columns:
-        total = source.count(spec.source, spec.source_filter)
-        plan = plan_single(total, "no chunking_columns configured: the whole table is one chunk")
-        plan.queries = 1
-        return plan
+    if primary_key and primary_key[0] in by_name:
+        key = by_name[primary_key[0]]
+        if _is_numeric(key):
+            return Choice("numeric", key.name, f"first primary key column {key.name} is numeric")
+        if _base_type(key) in DATE_TYPES:
+            return Choice("date", key.name, f"first primary key column {key.name} is a date")
+    for c in columns:
+        if _is_integer(c) and (c.name.upper() == "ID" or c.name.upper().endswith("_ID")):
+            return Choice("numeric", c.name, f"no usable primary key; {c.name} is an integer ID column")
+    for c in columns:
+        if _base_type(c) in DATE_TYPES:
+            return Choice("date", c.name, f"no primary key or ID column; {c.name} is the first date column")
+    return Choice("hash", None, "no primary key, ID or date column: rows are split by a hash of all columns")
 
-    column_name, kind = spec.chunking_columns[0], spec.chunking_column_types[0]
-    column = by_name.get(column_name)
+
+def _plan(source: SnowflakeSource, spec: TableSpec, columns: list[Column], chunk_rows: int,
+          choice: Choice) -> tuple[TablePlan, int]:
+    if choice.strategy == "hash":
+        total = source.count(spec.source, spec.source_filter)
+        modulus = hash_modulus(total, chunk_rows)
+        if modulus == 1:
+            return plan_single(total, f"{choice.reason}; the table fits in one chunk"), 1
+        names = [c.name for c in columns]
+        return plan_hash(names, source.hash_counts(spec.source, names, spec.source_filter, modulus), modulus,
+                         choice.reason), 2
+
+    assert choice.column is not None
+    column = {c.name: c for c in columns}.get(choice.column)
     if column is None:
-        raise FatalError(
-            f"chunking column {column_name} is not a column of {spec.name} (columns: {', '.join(by_name)})"
-        )
-    if kind == "date":
-        if column.source_type.split("(")[0] not in _DATE_TYPES:
-            raise FatalError(f"chunking column {spec.name}.{column_name} is {column.source_type}, not a date or timestamp")
-        days = source.day_counts(spec.source, column_name, spec.source_filter)
-        plan = plan_dates(column_name, days, chunk_rows, column.nullable,
-                          f"chunking_columns={column_name} (date): rows per day from one GROUP BY query")
-    else:
-        if not column.source_type.startswith(("NUMBER", "FLOAT", "DOUBLE", "REAL")):
-            raise FatalError(f"chunking column {spec.name}.{column_name} is {column.source_type}, not numeric")
-        bucket_rows = max(1, chunk_rows // BUCKETS_PER_CHUNK)
-        buckets, null_rows = source.key_buckets(spec.source, column_name, spec.source_filter, bucket_rows)
-        plan = plan_numeric(column_name, buckets, null_rows, chunk_rows, column.nullable,
-                            f"chunking_columns={column_name} (numeric): cut at quantiles of the real keys")
-    plan.queries = 1
-    return plan
+        raise FatalError(f"chunking column {choice.column} is not a column of {spec.name} "
+                         f"(columns: {', '.join(c.name for c in columns)})")
+    if choice.strategy == "date":
+        if _base_type(column) not in DATE_TYPES:
+            raise FatalError(f"chunking column {spec.name}.{column.name} is {column.source_type}, not a date or timestamp")
+        days = source.day_counts(spec.source, column.name, spec.source_filter)
+        heavy = sorted(d.day for d in days if d.day is not None and d.rows > chunk_rows)
+        hours = []
+        if heavy and _base_type(column) in HOUR_SPLIT_TYPES:
+            hours = source.hour_counts(spec.source, column.name, spec.source_filter, heavy)
+        reason = f"{choice.reason}: rows per day from one GROUP BY query"
+        return plan_dates(column.name, days, chunk_rows, column.nullable, reason, hours), 1 + bool(hours)
+
+    if not _is_numeric(column):
+        raise FatalError(f"chunking column {spec.name}.{column.name} is {column.source_type}, not numeric")
+    bucket_rows = max(1, chunk_rows // BUCKETS_PER_CHUNK)
+    buckets, null_rows = source.key_buckets(spec.source, column.name, spec.source_filter, bucket_rows)
+    reason = f"{choice.reason}: cut at ranked key values from one query"
+    return plan_numeric(column.name, buckets, null_rows, chunk_rows, column.nullable, reason), 1
+
+
+def _base_type(column: Column) -> str:
+    return column.source_type.split("(")[0]
+
+
+def _is_numeric(column: Column) -> bool:
+    return column.source_type.startswith(NUMERIC_PREFIXES)
+
+
+def _is_integer(column: Column) -> bool:
+    return column.source_type.startswith("NUMBER(") and column.source_type.endswith(",0)")

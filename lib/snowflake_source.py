@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from datetime import date
+from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
 import pyarrow as pa
 import snowflake.connector
 
-from lib.chunking import DayCount, KeyBucket
+from lib.chunking import DayCount, HourCount, KeyBucket
 from lib.errors import FatalError, classify
 from lib.identifiers import quote_snowflake, snowflake_name
 from lib.models import Bounds
@@ -88,6 +88,38 @@ class SnowflakeSource:
         rows = self._fetchall(sql, None, f"counting rows per day of {'.'.join(table)}.{column}")
         return [DayCount(_as_date(r[0]), int(r[1])) for r in rows]
 
+    def hour_counts(
+        self, table: tuple[str, ...], column: str, source_filter: str | None, days: list[date]
+    ) -> list[HourCount]:
+        """ONE aggregated query: rows per hour of the given (heavy) days."""
+        col = quote_snowflake(column)
+        extra = f" AND ({_bindable(source_filter)})" if source_filter else ""
+        placeholders = ", ".join(f"TO_DATE(%(d{i})s)" for i in range(len(days)))
+        sql = (
+            f"SELECT DATE_TRUNC('HOUR', {col}) AS h, COUNT(*) FROM {snowflake_name(table)} "
+            f"WHERE DATE({col}) IN ({placeholders}){extra} GROUP BY 1"
+        )
+        params = {f"d{i}": d.isoformat() for i, d in enumerate(days)}
+        rows = self._fetchall(sql, params, f"counting rows per hour of heavy days of {'.'.join(table)}.{column}")
+        return [HourCount(_as_datetime(r[0]), int(r[1])) for r in rows]
+
+    def hash_counts(
+        self, table: tuple[str, ...], columns: list[str], source_filter: str | None, modulus: int
+    ) -> dict[int, int]:
+        """ONE aggregated query: rows per hash remainder."""
+        sql = (
+            f"SELECT {hash_expression(columns, '%(m)s')} AS r, COUNT(*) FROM {snowflake_name(table)}"
+            f"{_where(_bindable(source_filter) if source_filter else None)} GROUP BY 1"
+        )
+        rows = self._fetchall(sql, {"m": modulus}, f"counting rows per hash class of {'.'.join(table)}")
+        return {int(r[0]): int(r[1]) for r in rows}
+
+    def primary_key(self, table: tuple[str, ...]) -> list[str]:
+        rows = self._fetchall(f"SHOW PRIMARY KEYS IN TABLE {snowflake_name(table)}", None,
+                              f"reading the primary key of {'.'.join(table)}")
+        # columns: created_on, database_name, schema_name, table_name, column_name, key_sequence, ...
+        return [r[4] for r in sorted(rows, key=lambda r: int(r[5]))]
+
     def key_buckets(
         self, table: tuple[str, ...], column: str, source_filter: str | None, bucket_rows: int
     ) -> tuple[list[KeyBucket], int]:
@@ -152,23 +184,34 @@ def chunk_predicate(bounds: Bounds) -> tuple[str, dict[str, Any]]:
     """SQL predicate (with bound parameters) selecting exactly the rows of a chunk."""
     if bounds.kind == "all":
         return "TRUE", {}
+    if bounds.kind == "hash":
+        assert bounds.hash_columns and bounds.modulus
+        return f"{hash_expression(list(bounds.hash_columns), '%(m)s')} = %(r)s", {"m": bounds.modulus, "r": bounds.remainder}
     assert bounds.column is not None
     col = quote_snowflake(bounds.column)
     if bounds.kind == "null":
         return f"{col} IS NULL", {}
     if bounds.key_kind == "date":
         key, cast = f"DATE({col})", "TO_DATE(%({p})s)"
+    elif bounds.key_kind == "hour":
+        key, cast = f"DATE_TRUNC('HOUR', {col})", "TO_TIMESTAMP(%({p})s)"
     else:
         key, cast = col, "%({p})s"
     parts = [f"{col} IS NOT NULL"]
     params: dict[str, Any] = {}
     if bounds.lo is not None:
         parts.append(f"{key} >= {cast.format(p='lo')}")
-        params["lo"] = bounds.lo if bounds.key_kind == "date" else Decimal(bounds.lo)
+        params["lo"] = Decimal(bounds.lo) if bounds.key_kind == "numeric" else bounds.lo
     if bounds.hi is not None:
         parts.append(f"{key} < {cast.format(p='hi')}")
-        params["hi"] = bounds.hi if bounds.key_kind == "date" else Decimal(bounds.hi)
+        params["hi"] = Decimal(bounds.hi) if bounds.key_kind == "numeric" else bounds.hi
     return " AND ".join(parts), params
+
+
+def hash_expression(columns: list[str], modulus: str) -> str:
+    """Remainder class of a row: non-negative whether HASH() is signed (Snowflake) or not."""
+    hashed = f"HASH({', '.join(quote_snowflake(c) for c in columns)})"
+    return f"MOD(MOD({hashed}, {modulus}) + {modulus}, {modulus})"
 
 
 def _bindable(source_filter: str) -> str:
@@ -178,6 +221,12 @@ def _bindable(source_filter: str) -> str:
 
 def _where(source_filter: str | None) -> str:
     return f" WHERE ({source_filter})" if source_filter else ""
+
+
+def _as_datetime(value: Any) -> datetime:
+    if isinstance(value, datetime):
+        return value.replace(tzinfo=None)
+    return datetime.fromisoformat(str(value))
 
 
 def _as_date(value: Any) -> date | None:

@@ -4,18 +4,18 @@ from __future__ import annotations
 
 import itertools
 from collections import Counter
-from datetime import date, timedelta
+from datetime import date, datetime, timedelta
 from decimal import Decimal
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib.chunking import BUCKETS_PER_CHUNK, DayCount, KeyBucket, plan_dates, plan_numeric
+from lib.chunking import BUCKETS_PER_CHUNK, DayCount, HourCount, KeyBucket, plan_dates, plan_numeric
 from lib.models import Bounds, TablePlan
 from lib.orchestrator import run
 
 
-def contains(bounds: Bounds, key: Decimal | date | None) -> bool:
+def contains(bounds: Bounds, key: Decimal | date | datetime | None) -> bool:
     """Python twin of the SQL predicate a chunk reads with."""
     if bounds.kind == "all":
         return True
@@ -23,7 +23,12 @@ def contains(bounds: Bounds, key: Decimal | date | None) -> bool:
         return key is None
     if key is None:
         return False
-    parse = date.fromisoformat if bounds.key_kind == "date" else Decimal
+    if bounds.key_kind == "date":
+        parse, key = date.fromisoformat, (key.date() if isinstance(key, datetime) else key)
+    elif bounds.key_kind == "hour":
+        parse, key = datetime.fromisoformat, key.replace(minute=0, second=0, microsecond=0)
+    else:
+        parse = Decimal
     return (bounds.lo is None or key >= parse(bounds.lo)) and (bounds.hi is None or key < parse(bounds.hi))
 
 
@@ -96,6 +101,27 @@ def test_date_plan_covers_every_day_once_with_exact_counts(offsets, chunk_rows) 
         if len(inside) > chunk_rows:
             assert len(set(inside)) == 1, "only a single heavy day may exceed chunk_rows"
     assert plan.expected_rows == len(days)
+
+
+@settings(max_examples=200, deadline=None)
+@given(minutes=st.lists(st.one_of(st.none(), st.integers(0, 6 * 24 * 60)), max_size=400), chunk_rows=st.integers(1, 60))
+def test_heavy_days_split_by_hour_still_cover_every_timestamp_once(minutes, chunk_rows) -> None:
+    start = datetime(2024, 6, 10)
+    keys = [None if m is None else start + timedelta(minutes=m) for m in minutes]
+    days = Counter(None if k is None else k.date() for k in keys)
+    heavy = {d for d, n in days.items() if d is not None and n > chunk_rows}
+    hours = Counter(k.replace(minute=0) for k in keys if k is not None and k.date() in heavy)
+    plan = plan_dates("TS", [DayCount(d, n) for d, n in days.items()], chunk_rows, nullable=True, reason="t",
+                      hours=[HourCount(h, n) for h, n in hours.items()])
+    for probe in (datetime(1900, 1, 1), datetime(2999, 1, 1), *(datetime.combine(d, datetime.min.time()) for d in heavy)):
+        assert sum(contains(c.bounds, probe) for c in plan.chunks) == 1, probe
+    for key in keys:
+        assert sum(contains(c.bounds, key) for c in plan.chunks) == 1, key
+    for chunk in plan.chunks:
+        inside = [k for k in keys if contains(chunk.bounds, k)]
+        assert chunk.expected_rows == len(inside)
+        if len(inside) > chunk_rows and chunk.bounds.kind == "range":
+            assert len({k.replace(minute=0) for k in inside}) == 1, "only a single heavy hour may exceed chunk_rows"
 
 
 def test_sparse_ids_with_a_dense_region_give_even_chunks() -> None:
