@@ -125,25 +125,25 @@ class SnowflakeSource:
     ) -> tuple[list[KeyBucket], int]:
         """ONE aggregated query: sorted keys cut into buckets of about `bucket_rows`, plus the NULL count.
 
-        RANK() gives equal keys one rank, so a key value never spans two buckets; MAX(rank) tells
-        how many rows of the bucket hold its highest key, which lets a heavy value stand alone.
+        RANK() gives equal keys one rank, so a key value never spans two buckets; MAX(rank) - MIN(rank)
+        is the number of the bucket's rows below its highest key, which lets a heavy value stand alone.
         """
         col = quote_snowflake(column)
         name = snowflake_name(table)
         extra = f" AND ({_bindable(source_filter)})" if source_filter else ""
         sql = (
-            f"SELECT b, MIN(k), MAX(k), COUNT(*), MAX(r) FROM ("
+            f"SELECT b, MIN(k), MAX(k), COUNT(*), MIN(r), MAX(r) FROM ("
             f"SELECT {col} AS k, RANK() OVER (ORDER BY {col}) AS r, "
             f"FLOOR((RANK() OVER (ORDER BY {col}) - 1) / %(n)s) AS b "
             f"FROM {name} WHERE {col} IS NOT NULL{extra}) AS keyed GROUP BY b "
-            f"UNION ALL SELECT -1, NULL, NULL, COUNT(*), NULL FROM {name} WHERE {col} IS NULL{extra}"
+            f"UNION ALL SELECT -1, NULL, NULL, COUNT(*), NULL, NULL FROM {name} WHERE {col} IS NULL{extra}"
         )
         rows = self._fetchall(sql, {"n": bucket_rows}, f"bucketing keys of {'.'.join(table)}.{column}")
         buckets = []
-        for b, low, high, count, max_rank in rows:
+        for b, low, high, count, min_rank, max_rank in rows:
             if int(b) < 0:
                 continue
-            below_high = int(max_rank) - 1 - int(b) * bucket_rows  # rows of the bucket ranked before its highest key
+            below_high = int(max_rank) - int(min_rank)  # rows of the bucket whose key is below its highest
             buckets.append(KeyBucket(Decimal(str(low)), Decimal(str(high)), int(count), int(count) - below_high))
         null_rows = sum(int(r[3]) for r in rows if int(r[0]) < 0)
         return buckets, null_rows
