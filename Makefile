@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: venv demo stack-up stack-down stack-status test lint bench plan clean
+.PHONY: venv demo stack-up stack-down stack-status test lint bench plan clean golden
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -43,3 +43,7 @@ test: venv lint
 
 clean: stack-down
 	rm -rf .stack
+
+## golden: regenerate tests/golden/*.txt after an intended change to chunking (review the diff!)
+golden: venv
+	UPDATE_GOLDEN=1 $(PY) -m pytest -q tests/test_golden_plans.py

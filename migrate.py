@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import signal
-import statistics
 import sys
 from typing import Any
 
@@ -114,12 +113,13 @@ def _num(value: Any) -> str:
 
 
 def cmd_plan(config: SourceConfig, as_json: bool) -> int:
+    from lib.plan_view import plan_summary, render_plan
     from lib.planner import plan_table
     from lib.snowflake_source import SnowflakeSource, columns_from_description
 
     source = SnowflakeSource(config.snowflake_connect_args())
     failed = False
-    out = []
+    out: list[dict[str, Any]] = []
     try:
         for spec in config.tables:
             try:
@@ -128,31 +128,21 @@ def cmd_plan(config: SourceConfig, as_json: bool) -> int:
             except MigrationError as exc:
                 failed = True
                 out.append({"table": spec.name, "error": str(exc)})
+                if not as_json:
+                    print(f"{spec.name}: ERROR {exc}")
                 continue
-            sizes = [c.expected_rows for c in plan.chunks] or [0]
+            if not as_json:
+                print(render_plan(spec.name, spec.target_name, plan))
             out.append({
                 "table": spec.name, "target": spec.target_name, "strategy": plan.strategy, "reason": plan.reason,
                 "chunks": len(plan.chunks), "rows": plan.expected_rows, "queries": plan.queries,
-                "seconds": plan.seconds, "min_rows": min(sizes), "median_rows": int(statistics.median(sizes)),
-                "max_rows": max(sizes), "notes": plan.notes,
+                "seconds": plan.seconds, **plan_summary(plan), "notes": plan.notes,
                 "bounds": [{"chunk": c.chunk_no, "where": c.bounds.describe(), "rows": c.expected_rows} for c in plan.chunks],
             })
     finally:
         source.close()
     if as_json:
         print(json.dumps(out, indent=2))
-    else:
-        for t in out:
-            if "error" in t:
-                print(f"{t['table']}: ERROR {t['error']}")
-                continue
-            print(f"{t['table']} → {t['target']}: {t['strategy']} ({t['reason']})")
-            print(f"  {t['chunks']} chunks, {t['rows']:,} rows; rows per chunk min {t['min_rows']:,} / "
-                  f"median {t['median_rows']:,} / max {t['max_rows']:,}; {t['queries']} query in {t['seconds']}s")
-            for note in t["notes"]:
-                print(f"  note: {note}")
-            for b in t["bounds"]:
-                print(f"    #{b['chunk']:<4} {b['rows']:>12,}  {b['where']}")
     return EXIT_ERRORS if failed else EXIT_OK
 
 

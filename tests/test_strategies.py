@@ -63,7 +63,7 @@ def test_heavy_day_is_split_by_hour_and_every_row_arrives(env) -> None:
     assert plan.returncode == 0, plan.stderr
     assert "2024-06-15 holds 6000 rows: split into" in plan.stdout
     assert "DATE_TRUNC('HOUR', TS) >= 2024-06-15T00:00:00" in plan.stdout
-    assert "2 query" in plan.stdout
+    assert "2 planning queries" in plan.stdout
 
     result = run(env.config([{"source": "EV", "chunking_columns": ["TS"], "chunking_column_types": ["date"]}],
                             chunk_rows=1000))
