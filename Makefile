@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: venv demo stack-up stack-down stack-status test lint bench plan clean golden
+.PHONY: venv demo stack-up stack-down stack-status test lint plan clean golden
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,11 @@ lint: venv
 ## test: the whole suite against real components (fakesnow server, embedded PostgreSQL)
 test: venv lint
 	$(PY) -m pytest -q
+
+## bench-plan: planning queries and seconds per strategy on a 10M-row fakesnow table (PLAN_BENCH_ROWS=200000 for a smoke run)
+.PHONY: bench-plan
+bench-plan: venv
+	$(PY) -m bench.plan_bench
 
 clean: stack-down
 	rm -rf .stack

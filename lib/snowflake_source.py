@@ -133,9 +133,9 @@ class SnowflakeSource:
         extra = f" AND ({_bindable(source_filter)})" if source_filter else ""
         sql = (
             f"SELECT b, MIN(k), MAX(k), COUNT(*), MIN(r), MAX(r) FROM ("
-            f"SELECT {col} AS k, RANK() OVER (ORDER BY {col}) AS r, "
-            f"FLOOR((RANK() OVER (ORDER BY {col}) - 1) / %(n)s) AS b "
-            f"FROM {name} WHERE {col} IS NOT NULL{extra}) AS keyed GROUP BY b "
+            f"SELECT k, r, FLOOR((r - 1) / %(n)s) AS b FROM ("
+            f"SELECT {col} AS k, RANK() OVER (ORDER BY {col}) AS r "
+            f"FROM {name} WHERE {col} IS NOT NULL{extra}) AS ranked) AS keyed GROUP BY b "
             f"UNION ALL SELECT -1, NULL, NULL, COUNT(*), NULL, NULL FROM {name} WHERE {col} IS NULL{extra}"
         )
         rows = self._fetchall(sql, {"n": bucket_rows}, f"bucketing keys of {'.'.join(table)}.{column}")
