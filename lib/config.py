@@ -18,6 +18,7 @@ from typing import Any
 
 from lib.errors import ConfigError
 from lib.identifiers import split_qualified
+from lib.retry import RetryPolicy
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.json"
 
@@ -37,6 +38,10 @@ class Settings:
     lease_seconds: int = 900
     max_attempts: int = 3
     memory_budget_mb: int = 2048
+    retry_attempts: int = 5  # per statement that is safe to repeat (stats queries, ledger updates)
+    retry_base_seconds: float = 1.0
+    retry_max_seconds: float = 30.0
+    max_outage_seconds: int = 600  # how long a worker keeps trying to reach PostgreSQL before it gives up
 
 
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
@@ -82,6 +87,10 @@ class SourceConfig:
     settings: Settings
     no_resume: bool = False
     _secret_cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def retry_policy(self) -> RetryPolicy:
+        s = self.settings
+        return RetryPolicy(s.retry_attempts, s.retry_base_seconds, s.retry_max_seconds)
 
     def chunk_rows(self, table: TableSpec) -> int:
         return table.chunk_rows or self.settings.chunk_rows
@@ -203,9 +212,9 @@ def _parse_settings(raw: Any, where: str, problems: list[str], base: Settings) -
         if key not in SETTING_NAMES:
             problems.append(f"{where}: unknown setting {key!r}{_suggest(key, SETTING_NAMES)}")
             continue
-        if key == "resume_max_age":
+        if key in ("resume_max_age", "retry_base_seconds", "retry_max_seconds"):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-            kind = "a positive number of hours"
+            kind = "a positive number of hours" if key == "resume_max_age" else "a positive number of seconds"
         else:
             ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
             kind = "a positive integer"

@@ -125,6 +125,13 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         GROUP BY t.run_id, t.table_name;
         """,
     ),
+    (
+        3,
+        "retry backoff",
+        """
+        ALTER TABLE migration_status.migration_chunk_status ADD COLUMN IF NOT EXISTS retry_at timestamptz;
+        """,
+    ),
 ]
 
 
@@ -238,7 +245,7 @@ def reset_failed(conn: psycopg.Connection[Any], run_id: int) -> int:
     """On resume: failed chunks get a fresh set of attempts; tables whose planning failed are re-planned."""
     cur = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'pending', attempts = 0, worker = NULL, "
-        "lease_expires_at = NULL WHERE run_id = %s AND status = 'failed'",
+        "lease_expires_at = NULL, retry_at = NULL WHERE run_id = %s AND status = 'failed'",
         (run_id,),
     )
     conn.execute(
@@ -258,7 +265,7 @@ def reset_failed(conn: psycopg.Connection[Any], run_id: int) -> int:
 _CLAIMABLE = f"""
     FROM {SCHEMA}.migration_chunk_status
     WHERE run_id = %(run_id)s AND (
-        status = 'pending'
+        (status = 'pending' AND (retry_at IS NULL OR retry_at <= now()))
         OR (status = 'running' AND (lease_expires_at < now()
             OR pg_try_advisory_xact_lock({CHUNK_LOCK_CLASS}, {LIVENESS_KEY.format(chunk="chunk_id", fence="fence")}))))
 """
@@ -320,15 +327,29 @@ def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nby
         )
 
 
-def mark_failed(conn: psycopg.Connection[Any], chunk: ClaimedChunk, error: str, retry: bool, max_attempts: int) -> str:
-    """Record a failed attempt; the chunk goes back to pending while attempts remain and retry is allowed."""
+def mark_failed(conn: psycopg.Connection[Any], chunk: ClaimedChunk, error: str, retry_in: float | None,
+                max_attempts: int) -> str:
+    """Record a failed attempt. With `retry_in` seconds (a transient error) the chunk goes back to
+    pending, claimable after that backoff, while attempts remain; otherwise it is failed."""
     row = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET "
-        "status = CASE WHEN %s AND attempts < %s THEN 'pending' ELSE 'failed' END, "
-        "error = %s, lease_expires_at = NULL WHERE chunk_id = %s AND fence = %s RETURNING status",
-        (retry, max_attempts, error, chunk.chunk_id, chunk.fence),
+        "status = CASE WHEN %(retry)s AND attempts < %(max)s THEN 'pending' ELSE 'failed' END, "
+        "retry_at = now() + make_interval(secs => %(wait)s), "
+        "error = %(error)s, lease_expires_at = NULL WHERE chunk_id = %(id)s AND fence = %(fence)s RETURNING status",
+        {"retry": retry_in is not None, "max": max_attempts, "wait": retry_in or 0, "error": error,
+         "id": chunk.chunk_id, "fence": chunk.fence},
     ).fetchone()
     return row[0] if row else "reclaimed"
+
+
+def seconds_until_retry(conn: psycopg.Connection[Any], run_id: int) -> float | None:
+    """Seconds until the next chunk waiting out a retry backoff becomes claimable; None if none waits."""
+    row = conn.execute(
+        f"SELECT extract(epoch FROM min(retry_at) - now()) FROM {SCHEMA}.migration_chunk_status "
+        "WHERE run_id = %s AND status = 'pending' AND retry_at > now()",
+        (run_id,),
+    ).fetchone()
+    return None if row is None or row[0] is None else max(float(row[0]), 0.0)
 
 
 def release_chunk(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> None:

@@ -8,17 +8,21 @@ import contextlib
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+import pyarrow as pa
 
+from lib import faults, status
 from lib import postgres_target as pg
-from lib import status
 from lib.config import SourceConfig, TableSpec
 from lib.errors import FenceLostError, MigrationError, TransientError, classify
+from lib.lease import LeaseKeeper
 from lib.log import ctx, get_logger
 from lib.models import ClaimedChunk
+from lib.retry import call_with_retry
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column
 
@@ -54,16 +58,33 @@ class Worker:
         self.log = get_logger()
         self._source: SnowflakeSource | None = None
         self._conn: psycopg.Connection[Any] | None = None
+        self._outage_since: float | None = None
+        self._outage_attempt = 0
 
     def run(self) -> WorkerStats:
+        """Claim and copy chunks until none is left, a stop is asked, or time runs out.
+
+        A lost PostgreSQL connection (failover, restart) is ridden out: the worker reconnects with
+        backoff for up to `max_outage_seconds`; a chunk in flight is retried by whoever claims it.
+        """
         settings = self.plan.config.settings
         try:
             while self.plan.may_claim():
-                chunk = status.claim_chunk(
-                    self._pg(), self.plan.run_id, self.name, settings.lease_seconds, settings.max_attempts
-                )
-                if chunk is None:
-                    break
+                try:
+                    chunk = status.claim_chunk(
+                        self._pg(), self.plan.run_id, self.name, settings.lease_seconds, settings.max_attempts
+                    )
+                    if chunk is None:
+                        wait = status.seconds_until_retry(self._pg(), self.plan.run_id)
+                        if wait is None:
+                            break
+                        time.sleep(min(wait, 1.0) + 0.01)
+                        continue
+                    self._outage_since = None
+                except Exception as exc:  # noqa: BLE001 - classified in _ride_out
+                    self._ride_out(exc)
+                    continue
+                faults.maybe_crash("after_claim")
                 self._process(chunk)
         except MigrationError as exc:
             self.log.error("worker %s stopped: %s", self.name, exc, **ctx(run_id=self.plan.run_id))
@@ -71,6 +92,22 @@ class Worker:
         finally:
             self._close()
         return self.stats
+
+    def _ride_out(self, exc: Exception) -> None:
+        """A ledger call failed: reconnect after a backoff if transient and the outage is young; else raise."""
+        error = classify(exc, "talking to the PostgreSQL ledger")
+        self._reset_pg()
+        if not isinstance(error, TransientError):
+            raise error from exc
+        now = time.monotonic()
+        self._outage_since = self._outage_since or now
+        if now - self._outage_since > self.plan.config.settings.max_outage_seconds:
+            raise TransientError(f"PostgreSQL unreachable for more than {self.plan.config.settings.max_outage_seconds}s: "
+                                 f"{error}") from exc
+        self._outage_attempt = self._outage_attempt + 1 if self._outage_since != now else 1
+        wait = self.plan.config.retry_policy().delay(min(self._outage_attempt, 8))
+        self.log.warning("%s; reconnecting in %.1fs", error, wait, **ctx(run_id=self.plan.run_id))
+        time.sleep(wait)
 
     def _process(self, chunk: ClaimedChunk) -> None:
         spec, columns = self.plan.tables[chunk.table_name]
@@ -84,15 +121,16 @@ class Worker:
             return
         except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
             error = classify(exc, where)
-            retry = isinstance(error, TransientError)
+            transient = isinstance(error, TransientError)
             self._reset_pg()
-            if retry:
+            if transient:
                 self._reset_source()
-            outcome = self._record_failure(chunk, str(error), retry)
+            retry_in = self.plan.config.retry_policy().delay(chunk.attempts) if transient else None
+            outcome = self._record_failure(chunk, str(error), retry_in)
             self.stats.errors.append(str(error))
             if outcome == "failed":
                 self.stats.chunks_failed += 1
-            self.log.error("chunk failed (%s, now %s): %s", "transient" if retry else "fatal", outcome, error, **fields)
+            self.log.error("chunk failed (%s, now %s): %s", "transient" if transient else "fatal", outcome, error, **fields)
             return
         self.stats.chunks_done += 1
         self.stats.rows += rows
@@ -103,23 +141,29 @@ class Worker:
 
     def _copy(self, chunk: ClaimedChunk, spec: TableSpec, columns: list[Column]) -> tuple[int, int]:
         conn = self._pg()
-        batches = self._snowflake().read(
-            spec.source, columns, chunk.bounds, spec.source_filter, self.plan.config.settings.batch_size
-        )
+        settings = self.plan.config.settings
+        batches = self._snowflake().read(spec.source, columns, chunk.bounds, spec.source_filter, settings.batch_size)
         try:
-            with conn.transaction():
-                rows, nbytes = pg.copy_batches(conn, spec.target, columns, batches)
+            with LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds), \
+                    conn.transaction():
+                rows, nbytes = pg.copy_batches(conn, spec.target, columns, _with_fault_points(batches))
                 status.mark_done(conn, chunk, rows, nbytes)
+                faults.maybe_crash("before_commit")
         finally:
             batches.close()
+        faults.maybe_crash("after_commit")
         status.release_liveness_lock(conn, chunk)
         return rows, nbytes
 
-    def _record_failure(self, chunk: ClaimedChunk, error: str, retry: bool) -> str:
-        try:
+    def _record_failure(self, chunk: ClaimedChunk, error: str, retry_in: float | None) -> str:
+        def record() -> str:
             with pg.connect(self.plan.config.postgres_connect_args(), autocommit=True) as conn:
-                return status.mark_failed(conn, chunk, error, retry, self.plan.config.settings.max_attempts)
-        except Exception as exc:  # noqa: BLE001 - the lease will expire and the chunk be reclaimed
+                return status.mark_failed(conn, chunk, error, retry_in, self.plan.config.settings.max_attempts)
+
+        try:
+            return call_with_retry(record, self.plan.config.retry_policy(), f"recording the failure of chunk {chunk.chunk_id}")
+        except MigrationError as exc:
+            # The chunk stays 'running'; its liveness lock died with our connection, so it is reclaimed.
             self.log.error("could not record the failure of chunk %s: %s", chunk.chunk_id, exc)
             return "unrecorded"
 
@@ -148,3 +192,10 @@ class Worker:
     def _close(self) -> None:
         self._reset_pg()
         self._reset_source()
+
+
+def _with_fault_points(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    for i, batch in enumerate(batches):
+        faults.maybe_crash("during_read" if i == 0 else "during_copy")
+        yield batch
+    faults.maybe_crash("during_copy")
