@@ -52,6 +52,7 @@ def plan_single(total_rows: int, reason: str) -> TablePlan:
 def plan_dates(
     column: str, days: Sequence[DayCount], chunk_rows: int, nullable: bool, reason: str,
     hours: Sequence[HourCount] = (),
+    why_not_split: str = "it has no time of day to split on",
 ) -> TablePlan:
     """Pack consecutive days into chunks of up to `chunk_rows` rows.
 
@@ -87,7 +88,7 @@ def plan_dates(
             group_lo, group_rows = d.day.isoformat(), 0
         group_rows += d.rows
         if d.rows > chunk_rows:
-            notes.append(f"{d.day} holds {d.rows} rows, more than chunk_rows={chunk_rows}, and has no time of day to split on")
+            notes.append(f"{d.day} holds {d.rows} rows, more than chunk_rows={chunk_rows}; not split: {why_not_split}")
     close_group(None)
     return _finish("date", column, segments, null_rows, nullable, reason, notes)
 

@@ -46,7 +46,8 @@ class Bounds:
         if self.kind == "null":
             return f"{self.column} IS NULL"
         if self.kind == "hash":
-            return f"HASH({', '.join(self.hash_columns or ())}) mod {self.modulus} = {self.remainder}"
+            m = self.modulus
+            return f"MOD(MOD(HASH({', '.join(self.hash_columns or ())}), {m}) + {m}, {m}) = {self.remainder}"
         key = {"date": f"DATE({self.column})", "hour": f"DATE_TRUNC('HOUR', {self.column})"}.get(
             self.key_kind or "", str(self.column))
         parts = []

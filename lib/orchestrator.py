@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg
 
@@ -21,11 +22,13 @@ from lib.errors import FatalError, MigrationError
 from lib.log import ctx, get_logger
 from lib.planner import plan_table
 from lib.reconcile import reconcile_table
+from lib.retry import call_with_retry
 from lib.snowflake_source import SnowflakeSource, columns_from_description
 from lib.typemap import estimated_row_bytes
 from lib.worker import Worker, WorkerStats, WorkPlan
 
 log = get_logger()
+T = TypeVar("T")
 
 
 @dataclass
@@ -106,7 +109,7 @@ def _plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, ru
     todo = [t for t in config.tables if t.name not in planned]
     if not todo:
         return
-    source = SnowflakeSource(config.snowflake_connect_args())
+    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
     try:
         for spec in todo:
             try:
@@ -195,7 +198,7 @@ def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         counts = status.chunk_counts(conn, run_id)
         pending = {r["table_name"] for r in status.table_rows(conn, run_id) if r["status"] == "running"}
-        source = SnowflakeSource(config.snowflake_connect_args())
+        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
         try:
             for spec in config.tables:
                 chunks = counts.get(spec.name)
@@ -232,22 +235,31 @@ def finalize_run(config: SourceConfig, run_id: int, interrupted: bool = False, e
 
 
 def run(config: SourceConfig) -> RunResult:
-    """Local invocation: start or resume, copy with threads, reconcile, finalize — on every exit path."""
+    """Local invocation: start or resume, copy with threads, reconcile, finalize — on every exit path.
+
+    Every step is idempotent, so a transient failure (PostgreSQL restarting, a Snowflake session
+    expiring) repeats the step after a backoff instead of failing the run.
+    """
+    policy = config.retry_policy()
+
+    def retried(fn: Callable[[], T], what: str) -> T:
+        return call_with_retry(fn, policy, what)
+
     started = time.monotonic()
-    start = start_run(config)
+    start = retried(lambda: start_run(config), "starting the run")
     if start.mode == "nothing_to_do":
         return RunResult(start.run_id, start.mode, "completed", start.message, 0.0,
-                         tables=summarize(config, start.run_id, None))
-    wall_start = _db_now(config)
+                         tables=retried(lambda: summarize(config, start.run_id, None), "summarizing"))
+    wall_start = retried(lambda: _db_now(config), "reading the clock")
     interrupted, error = False, None
     final = "running"
     try:
-        plan = work_plan(config, start.run_id)
+        plan = retried(lambda: work_plan(config, start.run_id), "loading the plan")
         if plan.tables:
             threads = thread_count(config, plan)
             log.info("copying with %d thread(s)", threads, **ctx(run_id=start.run_id))
             work(plan, threads)
-        reconcile_finished_tables(config, start.run_id)
+        retried(lambda: reconcile_finished_tables(config, start.run_id), "reconciling")
     except KeyboardInterrupt:
         interrupted = True
         raise
@@ -256,11 +268,11 @@ def run(config: SourceConfig) -> RunResult:
         raise
     finally:
         try:
-            final = finalize_run(config, start.run_id, interrupted, error)
+            final = retried(lambda: finalize_run(config, start.run_id, interrupted, error), "finalizing the run")
         except Exception as exc:  # noqa: BLE001 - the original error matters more; log this one
             log.error("could not persist the final run status: %s", exc, **ctx(run_id=start.run_id))
     return RunResult(start.run_id, start.mode, final, start.message, round(time.monotonic() - started, 2),
-                     tables=summarize(config, start.run_id, wall_start))
+                     tables=retried(lambda: summarize(config, start.run_id, wall_start), "summarizing"))
 
 
 def _db_now(config: SourceConfig) -> Any:

@@ -87,7 +87,9 @@ def _plan(source: SnowflakeSource, spec: TableSpec, columns: list[Column], chunk
         if heavy and _base_type(column) in HOUR_SPLIT_TYPES:
             hours = source.hour_counts(spec.source, column.name, spec.source_filter, heavy)
         reason = f"{choice.reason}: rows per day from one GROUP BY query"
-        return plan_dates(column.name, days, chunk_rows, column.nullable, reason, hours), 1 + bool(hours)
+        why = ("a DATE key has no time of day" if _base_type(column) == "DATE"
+               else f"hours of a {_base_type(column)} key depend on the session time zone")
+        return plan_dates(column.name, days, chunk_rows, column.nullable, reason, hours, why), 1 + bool(hours)
 
     if not _is_numeric(column):
         raise FatalError(f"chunking column {spec.name}.{column.name} is {column.source_type}, not numeric")

@@ -18,6 +18,7 @@ from lib.chunking import DayCount, HourCount, KeyBucket
 from lib.errors import FatalError, classify
 from lib.identifiers import quote_snowflake, snowflake_name
 from lib.models import Bounds
+from lib.retry import RetryPolicy, call_with_retry
 from lib.typemap import Column, map_column
 
 CONNECT_KEYS = {
@@ -28,8 +29,9 @@ CONNECT_KEYS = {
 
 
 class SnowflakeSource:
-    def __init__(self, connect_args: dict[str, Any]) -> None:
+    def __init__(self, connect_args: dict[str, Any], retry: RetryPolicy | None = None) -> None:
         self._args = {k: v for k, v in connect_args.items() if k in CONNECT_KEYS}
+        self._retry = retry or RetryPolicy()
         self._conn: snowflake.connector.SnowflakeConnection | None = None
 
     def connection(self) -> snowflake.connector.SnowflakeConnection:
@@ -48,12 +50,13 @@ class SnowflakeSource:
             self._conn = None
 
     def _fetchall(self, sql: str, params: dict[str, Any] | None, context: str) -> list[tuple[Any, ...]]:
-        try:
+        """Run a read-only query; transient failures reconnect and repeat it (safe: it only reads)."""
+        def once() -> list[tuple[Any, ...]]:
             with self.connection().cursor() as cur:
                 cur.execute(sql, params)
                 return list(cur.fetchall())
-        except Exception as exc:
-            raise classify(exc, context) from exc
+
+        return call_with_retry(once, self._retry, context, on_retry=self.close)
 
     def describe(self, table: tuple[str, ...]) -> list[dict[str, Any]]:
         """The table's columns as stored in the plan: name, data_type, precision, scale, char_length, nullable."""
@@ -143,6 +146,9 @@ class SnowflakeSource:
         for b, low, high, count, min_rank, max_rank in rows:
             if int(b) < 0:
                 continue
+            if Decimal(str(low)).is_nan() or Decimal(str(high)).is_nan():
+                raise FatalError(f"{'.'.join(table)}.{column} holds NaN values, which have no place in a key range: "
+                                 "choose another chunking column")
             below_high = int(max_rank) - int(min_rank)  # rows of the bucket whose key is below its highest
             buckets.append(KeyBucket(Decimal(str(low)), Decimal(str(high)), int(count), int(count) - below_high))
         null_rows = sum(int(r[3]) for r in rows if int(r[0]) < 0)
@@ -194,7 +200,7 @@ def chunk_predicate(bounds: Bounds) -> tuple[str, dict[str, Any]]:
     if bounds.key_kind == "date":
         key, cast = f"DATE({col})", "TO_DATE(%({p})s)"
     elif bounds.key_kind == "hour":
-        key, cast = f"DATE_TRUNC('HOUR', {col})", "TO_TIMESTAMP(%({p})s)"
+        key, cast = f"DATE_TRUNC('HOUR', {col})", "TO_TIMESTAMP_NTZ(%({p})s)"
     else:
         key, cast = col, "%({p})s"
     parts = [f"{col} IS NOT NULL"]

@@ -174,7 +174,7 @@ class Worker:
 
     def _snowflake(self) -> SnowflakeSource:
         if self._source is None:
-            self._source = SnowflakeSource(self.plan.config.snowflake_connect_args())
+            self._source = SnowflakeSource(self.plan.config.snowflake_connect_args(), self.plan.config.retry_policy())
         return self._source
 
     def _reset_pg(self) -> None:
