@@ -115,9 +115,10 @@ def _num(value: Any) -> str:
 def cmd_plan(config: SourceConfig, as_json: bool) -> int:
     from lib.plan_view import plan_summary, render_plan
     from lib.planner import plan_table
-    from lib.snowflake_source import SnowflakeSource, columns_from_description
+    from lib.snowflake_source import SnowflakeSource
+    from lib.typemap import columns_from_description
 
-    source = SnowflakeSource(config.snowflake_connect_args())
+    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
     failed = False
     out: list[dict[str, Any]] = []
     try:

@@ -6,12 +6,15 @@ goes through `classify()`, which answers one question: is it worth retrying?
 
 from __future__ import annotations
 
+import errno
 import socket
 
 import psycopg
 import pyarrow as pa
+import snowflake.connector.errorcode as sf_codes
 import snowflake.connector.errors as sf_errors
 from psycopg import errors as pg_errors
+from snowflake.connector.network import CREDENTIAL_REJECTION_GS_CODES
 
 
 class MigrationError(Exception):
@@ -39,47 +42,88 @@ class FenceLostError(MigrationError):
     """The chunk was reclaimed by another worker; this worker's transaction must not commit."""
 
 
-# SQLSTATE classes / codes that heal on retry.
+# SQLSTATEs that heal on retry; every class 08 (connection exception) code does too.
 _PG_TRANSIENT_SQLSTATES = {
     "40001",  # serialization_failure
     "40P01",  # deadlock_detected
-    "55P03",  # lock_not_available
-    "57P01",  # admin_shutdown
+    "55P03",  # lock_not_available (lock_timeout, NOWAIT)
+    "57014",  # query_canceled (statement_timeout, e.g. behind a stalled connection; retries are capped)
+    "57P01",  # admin_shutdown (pg_terminate_backend, fast shutdown)
     "57P02",  # crash_shutdown
-    "57P03",  # cannot_connect_now
+    "57P03",  # cannot_connect_now (starting up, shutting down)
     "53300",  # too_many_connections
-    "08000", "08003", "08006", "08001", "08004",  # connection exceptions
 }
 
-# Snowflake error numbers that heal on retry (session/token expiry, connection failures).
+# A login the server refuses reaches psycopg only as libpq's text: a plain OperationalError with no
+# SQLSTATE, like a refused socket. Last resort, so by message: these server phrases mean credentials,
+# pg_hba.conf, or a missing role/database, which no retry fixes. (A localized server is missed and
+# retried, within the retry cap.)
+_PG_LOGIN_REFUSALS = (
+    "authentication failed",  # password/scram/md5/peer/ident... authentication failed for user
+    "pg_hba.conf",  # no pg_hba.conf entry / pg_hba.conf rejects connection
+    "does not exist",  # role "x" / database "x" does not exist
+    "no password supplied",  # libpq: the server asked for a password and none was configured
+    "is not permitted to log in",
+    "permission denied for database",
+)
+
+# Snowflake error numbers that heal on a retry after reconnecting.
 _SF_TRANSIENT_ERRNOS = {
-    390111, 390112, 390114,  # session / master token expired
-    250001, 250003,  # could not connect / failed to execute request (HTTP 5xx after retries)
-    253003,  # connection reset
+    390104,  # user must log in again (session unknown to the server)
+    390111,  # session no longer exists
+    390112,  # session expired (and could not be renewed)
+    390113, 390114, 390115,  # master token not found / expired / invalid
+    sf_codes.ER_FAILED_TO_CONNECT_TO_DB,  # 250001: Snowflake unreachable within login_timeout
+    sf_codes.ER_CONNECTION_IS_CLOSED,  # 250002
+    sf_codes.ER_FAILED_TO_REQUEST,  # 250003: request failed after the connector's own retries
+    sf_codes.ER_HTTP_GENERAL_ERROR + 401,  # HTTP 401 on a query: the server dropped the session token
     604,  # statement canceled (e.g. warehouse suspend)
 }
+# The connector's classes for HTTP 5xx / 429 responses it already retried until network_timeout, and
+# for a failed connection or service (OperationalError, InterfaceError), not a failed statement.
+_SF_TRANSIENT_CLASSES = (
+    sf_errors.InternalServerError, sf_errors.BadGatewayError, sf_errors.ServiceUnavailableError,
+    sf_errors.GatewayTimeoutError, sf_errors.TooManyRequests, sf_errors.OtherHTTPRetryableError,
+    sf_errors.OperationalError, sf_errors.InterfaceError,
+)
+# Rejected credentials: the connector reports them with SQLSTATE 28000 and these error numbers.
+_SF_AUTH_ERRNOS = {int(code) for code in CREDENTIAL_REJECTION_GS_CODES}
+
+# OSError numbers of a network that is down or unreachable (not ConnectionError subclasses).
+_NET_ERRNOS = {errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EHOSTUNREACH}
 
 
 def is_transient(exc: BaseException) -> bool:
     """True when the error is worth a reconnect and retry, False when it is fatal."""
     if isinstance(exc, TransientError):
         return True
-    if isinstance(exc, (FatalError, FenceLostError, ConfigError)):
+    if isinstance(exc, MigrationError):
         return False
     if isinstance(exc, psycopg.Error):
-        sqlstate = getattr(exc, "sqlstate", None)
-        if sqlstate is None:
-            # No SQLSTATE: raised client-side, i.e. the connection is broken or closed.
-            return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
-        return sqlstate in _PG_TRANSIENT_SQLSTATES or sqlstate.startswith("08")
+        return _pg_transient(exc)
     if isinstance(exc, sf_errors.Error):
-        if getattr(exc, "errno", None) in _SF_TRANSIENT_ERRNOS:
-            return True
-        # OperationalError/InterfaceError: the connection or the service failed, not the statement.
-        return isinstance(exc, (sf_errors.OperationalError, sf_errors.InterfaceError))
+        return _sf_transient(exc)
     if isinstance(exc, pa.ArrowInvalid):
         return False  # a value that does not fit the target type
-    return isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, EOFError))
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, EOFError)):
+        return True
+    return isinstance(exc, OSError) and exc.errno in _NET_ERRNOS
+
+
+def _pg_transient(exc: psycopg.Error) -> bool:
+    if exc.sqlstate is not None:
+        return exc.sqlstate in _PG_TRANSIENT_SQLSTATES or exc.sqlstate.startswith("08")
+    # No SQLSTATE: raised client-side. A refused login is fatal; otherwise the connection is broken,
+    # closed or unreachable (OperationalError, InterfaceError), or the client rejected a value (fatal).
+    if any(phrase in str(exc) for phrase in _PG_LOGIN_REFUSALS):
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
+def _sf_transient(exc: sf_errors.Error) -> bool:
+    if exc.sqlstate == "28000" or exc.errno in _SF_AUTH_ERRNOS or isinstance(exc, sf_errors.NonRetryableTlsError):
+        return False  # bad credentials; a TLS setup the server will never accept
+    return exc.errno in _SF_TRANSIENT_ERRNOS or isinstance(exc, _SF_TRANSIENT_CLASSES)
 
 
 def classify(exc: BaseException, context: str = "") -> MigrationError:
@@ -94,8 +138,15 @@ def classify(exc: BaseException, context: str = "") -> MigrationError:
     return error
 
 
+# Values the target column type cannot hold.
+_DOES_NOT_FIT = (
+    pg_errors.NumericValueOutOfRange, pg_errors.StringDataRightTruncation, pg_errors.InvalidTextRepresentation,
+    pg_errors.InvalidDatetimeFormat, pg_errors.DatetimeFieldOverflow, pa.ArrowInvalid,
+)
+
+
 def _describe(exc: BaseException) -> str:
-    if isinstance(exc, (pg_errors.NumericValueOutOfRange, pa.ArrowInvalid)):
+    if isinstance(exc, _DOES_NOT_FIT):
         return f"value does not fit the target column type ({type(exc).__name__}: {exc})"
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return f"permission denied in PostgreSQL: {exc}"

@@ -23,8 +23,8 @@ from lib.log import ctx, get_logger
 from lib.planner import plan_table
 from lib.reconcile import reconcile_table
 from lib.retry import call_with_retry
-from lib.snowflake_source import SnowflakeSource, columns_from_description
-from lib.typemap import estimated_row_bytes
+from lib.snowflake_source import SnowflakeSource
+from lib.typemap import columns_from_description, estimated_row_bytes
 from lib.worker import Worker, WorkerStats, WorkPlan
 
 log = get_logger()
@@ -127,8 +127,10 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     columns = columns_from_description(described)
     plan = plan_table(source, spec, columns, config.chunk_rows(spec))
     with conn.transaction():
-        created = pg.ensure_table(conn, spec.target, columns)
-        if not created:
+        existing_types = pg.ensure_table(conn, spec.target, columns)
+        if existing_types is not None:
+            described = [{**d, "target_type": existing_types[d["name"]]} for d in described]
+            columns_from_description(described)  # a target type the engine cannot write fails the table now
             if spec.truncate_onstart:
                 pg.truncate(conn, spec.target)
                 plan.notes.append(f"target {spec.target_name} truncated (truncate_onstart) when this run was planned")

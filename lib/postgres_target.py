@@ -48,13 +48,14 @@ def table_exists(conn: psycopg.Connection[Any], target: tuple[str, str]) -> bool
     return row is not None
 
 
-def target_columns(conn: psycopg.Connection[Any], target: tuple[str, str]) -> list[str]:
+def target_column_types(conn: psycopg.Connection[Any], target: tuple[str, str]) -> dict[str, str]:
+    """Column name → format_type of an existing table."""
     rows = conn.execute(
-        "SELECT column_name FROM information_schema.columns WHERE table_schema = %s AND table_name = %s "
-        "ORDER BY ordinal_position",
-        target,
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a "
+        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
+        (sql.Identifier(*target).as_string(conn),),
     ).fetchall()
-    return [r[0] for r in rows]
+    return {r[0]: r[1] for r in rows}
 
 
 def target_column_names(columns: list[Column]) -> list[str]:
@@ -63,23 +64,24 @@ def target_column_names(columns: list[Column]) -> list[str]:
     return [c.name.lower() if c.name == c.name.upper() else c.name for c in columns]
 
 
-def ensure_table(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> bool:
-    """Create the target table when missing; check an existing one has every column. True if created."""
+def ensure_table(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> dict[str, str] | None:
+    """Create the target table when missing (returns None), or check that an existing one has every
+    column and return its column types by source column name."""
     names = target_column_names(columns)
     if table_exists(conn, target):
-        existing = set(target_columns(conn, target))
+        existing = target_column_types(conn, target)
         missing = [n for n in names if n not in existing]
         if missing:
             raise FatalError(
                 f"target table {'.'.join(target)} exists but lacks column(s) {', '.join(missing)}"
             )
-        return False
+        return {c.name: existing[n] for c, n in zip(columns, names, strict=True)}
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target[0])))
     column_defs = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(c.pg_type)) for n, c in zip(names, columns, strict=True)
     )
     conn.execute(sql.SQL("CREATE TABLE {} ({})").format(table_ident(target), column_defs))
-    return True
+    return None
 
 
 def row_count(conn: psycopg.Connection[Any], target: tuple[str, str]) -> int:

@@ -19,7 +19,7 @@ from lib.errors import FatalError, classify
 from lib.identifiers import quote_snowflake, snowflake_name
 from lib.models import Bounds
 from lib.retry import RetryPolicy, call_with_retry
-from lib.typemap import Column, map_column
+from lib.typemap import Column, columns_from_description
 
 CONNECT_KEYS = {
     "account", "user", "password", "host", "port", "protocol", "database", "schema", "warehouse", "role",
@@ -180,10 +180,6 @@ class SnowflakeSource:
             raise
         except Exception as exc:
             raise classify(exc, context) from exc
-
-
-def columns_from_description(described: list[dict[str, Any]]) -> list[Column]:
-    return [map_column(**d) for d in described]
 
 
 def chunk_predicate(bounds: Bounds) -> tuple[str, dict[str, Any]]:

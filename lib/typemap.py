@@ -73,8 +73,16 @@ def map_column(
     scale: int | None = None,
     char_length: int | None = None,
     nullable: bool = True,
+    target_type: str | None = None,
 ) -> Column:
-    """Map one information_schema row. Raises FatalError for a type with no mapping."""
+    """Map one information_schema row. Raises FatalError for a type with no mapping.
+
+    `target_type` is the column's type in an existing target table (`format_type`): values are
+    then cast to what that column holds, so one that does not fit fails its chunk by name.
+    """
+    if target_type:
+        source = map_column(name, data_type, precision, scale, char_length, nullable)
+        return _existing_target(source, target_type)
     base = data_type.upper().split("(")[0].strip()
     if base in _NUMBER_TYPES:
         p = precision or 38
@@ -93,6 +101,35 @@ def map_column(
     if rule is None:
         raise FatalError(f"column {name!r} has Snowflake type {data_type}, which has no PostgreSQL mapping yet")
     return _column(name, base, rule, nullable)
+
+
+# PostgreSQL type (format_type, without modifiers) → Arrow wire type, for existing target tables.
+_PG_WIRE: dict[str, pa.DataType] = {
+    "smallint": pa.int16(), "integer": pa.int32(), "bigint": pa.int64(),
+    "real": pa.float32(), "double precision": pa.float64(), "boolean": pa.bool_(), "date": pa.date32(),
+    "text": pa.string(), "character varying": pa.string(), "character": pa.string(), "jsonb": pa.string(),
+    "bytea": pa.binary(), "time without time zone": pa.time64("us"),
+    "timestamp without time zone": pa.timestamp("us"), "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+}
+
+
+def _existing_target(source: Column, target_type: str) -> Column:
+    base = target_type.split("(")[0].strip()
+    if base == "numeric":
+        digits = [int(x) for x in target_type[len("numeric("):-1].split(",")] if "(" in target_type else []
+        precision = digits[0] if digits else 38
+        scale = digits[1] if len(digits) > 1 else (0 if digits else source.wire.scale if pa.types.is_decimal(source.wire) else 9)
+        wire: pa.DataType = pa.decimal128(min(precision, 38), scale)
+    elif base in _PG_WIRE:
+        wire = _PG_WIRE[base]
+    else:
+        raise FatalError(f"target column {source.name!r} has type {target_type}, which the engine cannot write yet")
+    return Column(source.name, source.source_type, target_type, wire, base == "jsonb", source.est_bytes, source.nullable)
+
+
+def columns_from_description(described: list[dict[str, object]]) -> list[Column]:
+    """Columns of a table as stored in its plan (see SnowflakeSource.describe)."""
+    return [map_column(**d) for d in described]  # type: ignore[arg-type]
 
 
 def _column(name: str, source_type: str, rule: _Rule, nullable: bool) -> Column:

@@ -9,7 +9,7 @@ from lib import postgres_target as pg
 from lib import status
 from lib.errors import FenceLostError
 from lib.orchestrator import start_run
-from lib.snowflake_source import columns_from_description
+from lib.typemap import columns_from_description
 
 
 @pytest.fixture
