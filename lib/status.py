@@ -335,11 +335,14 @@ def mark_failed(conn: psycopg.Connection[Any], chunk: ClaimedChunk, error: str, 
         f"UPDATE {SCHEMA}.migration_chunk_status SET "
         "status = CASE WHEN %(retry)s AND attempts < %(max)s THEN 'pending' ELSE 'failed' END, "
         "retry_at = now() + make_interval(secs => %(wait)s), "
-        "error = %(error)s, lease_expires_at = NULL WHERE chunk_id = %(id)s AND fence = %(fence)s RETURNING status",
+        "error = %(error)s, lease_expires_at = NULL "
+        # status = 'running': when a COMMIT's outcome is unknown (connection lost during it), the
+        # chunk may in fact be done; then it stays done and is not copied a second time.
+        "WHERE chunk_id = %(id)s AND fence = %(fence)s AND status = 'running' RETURNING status",
         {"retry": retry_in is not None, "max": max_attempts, "wait": retry_in or 0, "error": error,
          "id": chunk.chunk_id, "fence": chunk.fence},
     ).fetchone()
-    return row[0] if row else "reclaimed"
+    return row[0] if row else "already done or reclaimed"
 
 
 def seconds_until_retry(conn: psycopg.Connection[Any], run_id: int) -> float | None:

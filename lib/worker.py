@@ -122,11 +122,13 @@ class Worker:
         except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
             error = classify(exc, where)
             transient = isinstance(error, TransientError)
+            retry_in = self.plan.config.retry_policy().delay(chunk.attempts) if transient else None
+            # Record before letting go of the connection: closing it drops the liveness lock, and
+            # another worker would reclaim the chunk in between.
+            outcome = self._record_failure(chunk, str(error), retry_in)
             self._reset_pg()
             if transient:
                 self._reset_source()
-            retry_in = self.plan.config.retry_policy().delay(chunk.attempts) if transient else None
-            outcome = self._record_failure(chunk, str(error), retry_in)
             self.stats.errors.append(str(error))
             if outcome == "failed":
                 self.stats.chunks_failed += 1
@@ -157,11 +159,11 @@ class Worker:
 
     def _record_failure(self, chunk: ClaimedChunk, error: str, retry_in: float | None) -> str:
         def record() -> str:
-            with pg.connect(self.plan.config.postgres_connect_args(), autocommit=True) as conn:
-                return status.mark_failed(conn, chunk, error, retry_in, self.plan.config.settings.max_attempts)
+            return status.mark_failed(self._pg(), chunk, error, retry_in, self.plan.config.settings.max_attempts)
 
         try:
-            return call_with_retry(record, self.plan.config.retry_policy(), f"recording the failure of chunk {chunk.chunk_id}")
+            return call_with_retry(record, self.plan.config.retry_policy(), f"recording the failure of chunk {chunk.chunk_id}",
+                                   on_retry=self._reset_pg)
         except MigrationError as exc:
             # The chunk stays 'running'; its liveness lock died with our connection, so it is reclaimed.
             self.log.error("could not record the failure of chunk %s: %s", chunk.chunk_id, exc)

