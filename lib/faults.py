@@ -1,30 +1,42 @@
-"""Fault injection for crash tests: `MIGRATION_FAULTS="before_commit:0.3,during_copy:0.1"` makes the
-process SIGKILL itself at that point with that probability. Unset (always, in production) it costs
-one dictionary lookup per chunk."""
+"""Fault injection for crash tests. `MIGRATION_FAULTS` lists points at which the process SIGKILLs
+itself: `before_commit:0.3` (with probability 0.3 each time the point is reached) or
+`during_copy@4` (the 4th time it is reached). Unset, as in production, it costs one dictionary
+lookup per chunk."""
 
 from __future__ import annotations
 
 import os
 import random
 import signal
+from collections import Counter
 
 POINTS = ("after_claim", "during_read", "during_copy", "before_commit", "after_commit")
 
 
-def _parse(spec: str) -> dict[str, float]:
-    out: dict[str, float] = {}
+def _parse(spec: str) -> dict[str, tuple[float, int]]:
+    out: dict[str, tuple[float, int]] = {}
     for item in filter(None, (p.strip() for p in spec.split(","))):
-        point, _, probability = item.partition(":")
+        if "@" in item:
+            point, _, nth = item.partition("@")
+            rule = (0.0, int(nth))
+        else:
+            point, _, probability = item.partition(":")
+            rule = (float(probability or 1.0), 0)
         if point not in POINTS:
             raise ValueError(f"unknown fault point {point!r} (known: {', '.join(POINTS)})")
-        out[point] = float(probability or 1.0)
+        out[point] = rule
     return out
 
 
 _FAULTS = _parse(os.environ.get("MIGRATION_FAULTS", ""))
+_passes: Counter[str] = Counter()
 
 
 def maybe_crash(point: str) -> None:
-    probability = _FAULTS.get(point)
-    if probability and random.random() < probability:
+    rule = _FAULTS.get(point)
+    if rule is None:
+        return
+    probability, nth = rule
+    _passes[point] += 1
+    if (nth and _passes[point] == nth) or (probability and random.random() < probability):
         os.kill(os.getpid(), signal.SIGKILL)

@@ -242,10 +242,15 @@ def record_table_failure(conn: psycopg.Connection[Any], run_id: int, table: str,
 
 
 def reset_failed(conn: psycopg.Connection[Any], run_id: int) -> int:
-    """On resume: failed chunks get a fresh set of attempts; tables whose planning failed are re-planned."""
+    """On resume: failed chunks get a fresh set of attempts, and so do chunks left running by workers
+    that died (their attempts may be used up); tables whose planning failed are re-planned."""
     cur = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'pending', attempts = 0, worker = NULL, "
         "lease_expires_at = NULL, retry_at = NULL WHERE run_id = %s AND status = 'failed'",
+        (run_id,),
+    )
+    conn.execute(
+        f"UPDATE {SCHEMA}.migration_chunk_status SET attempts = 0 WHERE run_id = %s AND status = 'running'",
         (run_id,),
     )
     conn.execute(
