@@ -170,7 +170,8 @@ def thread_count(config: SourceConfig, plan: WorkPlan) -> int:
 
 def work(plan: WorkPlan, threads: int) -> WorkerStats:
     """Run `threads` workers until no chunk is claimable (or stop/deadline). Returns summed stats."""
-    workers = [Worker(plan) for _ in range(threads)]
+    plan.threads = threads
+    workers = [Worker(plan, index) for index in range(threads)]
     pool = [threading.Thread(target=w.run, name=w.name, daemon=True) for w in workers]
     for t in pool:
         t.start()

@@ -17,6 +17,7 @@ import pyarrow as pa
 
 from lib import faults, status
 from lib import postgres_target as pg
+from lib.budget import fit_threads
 from lib.config import SourceConfig, TableSpec
 from lib.errors import FenceLostError, MigrationError, TransientError, classify
 from lib.lease import LeaseKeeper
@@ -45,14 +46,34 @@ class WorkPlan:
     tables: dict[str, tuple[TableSpec, list[Column]]]
     stop: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() after which no new chunk is claimed
+    threads: int = 1  # workers allowed to claim; lowered when measured batches are bigger than estimated
+    measured_row_bytes: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def may_claim(self) -> bool:
-        return not self.stop.is_set() and (self.deadline is None or time.monotonic() < self.deadline)
+    def may_claim(self, worker_index: int = 0) -> bool:
+        return (not self.stop.is_set() and worker_index < self.threads
+                and (self.deadline is None or time.monotonic() < self.deadline))
+
+    def observe(self, batch: pa.RecordBatch) -> None:
+        """Measure a real batch; if threads × its size no longer fits the memory budget, fewer threads claim."""
+        if batch.num_rows == 0:
+            return
+        row_bytes = -(-batch.nbytes // batch.num_rows)
+        with self._lock:
+            if row_bytes <= self.measured_row_bytes:
+                return
+            self.measured_row_bytes = row_bytes
+            settings = self.config.settings
+            allowed, why = fit_threads(self.threads, settings.batch_size, row_bytes, settings.memory_budget_mb)
+            if allowed < self.threads:
+                get_logger().warning("measured %d bytes per row: %s", row_bytes, why, **ctx(run_id=self.run_id))
+                self.threads = allowed
 
 
 class Worker:
-    def __init__(self, plan: WorkPlan, name: str | None = None) -> None:
+    def __init__(self, plan: WorkPlan, index: int = 0, name: str | None = None) -> None:
         self.plan = plan
+        self.index = index
         self.name = name or f"worker-{uuid.uuid4().hex[:12]}"
         self.stats = WorkerStats()
         self.log = get_logger()
@@ -69,7 +90,7 @@ class Worker:
         """
         settings = self.plan.config.settings
         try:
-            while self.plan.may_claim():
+            while self.plan.may_claim(self.index):
                 try:
                     chunk = status.claim_chunk(
                         self._pg(), self.plan.run_id, self.name, settings.lease_seconds, settings.max_attempts
@@ -148,7 +169,7 @@ class Worker:
         try:
             with LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds), \
                     conn.transaction():
-                rows, nbytes = pg.copy_batches(conn, spec.target, columns, _with_fault_points(batches))
+                rows, nbytes = pg.copy_batches(conn, spec.target, columns, self._measured(_with_fault_points(batches)))
                 status.mark_done(conn, chunk, rows, nbytes)
                 faults.maybe_crash("before_commit")
         finally:
@@ -194,6 +215,13 @@ class Worker:
     def _close(self) -> None:
         self._reset_pg()
         self._reset_source()
+
+
+    def _measured(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for i, batch in enumerate(batches):
+            if i == 0:
+                self.plan.observe(batch)
+            yield batch
 
 
 def _with_fault_points(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -1,0 +1,96 @@
+"""Clean stops, time budgets, lease renewal and the memory budget."""
+
+from __future__ import annotations
+
+import signal
+import time
+
+from lib import status
+from lib.budget import fit_threads
+from lib.lease import LeaseKeeper
+from lib.orchestrator import run, start_run, work, work_plan
+from tests.helpers import cli, cli_popen
+
+
+def _load(env, rows: int) -> None:
+    env.sf_execute(f"CREATE TABLE S AS SELECT SEQ8()::NUMBER(18,0) AS ID, 'text ' || SEQ8() AS T "
+                   f"FROM TABLE(GENERATOR(ROWCOUNT => {rows}))")
+
+
+TABLES = [{"source": "S", "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}]
+
+
+def _states(env) -> dict[str, int]:
+    try:
+        return dict(env.pg_rows(f"SELECT status, count(*) FROM {status.SCHEMA}.migration_chunk_status GROUP BY 1"))
+    except Exception:  # noqa: BLE001 - the ledger may not exist yet
+        return {}
+
+
+def test_sigterm_finishes_in_flight_chunks_persists_status_and_the_next_run_resumes(env) -> None:
+    _load(env, 200_000)
+    path = env.write_config(TABLES, defaults={"chunk_rows": 2000, "batch_size": 1000})
+    proc = cli_popen(env.env, path)
+    deadline = time.monotonic() + 60
+    while _states(env).get("done", 0) < 5:
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    output = proc.communicate(timeout=60)[0]
+
+    assert proc.returncode == 130, output
+    assert "stop requested" in output
+    states = _states(env)
+    assert states.get("running", 0) == 0, "in-flight chunks finished (or rolled back) before exit"
+    assert 0 < states["done"] < sum(states.values())
+    assert env.pg_rows(f"SELECT status FROM {status.SCHEMA}.migration_runs") == [("running",)]
+    assert env.pg_value("SELECT count(*) FROM public.s") == env.pg_value(
+        f"SELECT sum(rows_copied) FROM {status.SCHEMA}.migration_chunk_status WHERE status = 'done'")
+
+    resumed = cli(env.env, path)
+    assert resumed.returncode == 0 and "resuming run 1" in resumed.stdout
+    assert env.pg_value("SELECT count(DISTINCT id) FROM public.s") == env.pg_value("SELECT count(*) FROM public.s") == 200_000
+
+
+def test_time_budget_stops_claiming_and_leaves_the_rest_for_the_next_invocation(env) -> None:
+    _load(env, 5000)
+    config = env.config(TABLES, chunk_rows=500)
+    start = start_run(config)
+    plan = work_plan(config, start.run_id, deadline=time.monotonic())  # no time left at all
+    stats = work(plan, 2)
+    assert stats.chunks_done == 0 and _states(env) == {"pending": 11}
+    assert run(config).status == "completed"
+
+
+def test_long_chunk_renews_its_lease(env) -> None:
+    _load(env, 100)
+    config = env.config(TABLES, chunk_rows=50)
+    start_run(config)
+    with env.pg() as conn:
+        chunk = status.claim_chunk(conn, 1, "slow-worker", lease_seconds=1, max_attempts=3)
+        assert chunk is not None
+        first = env.pg_value(f"SELECT lease_expires_at FROM {status.SCHEMA}.migration_chunk_status WHERE chunk_id = %s",
+                             (chunk.chunk_id,))
+        with LeaseKeeper(config.postgres_connect_args(), chunk, lease_seconds=1) as keeper:
+            time.sleep(2.2)
+        later = env.pg_value(f"SELECT lease_expires_at FROM {status.SCHEMA}.migration_chunk_status WHERE chunk_id = %s",
+                             (chunk.chunk_id,))
+    assert keeper.renewals >= 3
+    assert (later - first).total_seconds() >= 1.5
+
+
+def test_threads_are_clamped_to_the_memory_budget_and_the_log_says_why() -> None:
+    assert fit_threads(8, 10_000, 100, budget_mb=1024) == (8, None)
+    threads, why = fit_threads(8, 100_000, 2_000, budget_mb=1024)
+    assert threads == 1 and "lowered from 8 to 1" in why and "batch_size" in why
+
+
+def test_measured_batches_bigger_than_estimated_lower_the_thread_count(env, caplog) -> None:
+    env.sf_execute("CREATE TABLE WIDE AS SELECT SEQ8()::NUMBER(18,0) AS ID, REPEAT('x', 4000) AS BLOBBY "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 4000))")
+    # estimate from types: ~80 bytes a row; real rows carry 4 kB of text
+    config = env.config([{"source": "WIDE", "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}],
+                        chunk_rows=500, batch_size=500, parallel_threads=4, memory_budget_mb=12)
+    result = run(config)
+    assert result.status == "completed"
+    assert "measured" in caplog.text and "parallel_threads lowered from 4 to" in caplog.text
