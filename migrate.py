@@ -15,7 +15,7 @@ import signal
 import sys
 from typing import Any
 
-from lib.config import SourceConfig, load_config
+from lib.config import SETTING_NAMES, Settings, SourceConfig, load_config
 from lib.errors import ConfigError, MigrationError
 from lib.log import get_logger
 
@@ -38,17 +38,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="path to config.json (default: ./config.json or $MIGRATION_CONFIG)")
     p.add_argument("--table", action="append", dest="tables", help="only this table (repeatable)")
     p.add_argument("--no-resume", action="store_true", default=None, help="start a fresh run")
-    p.add_argument("--resume-max-age", type=float, help="resume window in hours (default 168)")
-    p.add_argument("--parallel-threads", type=int)
-    p.add_argument("--batch-size", type=int)
-    p.add_argument("--chunk-rows", type=int)
     p.add_argument("--json", action="store_true", default=None, help="print the result as JSON")
+    # every setting that a Step Functions execution may override is a flag too
+    for name in SETTING_NAMES:
+        default = getattr(Settings(), name)
+        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), dest=name,
+                       help=f"override the {name} setting (default {default})")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    keys = {"tables": "tables", "no_resume": "no_resume", "resume_max_age": "resume_max_age",
-            "parallel_threads": "parallel_threads", "batch_size": "batch_size", "chunk_rows": "chunk_rows"}
-    return {key: getattr(args, attr) for attr, key in keys.items() if getattr(args, attr, None) is not None}
+    keys = ("tables", "no_resume", *SETTING_NAMES)
+    return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
 
 
 def main(argv: list[str] | None = None) -> int:

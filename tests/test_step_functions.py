@@ -189,7 +189,7 @@ def test_unknown_input_keys_are_refused_before_any_work(aws) -> None:
     execution = aws.start(workers=1, drop_target_first=True)
     result = aws.wait(execution)
     assert result["status"] == "FAILED"
-    failed = [e for e in aws.history(execution) if e["type"] == "LambdaFunctionFailed"][0]
+    failed = next(e for e in aws.history(execution) if e["type"] == "LambdaFunctionFailed")
     assert failed["lambdaFunctionFailedEventDetails"]["error"] == "ConfigError"
     assert "drop_target_first" in failed["lambdaFunctionFailedEventDetails"]["cause"]
     assert aws.env.pg_value("SELECT to_regclass('migration_status.migration_runs')") is None, "no run was started"
