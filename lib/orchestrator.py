@@ -18,7 +18,7 @@ from lib import postgres_target as pg
 from lib import status
 from lib.budget import fit_threads
 from lib.config import SourceConfig, TableSpec
-from lib.errors import FatalError, MigrationError
+from lib.errors import FatalError, MigrationError, TransientError, classify
 from lib.log import ctx, get_logger
 from lib.planner import plan_table
 from lib.reconcile import reconcile_table
@@ -65,25 +65,24 @@ def start_run(config: SourceConfig) -> StartResult:
         conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
             latest = status.find_latest_run(conn, config_hash)
+            if latest and latest.status == "completed" and not config.no_resume:
+                return StartResult(
+                    latest.run_id, "nothing_to_do",
+                    f"run {latest.run_id} of this config already completed ({latest.age_hours:.1f} h ago): "
+                    "nothing left to do; use --no-resume to copy everything again",
+                )
+            superseded: tuple[int, str] | None = None
             if latest and config.no_resume:
-                if latest.status != "completed":
-                    status.abandon_run(conn, latest.run_id, "superseded by a --no-resume run")
                 log.info("no_resume: not resuming run %s (%s); starting a fresh run", latest.run_id, latest.status)
+                superseded = (latest.run_id, "superseded by a --no-resume run") if latest.status != "completed" else None
                 latest = None
             elif latest and latest.age_hours > max_age:
                 log.info(
                     "run %s started %.1f h ago, beyond resume_max_age=%s h: not resumed, starting a fresh run",
                     latest.run_id, latest.age_hours, max_age,
                 )
-                if latest.status != "completed":
-                    status.abandon_run(conn, latest.run_id, f"older than resume_max_age={max_age} h")
+                superseded = (latest.run_id, f"older than resume_max_age={max_age} h")
                 latest = None
-            if latest and latest.status == "completed":
-                return StartResult(
-                    latest.run_id, "nothing_to_do",
-                    f"run {latest.run_id} of this config already completed ({latest.age_hours:.1f} h ago): "
-                    "nothing left to do; use --no-resume to copy everything again",
-                )
             if latest:
                 run_id, mode = latest.run_id, "resumed"
                 retried = status.reset_failed(conn, run_id)
@@ -92,9 +91,12 @@ def start_run(config: SourceConfig) -> StartResult:
                 if retried:
                     message += f"; {retried} failed chunk(s) get new attempts"
             else:
-                run_id = status.create_run(conn, config_hash, config.name, {
-                    "source_names": [config.name], "config": config.redacted(),
-                })
+                with conn.transaction():  # abandoning the old run and creating the new one: all or nothing
+                    if superseded:
+                        status.abandon_run(conn, *superseded)
+                    run_id = status.create_run(conn, config_hash, config.name, {
+                        "source_names": [config.name], "config": config.redacted(),
+                    })
                 mode, message = "fresh", f"started run {run_id}"
             log.info(message, **ctx(run_id=run_id))
             _plan_missing_tables(conn, config, run_id)
@@ -114,9 +116,12 @@ def _plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, ru
         for spec in todo:
             try:
                 _plan_one(conn, source, config, run_id, spec)
-            except MigrationError as exc:
-                log.error("table failed at planning: %s", exc, **ctx(run_id=run_id, table=spec.name))
-                status.record_table_failure(conn, run_id, spec.name, spec.target_name, str(exc))
+            except Exception as exc:
+                error = classify(exc, f"planning {spec.name}")
+                if isinstance(error, TransientError):
+                    raise error from exc
+                log.error("table failed at planning: %s", error, **ctx(run_id=run_id, table=spec.name))
+                status.record_table_failure(conn, run_id, spec.name, spec.target_name, str(error))
     finally:
         source.close()
 

@@ -186,7 +186,8 @@ def create_run(conn: psycopg.Connection[Any], config_hash: str, source_name: str
 def set_run_status(conn: psycopg.Connection[Any], run_id: int, status: str, error: str | None = None) -> None:
     conn.execute(
         f"UPDATE {SCHEMA}.migration_runs SET status = %s, error = %s, updated_at = now(), "
-        "completed_at = CASE WHEN %s IN ('running', 'planning') THEN NULL ELSE now() END WHERE run_id = %s",
+        "completed_at = CASE WHEN %s IN ('running', 'planning') THEN NULL ELSE now() END "
+        "WHERE run_id = %s AND status <> 'abandoned'",  # a superseded run's late workers cannot revive it
         (status, error, status, run_id),
     )
 
@@ -242,15 +243,16 @@ def record_table_failure(conn: psycopg.Connection[Any], run_id: int, table: str,
 
 
 def reset_failed(conn: psycopg.Connection[Any], run_id: int) -> int:
-    """On resume: failed chunks get a fresh set of attempts, and so do chunks left running by workers
-    that died (their attempts may be used up); tables whose planning failed are re-planned."""
+    """On resume every unfinished chunk gets a fresh set of attempts (failed ones, those left running
+    by workers that died, pending ones under a lowered max_attempts); tables whose planning failed
+    are re-planned."""
     cur = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'pending', attempts = 0, worker = NULL, "
         "lease_expires_at = NULL, retry_at = NULL WHERE run_id = %s AND status = 'failed'",
         (run_id,),
     )
-    conn.execute(
-        f"UPDATE {SCHEMA}.migration_chunk_status SET attempts = 0 WHERE run_id = %s AND status = 'running'",
+    conn.execute(  # also chunks whose attempts are used up under a lowered max_attempts
+        f"UPDATE {SCHEMA}.migration_chunk_status SET attempts = 0 WHERE run_id = %s AND status IN ('running', 'pending')",
         (run_id,),
     )
     conn.execute(
@@ -269,7 +271,9 @@ def reset_failed(conn: psycopg.Connection[Any], run_id: int) -> int:
 
 _CLAIMABLE = f"""
     FROM {SCHEMA}.migration_chunk_status
-    WHERE run_id = %(run_id)s AND (
+    WHERE run_id = %(run_id)s
+      AND EXISTS (SELECT 1 FROM {SCHEMA}.migration_runs r WHERE r.run_id = %(run_id)s AND r.status = 'running')
+      AND (
         (status = 'pending' AND (retry_at IS NULL OR retry_at <= now()))
         OR (status = 'running' AND (lease_expires_at < now()
             OR pg_try_advisory_xact_lock({CHUNK_LOCK_CLASS}, {LIVENESS_KEY.format(chunk="chunk_id", fence="fence")}))))

@@ -88,3 +88,12 @@ def test_a_chunk_whose_workers_keep_dying_fails_after_max_attempts(planned) -> N
     state, error = env.pg_rows(f"SELECT status, error FROM {status.SCHEMA}.migration_chunk_status WHERE chunk_id = %s",
                                (first.chunk_id,))[0]
     assert state == "failed" and "worker lost on attempt 2" in error
+
+
+def test_workers_of_an_abandoned_run_claim_nothing_and_cannot_revive_it(planned) -> None:
+    env, _config, run_id = planned
+    with env.pg() as conn:
+        status.abandon_run(conn, run_id, "superseded by a --no-resume run")
+        assert status.claim_chunk(conn, run_id, "late-worker", lease_seconds=60, max_attempts=3) is None
+        status.set_run_status(conn, run_id, "completed")
+    assert env.pg_value(f"SELECT status FROM {status.SCHEMA}.migration_runs WHERE run_id = %s", (run_id,)) == "abandoned"

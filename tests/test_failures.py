@@ -62,3 +62,15 @@ def test_rows_added_after_planning_are_copied_and_counts_reconcile(env) -> None:
     table = result.tables[0]
     assert result.status == "completed"
     assert (table["expected_rows"], table["rows_copied"], table["target_count"]) == (300, 303, 303)
+
+
+def test_a_database_error_while_planning_one_table_fails_only_that_table(env) -> None:
+    env.sf_execute("CREATE TABLE CLASH AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 10))",
+                   "CREATE TABLE FINE AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 10))")
+    with env.pg() as conn:
+        conn.execute("CREATE VIEW public.clash AS SELECT 1 AS id")  # CREATE TABLE will collide with it
+    result = run(env.config([{"source": "CLASH"}, {"source": "FINE"}]))
+    by_table = {t["table"].split(".")[-1]: t for t in result.tables}
+    assert result.status == "completed_with_errors"
+    assert by_table["FINE"]["status"] == "completed"
+    assert by_table["CLASH"]["status"] == "failed" and "DuplicateTable" in by_table["CLASH"]["error"]

@@ -95,6 +95,11 @@ def test_run_older_than_resume_window_is_not_resumed_and_the_log_says_why(env, c
     third = run(env.config(tables, resume_max_age=8760))
     assert third.mode == "resumed" and third.run_id == second.run_id
 
+    with env.pg() as conn:  # a completed run stays completed however old: nothing to redo by accident
+        conn.execute(f"UPDATE {status.SCHEMA}.migration_runs SET started_at = now() - interval '900 hours' "
+                     "WHERE run_id = %s", (third.run_id,))
+    assert run(env.config(tables)).mode == "nothing_to_do"
+
 
 def test_truncate_onstart_empties_the_target_when_planned_never_on_resume(env) -> None:
     env.sf_execute("CREATE TABLE T AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
