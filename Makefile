@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
-.PHONY: venv demo stack-up stack-down stack-status test lint plan clean golden
+.PHONY: venv demo stack-up stack-down stack-status test lint lint-aws plan clean golden
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -37,8 +37,18 @@ plan: venv
 lint: venv
 	$(PY) -m ruff check .
 
+# Node tools from package-lock.json; installed again only when the lock file changes.
+node_modules/.installed: package-lock.json
+	npm ci --silent --no-audit --no-fund
+	touch $@
+
+## lint-aws: validate the state machine (asl-validator) and the SAM template (cfn-lint)
+lint-aws: venv node_modules/.installed
+	node_modules/.bin/asl-validator --json-path aws/step_functions/migration.asl.json
+	$(VENV)/bin/cfn-lint aws/template.yaml
+
 ## test: the whole suite against real components (fakesnow server, embedded PostgreSQL)
-test: venv lint
+test: venv lint lint-aws
 	$(PY) -m pytest -q
 
 ## bench-plan: planning queries and seconds per strategy on a 10M-row fakesnow table (PLAN_BENCH_ROWS=200000 for a smoke run)

@@ -36,8 +36,10 @@ def _split_input(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]
     execution = {k: raw.pop(k, default) for k, default in EXECUTION_KEYS.items()}
     problems = [f"execution input {k!r} must be a non-negative integer, got {v!r}"
                 for k, v in execution.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
-    if not 1 <= int(execution["workers"] or 0) <= MAX_WORKERS:
+    if not problems and not 1 <= execution["workers"] <= MAX_WORKERS:
         problems.append(f"execution input 'workers' must be between 1 and {MAX_WORKERS}")
+    if not problems and execution["max_loops"] < 1:
+        problems.append("execution input 'max_loops' must be at least 1")
     if problems:
         raise ConfigError(problems)
     return raw, execution

@@ -243,3 +243,37 @@ def test_more_than_40_workers_use_the_distributed_map(aws) -> None:
     assert result["status"] == "SUCCEEDED", result
     assert aws.entered(execution, "WorkDistributed") >= 1 and aws.entered(execution, "Work") == 0
     _assert_copied(aws.env, "D", 5000)
+
+
+def test_a_slot_that_times_out_ends_normally_and_the_next_loop_finishes_the_work(aws, monkeypatch) -> None:
+    _load(aws.env, "Z", 3000)
+    aws.configure([_table("Z")])
+    calls = {"n": 0}
+    real = lambda_handler.work_slot
+
+    def dies_once(event, context=None):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise SandboxTimedout("Task timed out after 900.00 seconds (injected)")
+        return real(event, context)
+
+    monkeypatch.setattr(lambda_handler, "work_slot", dies_once)
+    execution = aws.start(workers=1)
+    result = aws.wait(execution)
+    assert result["status"] == "SUCCEEDED", result
+    assert aws.entered(execution, "CopyChunksSlotLost") == 1 and aws.entered(execution, "Check") >= 2
+    _assert_copied(aws.env, "Z", 3000)
+
+
+# Lambda reports a timeout with this errorType; Retry does not list it, the slot's Catch does.
+SandboxTimedout = type("Sandbox.Timedout", (Exception,), {})
+
+
+def test_bad_execution_settings_are_a_config_error() -> None:
+    import pytest as _pytest
+
+    from lib.errors import ConfigError
+
+    for bad in ({"workers": "abc"}, {"workers": 0}, {"max_loops": 0}, {"workers": 5000}):
+        with _pytest.raises(ConfigError):
+            lambda_handler._split_input({"input": {"source_name": "x", **bad}})
