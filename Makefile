@@ -49,12 +49,18 @@ lint-aws: venv node_modules/.installed
 
 ## test: the whole suite against real components (fakesnow server, embedded PostgreSQL)
 test: venv lint lint-aws
-	$(PY) -m pytest -q
+	@mkdir -p .pytest_tmp
+	PYTEST_DEBUG_TEMPROOT=$(CURDIR)/.pytest_tmp $(PY) -m pytest -q
 
 ## bench-plan: planning queries and seconds per strategy on a 10M-row fakesnow table (PLAN_BENCH_ROWS=200000 for a smoke run)
 .PHONY: bench-plan
 bench-plan: venv
 	$(PY) -m bench.plan_bench
+
+## bench: throughput on a 5M-row mixed-type table: server COPY limit, end to end (1/2/default threads), write path, read path (BENCH_ROWS=200000 for a smoke run)
+.PHONY: bench
+bench: venv
+	$(PY) -m bench.throughput
 
 clean: stack-down
 	rm -rf .stack

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-# A thread holds the source batch, its cast copy and the encoded COPY payload at once.
-COPIES_PER_BATCH = 3
+# A thread holds the batch read ahead, the batch being written, its cast copy and the encoded COPY payload.
+COPIES_PER_BATCH = 4
 # Share of a Lambda's memory the batches may use; the rest is the runtime, libraries and slack.
 LAMBDA_MEMORY_SHARE = 0.6
 

@@ -50,7 +50,7 @@ SETTING_NAMES = tuple(Settings.__dataclass_fields__)
 NOT_SUPPORTED_TABLE_OPTIONS = {"source_watermark", "target_watermark"}
 TABLE_OPTIONS = {
     "source", "target", "chunking_columns", "chunking_column_types", "source_filter",
-    "truncate_onstart", "insert_only_mode", "chunk_rows",
+    "truncate_onstart", "insert_only_mode", "chunk_rows", "build_primary_key",
 } | NOT_SUPPORTED_TABLE_OPTIONS
 
 # Keys an execution (Step Functions input or CLI flag) may override. Everything else is refused.
@@ -67,6 +67,7 @@ class TableSpec:
     truncate_onstart: bool = False
     insert_only_mode: bool = True
     chunk_rows: int | None = None
+    build_primary_key: bool = True  # on tables the engine creates: the source's primary key, after the load
 
     @property
     def name(self) -> str:
@@ -350,7 +351,7 @@ def _parse_table(
     source_filter = item.get("source_filter")
     if source_filter is not None and (not isinstance(source_filter, str) or not source_filter.strip()):
         problems.append(f"{label}: source_filter must be a non-empty SQL predicate string")
-    for flag in ("truncate_onstart", "insert_only_mode"):
+    for flag in ("truncate_onstart", "insert_only_mode", "build_primary_key"):
         if flag in item and not isinstance(item[flag], bool):
             problems.append(f"{label}: {flag} must be true or false")
     chunk_rows = item.get("chunk_rows")
@@ -368,6 +369,7 @@ def _parse_table(
         truncate_onstart=bool(item.get("truncate_onstart", False)),
         insert_only_mode=True,
         chunk_rows=chunk_rows,
+        build_primary_key=bool(item.get("build_primary_key", True)),
     )
 
 

@@ -6,6 +6,7 @@ chains them for a local invocation and guarantees the run status is persisted on
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from lib.config import SourceConfig, TableSpec
 from lib.errors import FatalError, MigrationError, TransientError, classify
 from lib.log import ctx, get_logger
 from lib.planner import plan_table
-from lib.reconcile import reconcile_table
+from lib.reconcile import Reconciliation, reconcile_table
 from lib.retry import call_with_retry
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import columns_from_description, estimated_row_bytes
@@ -145,6 +146,12 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                     "Set truncate_onstart=true for this table or empty it first"
                 )
         status.store_plan(conn, run_id, spec.name, spec.target_name, plan, described)
+        if existing_types is None and spec.build_primary_key:
+            key = [c for c in source.primary_key(spec.source) if c in {d["name"] for d in described}]
+            if key:
+                names = dict(zip((c.name for c in columns), pg.target_column_names(columns), strict=True))
+                status.set_primary_key_plan(conn, run_id, spec.name, [names[c] for c in key])
+                plan.notes.append(f"primary key ({', '.join(names[c] for c in key)}) is built after the load")
     log.info(
         "planned %s: %s strategy, %d chunks, %d rows expected, %d query in %.2fs (%s)",
         spec.name, plan.strategy, len(plan.chunks), plan.expected_rows, plan.queries, plan.seconds, plan.reason,
@@ -174,21 +181,35 @@ def thread_count(config: SourceConfig, plan: WorkPlan) -> int:
 
 
 def work(plan: WorkPlan, threads: int) -> WorkerStats:
-    """Run `threads` workers until no chunk is claimable (or stop/deadline). Returns summed stats."""
+    """Run `threads` workers until no chunk is claimable (or stop/deadline). Returns summed stats.
+
+    On Ctrl-C/SIGTERM workers claim nothing more and finish their chunk in flight; a second one
+    aborts at once (in-flight transactions roll back; the chunks are reclaimed on resume). The
+    main thread waits on Events, not Thread.join: an interrupted join can mark a live thread as
+    stopped, and the process would then exit under a worker in the middle of its chunk.
+    """
     plan.threads = threads
     workers = [Worker(plan, index) for index in range(threads)]
-    pool = [threading.Thread(target=w.run, name=w.name, daemon=True) for w in workers]
-    for t in pool:
-        t.start()
+    finished = [threading.Event() for _ in workers]
+
+    def body(worker: Worker, done: threading.Event) -> None:
+        try:
+            worker.run()
+        finally:
+            done.set()
+
     try:
-        for t in pool:
-            while t.is_alive():
-                t.join(0.2)
+        for worker, done in zip(workers, finished, strict=True):
+            threading.Thread(target=body, args=(worker, done), name=worker.name).start()
+        _wait_all(finished)
     except KeyboardInterrupt:
         plan.stop.set()
         log.warning("stop requested: finishing in-flight chunks, claiming no more (Ctrl-C again to abort)")
-        for t in pool:
-            t.join()
+        try:
+            _wait_all(finished)
+        except KeyboardInterrupt:
+            log.error("aborted: chunks in flight roll back and are claimed again when the run resumes")
+            os._exit(130)
         raise
     total = WorkerStats()
     for w in workers:
@@ -198,6 +219,12 @@ def work(plan: WorkPlan, threads: int) -> WorkerStats:
         total.bytes += w.stats.bytes
         total.errors.extend(w.stats.errors)
     return total
+
+
+def _wait_all(events: list[threading.Event]) -> None:
+    for event in events:
+        while not event.wait(0.2):
+            pass
 
 
 def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
@@ -213,6 +240,8 @@ def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
                 if spec.name not in pending or chunks is None or chunks["pending"] or chunks["running"]:
                     continue
                 rec = reconcile_table(source, conn, run_id, spec, chunks)
+                if rec.ok:
+                    _after_load(conn, run_id, spec, rec)
                 level = log.info if rec.ok else log.error
                 level("reconciled: source %s, target %s%s", rec.source_count, rec.target_count,
                       "" if rec.ok else f" — {rec.error}", **ctx(run_id=run_id, table=spec.name))
@@ -220,6 +249,25 @@ def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
         finally:
             source.close()
     return done
+
+
+def _after_load(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, rec: Reconciliation) -> None:
+    """Once a table is complete: build its primary key (if planned) and refresh planner statistics."""
+    key = status.pending_primary_key(conn, run_id, spec.name)
+    if key and not pg.has_primary_key(conn, spec.target):
+        started = time.monotonic()
+        try:
+            pg.add_primary_key(conn, spec.target, key)
+        except Exception as exc:  # noqa: BLE001 - recorded on the table; the data itself is complete
+            error = classify(exc, f"building the primary key ({', '.join(key)}) of {spec.target_name}")
+            status.store_reconciliation(conn, run_id, spec.name, rec.rows_copied, rec.source_count, rec.target_count,
+                                        False, str(error))
+            log.error("%s", error, **ctx(run_id=run_id, table=spec.name))
+            return
+        status.mark_primary_key_built(conn, run_id, spec.name)
+        log.info("primary key (%s) built in %.1fs", ", ".join(key), time.monotonic() - started,
+                 **ctx(run_id=run_id, table=spec.name))
+    pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
 
 
 def finalize_run(config: SourceConfig, run_id: int, interrupted: bool = False, error: str | None = None) -> str:

@@ -94,6 +94,22 @@ def has_rows(conn: psycopg.Connection[Any], target: tuple[str, str]) -> bool:
     return conn.execute(sql.SQL("SELECT 1 FROM {} LIMIT 1").format(table_ident(target))).fetchone() is not None
 
 
+def add_primary_key(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[str]) -> None:
+    """Build the primary key after the bulk load (one index build instead of one insert per row)."""
+    conn.execute(sql.SQL("ALTER TABLE {} ADD PRIMARY KEY ({})").format(
+        table_ident(target), sql.SQL(", ").join(sql.Identifier(c) for c in columns)))
+
+
+def has_primary_key(conn: psycopg.Connection[Any], target: tuple[str, str]) -> bool:
+    row = conn.execute("SELECT 1 FROM pg_catalog.pg_constraint WHERE conrelid = %s::regclass AND contype = 'p'",
+                       (sql.Identifier(*target).as_string(conn),)).fetchone()
+    return row is not None
+
+
+def analyze(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
+    conn.execute(sql.SQL("ANALYZE {}").format(table_ident(target)))
+
+
 def truncate(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
     conn.execute(sql.SQL("TRUNCATE TABLE {}").format(table_ident(target)))
 

@@ -132,6 +132,14 @@ MIGRATIONS: list[tuple[int, str, str]] = [
         ALTER TABLE migration_status.migration_chunk_status ADD COLUMN IF NOT EXISTS retry_at timestamptz;
         """,
     ),
+    (
+        4,
+        "primary key built after the load",
+        """
+        ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS primary_key jsonb;
+        ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS primary_key_built_at timestamptz;
+        """,
+    ),
 ]
 
 
@@ -387,6 +395,25 @@ def chunk_counts(conn: psycopg.Connection[Any], run_id: int) -> dict[str, dict[s
         if status == "done":
             t["rows_copied"] = int(copied)
     return out
+
+
+def set_primary_key_plan(conn: psycopg.Connection[Any], run_id: int, table: str, columns: list[str]) -> None:
+    conn.execute(f"UPDATE {SCHEMA}.migration_table_status SET primary_key = %s WHERE run_id = %s AND table_name = %s",
+                 (json.dumps(columns), run_id, table))
+
+
+def pending_primary_key(conn: psycopg.Connection[Any], run_id: int, table: str) -> list[str]:
+    row = conn.execute(
+        f"SELECT primary_key FROM {SCHEMA}.migration_table_status WHERE run_id = %s AND table_name = %s "
+        "AND primary_key IS NOT NULL AND primary_key_built_at IS NULL",
+        (run_id, table),
+    ).fetchone()
+    return list(row[0]) if row else []
+
+
+def mark_primary_key_built(conn: psycopg.Connection[Any], run_id: int, table: str) -> None:
+    conn.execute(f"UPDATE {SCHEMA}.migration_table_status SET primary_key_built_at = now() "
+                 "WHERE run_id = %s AND table_name = %s", (run_id, table))
 
 
 def table_columns(conn: psycopg.Connection[Any], run_id: int) -> dict[str, list[dict[str, Any]]]:

@@ -23,6 +23,7 @@ from lib.errors import FenceLostError, MigrationError, TransientError, classify
 from lib.lease import LeaseKeeper
 from lib.log import ctx, get_logger
 from lib.models import ClaimedChunk
+from lib.prefetch import Prefetcher
 from lib.retry import call_with_retry
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column
@@ -165,7 +166,8 @@ class Worker:
     def _copy(self, chunk: ClaimedChunk, spec: TableSpec, columns: list[Column]) -> tuple[int, int]:
         conn = self._pg()
         settings = self.plan.config.settings
-        batches = self._snowflake().read(spec.source, columns, chunk.bounds, spec.source_filter, settings.batch_size)
+        batches = Prefetcher(self._snowflake().read(spec.source, columns, chunk.bounds, spec.source_filter,
+                                                    settings.batch_size))
         try:
             with LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds), \
                     conn.transaction():

@@ -73,3 +73,19 @@ def test_heavy_day_is_split_by_hour_and_every_row_arrives(env) -> None:
     sizes = [r[0] for r in env.pg_rows("SELECT expected_rows FROM migration_status.migration_chunk_status "
                                        "WHERE bounds->>'key_kind' = 'hour'")]
     assert sum(sizes) == 6000 and max(sizes) <= 1000
+
+
+def test_primary_key_of_a_created_table_is_built_after_the_load(env) -> None:
+    env.sf_execute("CREATE TABLE KEYED (K NUMBER(18,0) PRIMARY KEY, NAME VARCHAR)",
+                   "INSERT INTO KEYED SELECT SEQ8(), 'n' FROM TABLE(GENERATOR(ROWCOUNT => 2000))",
+                   "CREATE TABLE UNKEYED_TOO (K NUMBER(18,0) PRIMARY KEY, NAME VARCHAR)",
+                   "INSERT INTO UNKEYED_TOO SELECT SEQ8(), 'n' FROM TABLE(GENERATOR(ROWCOUNT => 20))")
+    result = run(env.config([{"source": "KEYED"}, {"source": "UNKEYED_TOO", "build_primary_key": False}], chunk_rows=500))
+    assert result.status == "completed"
+    keys = dict(env.pg_rows("SELECT conrelid::regclass::text, pg_get_constraintdef(oid) FROM pg_constraint "
+                            "WHERE contype = 'p' AND connamespace = 'public'::regnamespace"))
+    assert keys == {"keyed": "PRIMARY KEY (k)"}
+    assert env.pg_value("SELECT primary_key_built_at IS NOT NULL FROM migration_status.migration_table_status "
+                        "WHERE table_name LIKE '%KEYED'")
+    assert env.pg_value("SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL "
+                        "FROM pg_stat_user_tables WHERE relname = 'keyed'")
