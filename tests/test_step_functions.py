@@ -115,6 +115,20 @@ def _empty_zip() -> bytes:
     return buffer.getvalue()
 
 
+def _fail_first_work_slot(monkeypatch, error: Exception) -> None:
+    """The first worker invocation raises `error`; later ones do the real work."""
+    real = lambda_handler.work_slot
+    calls = {"n": 0}
+
+    def failing_once(event, context=None):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise error
+        return real(event, context)
+
+    monkeypatch.setattr(lambda_handler, "work_slot", failing_once)
+
+
 def _load(env, name: str, rows: int) -> None:
     env.sf_execute(f"CREATE TABLE {name} AS SELECT (SEQ8() * 3)::NUMBER(18,0) AS ID, 'v' || SEQ8() AS V "
                    f"FROM TABLE(GENERATOR(ROWCOUNT => {rows}))")
@@ -147,16 +161,7 @@ def test_multi_table_migration_succeeds_with_reconciled_counts(aws) -> None:
 def test_transient_worker_error_is_retried_by_the_state_machine(aws, monkeypatch) -> None:
     _load(aws.env, "T", 2000)
     aws.configure([_table("T")])
-    calls = {"n": 0}
-    real = lambda_handler.work_slot
-
-    def flaky(event, context=None):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise TransientError("connection reset by peer (injected)")
-        return real(event, context)
-
-    monkeypatch.setattr(lambda_handler, "work_slot", flaky)
+    _fail_first_work_slot(monkeypatch, TransientError("connection reset by peer (injected)"))
     execution = aws.start(workers=1)
     result = aws.wait(execution)
 
@@ -248,16 +253,7 @@ def test_more_than_40_workers_use_the_distributed_map(aws) -> None:
 def test_a_slot_that_times_out_ends_normally_and_the_next_loop_finishes_the_work(aws, monkeypatch) -> None:
     _load(aws.env, "Z", 3000)
     aws.configure([_table("Z")])
-    calls = {"n": 0}
-    real = lambda_handler.work_slot
-
-    def dies_once(event, context=None):
-        calls["n"] += 1
-        if calls["n"] == 1:
-            raise SandboxTimedout("Task timed out after 900.00 seconds (injected)")
-        return real(event, context)
-
-    monkeypatch.setattr(lambda_handler, "work_slot", dies_once)
+    _fail_first_work_slot(monkeypatch, SandboxTimedout("Task timed out after 900.00 seconds (injected)"))
     execution = aws.start(workers=1)
     result = aws.wait(execution)
     assert result["status"] == "SUCCEEDED", result
