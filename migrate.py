@@ -92,10 +92,11 @@ def cmd_run(config: SourceConfig, as_json: bool) -> int:
 
 
 def print_summary(run_id: int, run_status: str, tables: list[dict[str, Any]], seconds: float) -> None:
-    headers = ["table", "target", "status", "chunks", "rows copied", "source", "target rows", "reconcile", "rows/s", "MB/s"]
+    headers = ["table", "target", "status", "chunks", "expected", "rows copied", "source", "target rows", "reconcile",
+               "rows/s", "MB/s"]
     rows = [
         [t["table"], t["target"], t["status"], f"{t['chunks'] - t['chunks_failed']}/{t['chunks']}",
-         f"{t['rows_copied']:,}", _num(t["source_count"]), _num(t["target_count"]), t["reconcile"],
+         _num(t["expected_rows"]), f"{t['rows_copied']:,}", _num(t["source_count"]), _num(t["target_count"]), t["reconcile"],
          f"{t['rows_per_s']:,}" if t["rows_copied_now"] else "-", f"{t['mb_per_s']}" if t["rows_copied_now"] else "-"]
         for t in tables
     ]

@@ -150,3 +150,19 @@ def test_incident_reproduction_sparse_ids_and_dense_region_lose_no_row(env) -> N
                                        "WHERE bounds->>'kind' = 'range'")]
     assert max(sizes) <= 10_000 and min(sizes) > 0 and len(sizes) <= 13
     assert env.pg_value("SELECT count(DISTINCT id) FROM public.incident") == 105_500
+
+
+def test_keys_beyond_64_bits_negative_and_decimal_are_chunked_end_to_end(env) -> None:
+    env.sf_execute(
+        "CREATE TABLE HUGE AS SELECT (SEQ8() * 123456789012345678901 - 61728394506172839450500000)::NUMBER(30,0) AS K, "
+        "((SEQ8() - 1500) / 7.0)::NUMBER(12,2) AS D FROM TABLE(GENERATOR(ROWCOUNT => 3000))",
+        "INSERT INTO HUGE VALUES (NULL, NULL), (99999999999999999999999999999, -0.01), (-99999999999999999999999999999, 0)",
+    )
+    for column in ("K", "D"):
+        result = run(env.config([{"source": "HUGE", "target": f"huge_by_{column.lower()}", "chunking_columns": [column],
+                                  "chunking_column_types": ["numeric"]}], chunk_rows=400))
+        table = result.tables[0]
+        assert result.status == "completed", table
+        assert table["chunks"] >= 8 and table["expected_rows"] == table["target_count"] == 3003
+    assert env.pg_value("SELECT count(*) FROM (SELECT k, d FROM public.huge_by_k EXCEPT SELECT k, d FROM public.huge_by_d) x") == 0
+    assert env.pg_value("SELECT max(k) FROM public.huge_by_k") == 99999999999999999999999999999
