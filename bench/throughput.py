@@ -6,18 +6,23 @@ One run builds a private LocalStack (fakesnow + embedded PostgreSQL) in a tempor
 generates one 12-column mixed-type table server-side (GENERATOR; no row travels to the client),
 then measures, each phase timed alone:
 
-  (a) limit     server-side `COPY t FROM 'file' (FORMAT BINARY)`: the same rows, encoded once by the
-                engine's own pgpq encoder into a file the PostgreSQL server reads itself;
+  (a) limit     server-side `COPY t FROM 'file' (FORMAT BINARY)` of the same rows, encoded once by the
+                engine's own pgpq encoder into files the PostgreSQL server reads itself: one file and one
+                backend (the reference of every "vs (a)"), then two halves by two backends at once;
   (b) e2e       lib.orchestrator.run (plan + copy + reconcile), chunking on ID, chunk_rows 250k,
                 batch_size 50k, parallel_threads 1, 2 and the Settings default, each into a fresh database;
+                the ledger's chunk timestamps split its seconds into plan, copy and reconcile + finalize;
   (c) write     Arrow batches already in memory → postgres_target.copy_batches, one transaction per
                 250k-row chunk, with 1 and 2 connections (threads);
-  (d) read      SnowflakeSource.read over all 250k-row ID ranges, batches consumed and dropped, 1 thread.
+  (d) read      SnowflakeSource.read over all 250k-row ID ranges, batches consumed and dropped, with
+                1 thread (and 2, to show whether the stand-in scales).
 
 Bytes are the Arrow in-memory bytes (RecordBatch.nbytes) of the rows as the Snowflake connector
 hands them over, measured once in (d); MiB/s everywhere divides that same number by the seconds.
 Peak RSS is VmHWM, reset before each phase (/proc/PID/clear_refs): this process, and the fakesnow
 server, which is restarted before every phase that reads from it (it keeps every result in memory).
+(b) and (d) run first, before this process holds the rows in memory for (a) and (c). CPU seconds
+(user + system) are counted per process: this one, the fakesnow server, all PostgreSQL processes.
 Nothing is asserted about timing.
 """
 
@@ -34,7 +39,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
@@ -45,9 +50,11 @@ import psycopg
 import pyarrow as pa
 
 from lib import postgres_target as pg
+from lib import status
 from lib.config import Settings, load_config
 from lib.log import get_logger
 from lib.models import Bounds
+from lib.orchestrator import RunResult
 from lib.orchestrator import run as run_engine
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column, columns_from_description
@@ -104,6 +111,7 @@ class Result:
     cpu_fakesnow: float = 0.0  # ... of the fakesnow server
     cpu_postgres: float = 0.0  # ... of every PostgreSQL process (backends, walwriter, checkpointer)
     note: str = ""
+    split: dict[str, float] = field(default_factory=dict)  # (b): seconds of plan, copy, reconcile + finalize
 
 
 # --- process memory ---------------------------------------------------------------------------
@@ -139,6 +147,31 @@ def tree_cpu(pid: int) -> float:
         return total
     except psutil.Error:
         return 0.0
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def in_threads(count: int, work: Callable[[int], int]) -> int:
+    """Run work(0) ... work(count - 1) in `count` threads; the sum of their results. A failure is re-raised."""
+    results = [0] * count
+    errors: list[BaseException] = []
+
+    def target(index: int) -> None:
+        try:
+            results[index] = work(index)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+    return sum(results)
 
 
 # --- the benchmark ----------------------------------------------------------------------------
@@ -182,10 +215,12 @@ class Bench:
         if fakesnow:
             self.restart_snowflake()
         reset_peak(os.getpid())
+        time.sleep(0.5)  # lets backends of earlier connections exit, so their CPU is not counted here
         cpu_before = self.cpu()
         started = time.monotonic()
         rows = body()
         seconds = time.monotonic() - started
+        time.sleep(0.5)  # ... and this phase's backends exit, so theirs is
         cpu = [round(after - before, 1) for after, before in zip(self.cpu(), cpu_before, strict=True)]
         rows_per_s = rows / seconds
         result = Result(
@@ -227,32 +262,49 @@ class Bench:
             source.close()
 
     # (d)
-    def read_path(self) -> int:
-        rows = nbytes = 0
-        for chunk in self.read_chunks():
-            rows += sum(b.num_rows for b in chunk)
-            nbytes += sum(b.nbytes for b in chunk)
-        self.nbytes = nbytes
+    def read_path(self, threads: int) -> int:
+        """Every chunk read with SnowflakeSource.read by `threads` threads (chunks dealt round robin), batches dropped."""
+        bounds = self.chunk_bounds()
+        nbytes = [0] * threads
+
+        def reader(index: int) -> int:
+            source = SnowflakeSource(self.sf_args())
+            rows = 0
+            try:
+                for chunk in bounds[index::threads]:
+                    for batch in source.read(SOURCE, self.columns, chunk, None, BATCH_SIZE):
+                        rows += batch.num_rows
+                        nbytes[index] += batch.nbytes
+            finally:
+                source.close()
+            return rows
+
+        rows = in_threads(threads, reader)
+        self.nbytes = self.nbytes or sum(nbytes)  # measured once, by the first pass
         return rows
 
     # (a)
-    def write_copy_file(self, chunks: Chunks) -> Path:
-        """The rows as one binary COPY file, encoded like copy_batches does, readable by the server's user."""
+    def write_copy_files(self, chunks: Chunks, parts: int) -> list[Path]:
+        """The rows as `parts` binary COPY files (chunks dealt round robin), encoded like copy_batches does,
+        readable by the server's system user."""
         folder = self.dir / "copy"
-        folder.mkdir(mode=0o755)
-        path = folder / "src.bin"
-        schema = pg.wire_schema(self.columns)
-        encoder = pg._encoder(schema, self.columns)
-        with open(path, "wb") as f:
-            f.write(encoder.write_header())
-            for chunk in chunks:
-                for batch in chunk:
-                    f.write(encoder.write_batch(pg.to_wire(batch, self.columns, schema)))
-            f.write(encoder.finish())
+        folder.mkdir(mode=0o755, exist_ok=True)
         for p in (self.dir, folder):
             p.chmod(0o755)
-        path.chmod(0o644)
-        return path
+        schema = pg.wire_schema(self.columns)
+        paths = []
+        for part in range(parts):
+            path = folder / f"src-{parts}-{part}.bin"
+            encoder = pg._encoder(schema, self.columns)
+            with open(path, "wb") as f:
+                f.write(encoder.write_header())
+                for chunk in chunks[part::parts]:
+                    for batch in chunk:
+                        f.write(encoder.write_batch(pg.to_wire(batch, self.columns, schema)))
+                f.write(encoder.finish())
+            path.chmod(0o644)
+            paths.append(path)
+        return paths
 
     def prepare_target(self, db: str) -> None:
         """Empty target table (the engine's DDL) and a checkpoint, so no earlier phase's writes are flushed in this one."""
@@ -263,33 +315,26 @@ class Bench:
                 pg.ensure_table(conn, TARGET, self.columns)
             conn.execute("CHECKPOINT")
 
-    def server_copy(self, db: str, path: Path) -> int:
-        with self.pg_conn(db) as conn:
-            cur = conn.execute(f"COPY public.src FROM '{path}' (FORMAT BINARY)")
-            return cur.rowcount
+    def server_copy(self, db: str, paths: list[Path]) -> int:
+        """One backend per file, each running `COPY ... FROM 'file'` at the same time."""
+        def copy(index: int) -> int:
+            with self.pg_conn(db) as conn:
+                return conn.execute(f"COPY public.src FROM '{paths[index]}' (FORMAT BINARY)").rowcount
+
+        return in_threads(len(paths), copy)
 
     # (c)
     def write_path(self, db: str, chunks: Chunks, connections: int) -> int:
-        copied = [0] * connections
-        errors: list[BaseException] = []
+        """copy_batches of in-memory chunks, one transaction per chunk, `connections` threads (chunks dealt round robin)."""
+        def writer(index: int) -> int:
+            rows = 0
+            with self.pg_conn(db) as conn:
+                for chunk in chunks[index::connections]:
+                    with conn.transaction():
+                        rows += pg.copy_batches(conn, TARGET, self.columns, chunk)[0]
+            return rows
 
-        def worker(index: int) -> None:
-            try:
-                with self.pg_conn(db) as conn:
-                    for chunk in chunks[index::connections]:
-                        with conn.transaction():
-                            copied[index] += pg.copy_batches(conn, TARGET, self.columns, chunk)[0]
-            except BaseException as exc:  # noqa: BLE001 - re-raised in the main thread
-                errors.append(exc)
-
-        threads = [threading.Thread(target=worker, args=(i,)) for i in range(connections)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-        return sum(copied)
+        return in_threads(connections, writer)
 
     def target_rows(self, db: str) -> int:
         with self.pg_conn(db) as conn:
@@ -316,24 +361,38 @@ class Bench:
         return path
 
     def end_to_end(self, config_path: Path, threads: int | None) -> None:
+        """lib.orchestrator.run into a fresh database; the ledger splits the wall time into plan, copy and the rest."""
         label = "default" if threads is None else str(threads)
         db = f"bench_e2e_{label}"
         self.stack.create_database(db, drop=True)
         overrides = {} if threads is None else {"parallel_threads": threads}
-        table: dict[str, Any] = {}
+        outcome: list[RunResult] = []
+        wall: list[float] = []
 
         def body() -> int:
             os.environ.update(self.stack.env(db))  # the config's ${...}: this fakesnow port, this database
-            outcome = run_engine(load_config("bench", overrides, config_path))
-            table.update(outcome.tables[0])
-            if outcome.status != "completed":
-                raise RuntimeError(f"engine run ended {outcome.status}: {table}")
-            return int(table["rows_copied"])
+            config = load_config("bench", overrides, config_path)
+            wall.append(time.time())
+            outcome.append(run_engine(config))
+            wall.append(time.time())
+            if outcome[0].status != "completed":
+                raise RuntimeError(f"engine run ended {outcome[0].status}: {outcome[0].tables}")
+            return int(outcome[0].tables[0]["rows_copied"])
 
-        result = self.measure(f"(b) e2e threads={label}", body, fakesnow=True)
-        threads_used = threads or Settings().parallel_threads
-        result.note = (f"{threads_used} thread(s), plan+reconcile included; engine-reported copy window "
-                       f"{table['rows_per_s']:,} rows/s")
+        result = self.measure(f"(b) e2e, threads={label}", body, fakesnow=True)
+        table = outcome[0].tables[0]
+        with self.pg_conn(db) as conn:
+            first, last = conn.execute(
+                f"SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at)) "
+                f"FROM {status.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done'",
+                (outcome[0].run_id,),
+            ).fetchone() or (None, None)
+        if first is not None and last is not None:
+            result.split = {"plan": round(float(first) - wall[0], 2), "copy": round(float(last) - float(first), 2),
+                            "reconcile_finalize": round(wall[1] - float(last), 2)}
+        split = " + ".join(f"{k.split('_')[0]} {v:.1f}" for k, v in result.split.items())
+        result.note = (f"{plural(threads or Settings().parallel_threads, 'thread')}, {table['chunks']} chunks; s = {split}; "
+                       f"engine copy window {table['rows_per_s']:,} rows/s")
         with self.pg_conn() as conn:
             conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
 
@@ -341,41 +400,53 @@ class Bench:
         print(f"generating {self.rows:,} rows in the fakesnow stand-in ...", flush=True)
         setup_seconds = self.setup()
         print(f"generated in {setup_seconds:.1f} s", flush=True)
+        with self.pg_conn() as conn:
+            server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
 
-        self.measure("(d) read path, 1 thread", self.read_path, fakesnow=True, note="SnowflakeSource.read, batches dropped")
+        # Phases with fakesnow first, while this process holds no rows: their RSS is the engine's own.
+        for threads in (1, 2):
+            self.measure(f"(d) read path, {plural(threads, 'thread')}", lambda n=threads: self.read_path(n), fakesnow=True,
+                         note="SnowflakeSource.read of every chunk, batches dropped")
         print(f"  Arrow bytes of all rows: {self.nbytes:,} ({self.nbytes / self.rows:.0f} per row)", flush=True)
+        config_path = self.write_config()
+        for e2e_threads in (1, 2, None):
+            self.end_to_end(config_path, e2e_threads)
 
+        print("reading every chunk into memory and encoding the COPY files ...", flush=True)
         self.restart_snowflake()
         chunks: Chunks = list(self.read_chunks())
         self.stack.stop_snowflake()
         self.sf_pid = 0
-        copy_file = self.write_copy_file(chunks)
-        file_bytes = copy_file.stat().st_size
+        files = {parts: self.write_copy_files(chunks, parts) for parts in (1, 2)}
+        file_bytes = files[1][0].stat().st_size
 
         db = "bench_write"
         self.stack.create_database(db, drop=True)
         self.prepare_target(db)
-        limit = self.measure("(a) limit: server COPY file", lambda: self.server_copy(db, copy_file),
-                             note=f"binary file {file_bytes / 2**20:,.0f} MiB, same pgpq encoding")
-        copy_file.unlink()
+        self.server_copy(db, files[1])  # warm-up, not measured: WAL segments and the file in the page cache
+        results: dict[str, Result] = {}
+        for parts in (1, 2):
+            self.prepare_target(db)
+            results[f"a{parts}"] = self.measure(
+                f"(a) limit: server COPY, {plural(parts, 'backend')}", lambda n=parts: self.server_copy(db, files[n]),
+                note=f"{plural(parts, 'binary file')}, {file_bytes / 2**20:,.0f} MiB in all, the engine's pgpq encoding")
+            if self.target_rows(db) != self.rows:
+                raise RuntimeError("server COPY lost rows")
         for connections in (1, 2):
             self.prepare_target(db)
-            self.measure(f"(c) write path, {connections} conn", lambda n=connections: self.write_path(db, chunks, n),
-                         note="in-memory batches → copy_batches, 1 txn per chunk")
+            self.measure(f"(c) write path, {plural(connections, 'connection')}", lambda n=connections: self.write_path(db, chunks, n),
+                         note="in-memory batches → copy_batches, 1 transaction per chunk")
             if self.target_rows(db) != self.rows:
                 raise RuntimeError("write path lost rows")
-        chunks.clear()  # frees the in-memory rows before the end-to-end runs
+        chunks.clear()
         with self.pg_conn() as conn:
             conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
-            server_version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
 
-        config_path = self.write_config()
-        for threads in (1, 2, None):
-            self.end_to_end(config_path, threads)
-        self.stack.stop_snowflake()
+        limit = results["a1"].rows_per_s
         for result in self.results:
-            result.vs_limit = round(result.rows_per_s / limit.rows_per_s, 3)
-
+            result.vs_limit = round(result.rows_per_s / limit, 3)
+        order = ("(a)", "(b)", "(c)", "(d)")
+        self.results.sort(key=lambda r: order.index(r.phase[:3]))  # stable: measurement order within a letter
         return {
             "rows": self.rows, "chunk_rows": CHUNK_ROWS, "batch_size": BATCH_SIZE,
             "arrow_bytes": self.nbytes, "arrow_bytes_per_row": round(self.nbytes / self.rows, 1),
