@@ -31,7 +31,7 @@ CHUNKING_TYPES = ("date", "numeric")
 
 @dataclass(frozen=True)
 class Settings:
-    parallel_threads: int = 2
+    parallel_threads: int = 0  # 0: one per core, then clamped by the memory budget
     batch_size: int = 50_000
     chunk_rows: int = 250_000
     resume_max_age: float = 168.0
@@ -216,6 +216,9 @@ def _parse_settings(raw: Any, where: str, problems: list[str], base: Settings) -
         if key in ("resume_max_age", "retry_base_seconds", "retry_max_seconds"):
             ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
             kind = "a positive number of hours" if key == "resume_max_age" else "a positive number of seconds"
+        elif key == "parallel_threads":
+            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+            kind = "a positive integer, or 0 for one per core"
         else:
             ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
             kind = "a positive integer"

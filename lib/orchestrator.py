@@ -173,7 +173,8 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
 
 def thread_count(config: SourceConfig, plan: WorkPlan) -> int:
     row_bytes = max((estimated_row_bytes(cols) for _, cols in plan.tables.values()), default=64)
-    threads, why = fit_threads(config.settings.parallel_threads, config.settings.batch_size, row_bytes,
+    requested = config.settings.parallel_threads or os.cpu_count() or 1
+    threads, why = fit_threads(requested, config.settings.batch_size, row_bytes,
                                config.settings.memory_budget_mb)
     if why:
         log.warning(why, **ctx(run_id=plan.run_id))

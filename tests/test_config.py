@@ -26,7 +26,7 @@ def _secrets(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_bad_config_lists_every_problem_at_once() -> None:
     raw = {
-        "defaults": {"parallel_threads": 0, "batch_sise": 10},
+        "defaults": {"parallel_threads": -1, "batch_sise": 10},
         "sources": {"s": {
             "snowflake": {"account": "a", "user": "u", "password": "hunter2", "database": "D", "schema": "S"},
             "postgres": {"dbname": "x", "password": "${NOT_SET_ANYWHERE}"},
@@ -41,10 +41,10 @@ def test_bad_config_lists_every_problem_at_once() -> None:
         parse_config(raw, "s", {"parallel_threads": -3, "drop_everything": True})
     text = str(caught.value)
     expected = [
-        "defaults.parallel_threads must be a positive integer",
+        "defaults.parallel_threads must be a positive integer, or 0 for one per core",
         "unknown setting 'batch_sise' (did you mean 'batch_size'?)",
         "override 'drop_everything' is not allowed",
-        "overrides.parallel_threads must be a positive integer",
+        "overrides.parallel_threads must be a positive integer, or 0 for one per core",
         "snowflake.password must be a reference",
         "references ${NOT_SET_ANYWHERE}, which is not set",
         "chunking_column_types entry 'uuid' must be one of date, numeric",
