@@ -10,7 +10,8 @@ then measures, each phase timed alone:
                 engine's own pgpq encoder into files the PostgreSQL server reads itself: one file and one
                 backend (the reference of every "vs (a)"), then two halves by two backends at once;
   (b) e2e       lib.orchestrator.run (plan + copy + reconcile), chunking on ID, chunk_rows 250k,
-                batch_size 50k, parallel_threads 1, 2 and the Settings default, each into a fresh database;
+                batch_size 50k, parallel_threads 1, 2 and the Settings default (how many threads that became
+                is read back from the ledger: distinct workers), each into a fresh database;
                 the ledger's chunk timestamps split its seconds into plan, copy and reconcile + finalize;
   (c) write     Arrow batches already in memory → postgres_target.copy_batches, one transaction per
                 250k-row chunk, with 1 and 2 connections (threads);
@@ -106,12 +107,14 @@ class Result:
     mib_per_s: float
     vs_limit: float | None = None  # rows/s relative to (a)
     rss_mb: float | None = None  # peak RSS of this process during the phase
+    rss_start_mb: float | None = None  # its RSS when the phase started
     fakesnow_rss_mb: float | None = None  # peak RSS of the fakesnow server during the phase
     cpu_bench: float = 0.0  # CPU seconds (user + system) of this process during the phase
     cpu_fakesnow: float = 0.0  # ... of the fakesnow server
     cpu_postgres: float = 0.0  # ... of every PostgreSQL process (backends, walwriter, checkpointer)
     note: str = ""
     split: dict[str, float] = field(default_factory=dict)  # (b): seconds of plan, copy, reconcile + finalize
+    workers: int | None = None  # (b): distinct workers that copied chunks (what parallel_threads became)
 
 
 # --- process memory ---------------------------------------------------------------------------
@@ -121,10 +124,11 @@ def reset_peak(pid: int) -> None:
         f.write("5")
 
 
-def peak_rss_mb(pid: int) -> float | None:
+def rss_mb(pid: int, key: str = "VmHWM") -> float | None:
+    """Peak (VmHWM) or current (VmRSS) resident set of a process, in MiB."""
     with contextlib.suppress(OSError):
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{key}:"):
                 return round(int(line.split()[1]) / 1024, 1)
     return None
 
@@ -215,6 +219,7 @@ class Bench:
         if fakesnow:
             self.restart_snowflake()
         reset_peak(os.getpid())
+        rss_start = rss_mb(os.getpid(), "VmRSS")
         time.sleep(0.5)  # lets backends of earlier connections exit, so their CPU is not counted here
         cpu_before = self.cpu()
         started = time.monotonic()
@@ -225,7 +230,7 @@ class Bench:
         rows_per_s = rows / seconds
         result = Result(
             phase, round(seconds, 2), rows, round(rows_per_s), round(self.nbytes / seconds / 2**20, 1), None,
-            peak_rss_mb(os.getpid()), peak_rss_mb(self.sf_pid) if fakesnow else None, *cpu, note=note,
+            rss_mb(os.getpid()), rss_start, rss_mb(self.sf_pid) if fakesnow else None, *cpu, note=note,
         )
         self.results.append(result)
         print(f"  {phase}: {seconds:.1f} s, {rows_per_s:,.0f} rows/s", flush=True)
@@ -382,16 +387,17 @@ class Bench:
         result = self.measure(f"(b) e2e, threads={label}", body, fakesnow=True)
         table = outcome[0].tables[0]
         with self.pg_conn(db) as conn:
-            first, last = conn.execute(
-                f"SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at)) "
+            first, last, workers = conn.execute(
+                f"SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at)), count(DISTINCT worker) "
                 f"FROM {status.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done'",
                 (outcome[0].run_id,),
-            ).fetchone() or (None, None)
+            ).fetchone() or (None, None, 0)
         if first is not None and last is not None:
             result.split = {"plan": round(float(first) - wall[0], 2), "copy": round(float(last) - float(first), 2),
                             "reconcile_finalize": round(wall[1] - float(last), 2)}
         split = " + ".join(f"{k.split('_')[0]} {v:.1f}" for k, v in result.split.items())
-        result.note = (f"{plural(threads or Settings().parallel_threads, 'thread')}, {table['chunks']} chunks; s = {split}; "
+        result.workers = int(workers)
+        result.note = (f"{plural(result.workers, 'worker')} in the ledger, {table['chunks']} chunks; s = {split}; "
                        f"engine copy window {table['rows_per_s']:,} rows/s")
         with self.pg_conn() as conn:
             conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
@@ -464,10 +470,14 @@ class Bench:
 
 
 def print_table(report: dict[str, Any]) -> None:
-    header = ("phase", "seconds", "rows/s", "MiB/s", "vs (a)", "RSS MiB", "fakesnow RSS", "CPU s bench/fs/pg", "note")
+    header = ("phase", "seconds", "rows/s", "MiB/s", "vs (a)", "RSS MiB (+phase)", "fakesnow RSS", "CPU s bench/fs/pg", "note")
+
+    def rss(r: dict[str, Any]) -> str:
+        return "-" if r["rss_mb"] is None else f"{r['rss_mb']:,.0f} (+{r['rss_mb'] - (r['rss_start_mb'] or 0):,.0f})"
+
     lines = [header] + [
         (r["phase"], f"{r['seconds']:.1f}", f"{r['rows_per_s']:,.0f}", f"{r['mib_per_s']:.1f}",
-         "-" if r["vs_limit"] is None else f"{r['vs_limit']:.2f}x", "-" if r["rss_mb"] is None else f"{r['rss_mb']:,.0f}",
+         "-" if r["vs_limit"] is None else f"{r['vs_limit']:.2f}x", rss(r),
          "-" if r["fakesnow_rss_mb"] is None else f"{r['fakesnow_rss_mb']:,.0f}",
          f"{r['cpu_bench']:.1f}/{r['cpu_fakesnow']:.1f}/{r['cpu_postgres']:.1f}", r["note"])
         for r in report["results"]
@@ -480,7 +490,7 @@ def print_table(report: dict[str, Any]) -> None:
             print("  ".join("-" * w for w in widths))
     print(f"\n{report['machine']['cpu_count']} CPUs; {report['rows']:,} rows, {report['arrow_bytes'] / 2**20:,.0f} MiB as Arrow in memory "
           f"({report['arrow_bytes_per_row']:.0f} bytes/row, the bytes behind every MiB/s); "
-          f"chunks of {CHUNK_ROWS:,} rows, batches of {BATCH_SIZE:,}; RSS = peak VmHWM per phase; "
+          f"chunks of {CHUNK_ROWS:,} rows, batches of {BATCH_SIZE:,}; RSS = peak VmHWM per phase (+ above the RSS at its start); "
           "CPU s = user+system seconds of this process / the fakesnow server / all PostgreSQL processes")
 
 
