@@ -5,6 +5,7 @@
     python migrate.py run --source demo --no-resume start a fresh run
     python migrate.py plan --source demo            print the chunk plan, copy nothing
     python migrate.py status --source demo          the latest run of this config
+    python migrate.py reconcile --source demo       re-count source and target now, store the result
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="migrate.py", description="Resumable Snowflake → PostgreSQL migration")
     sub = parser.add_subparsers(dest="command")
-    for name in ("run", "plan", "status"):
+    for name in ("run", "plan", "status", "reconcile"):
         # SUPPRESS: flags given before the sub-command are not reset by the sub-parser's defaults
         p = sub.add_parser(name, argument_default=argparse.SUPPRESS)
         _common(p)
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_plan(config, bool(args.json))
         if command == "status":
             return cmd_status(config, bool(args.json))
+        if command == "reconcile":
+            return cmd_reconcile(config, bool(args.json))
         return cmd_run(config, bool(args.json))
     except KeyboardInterrupt:
         log.warning("interrupted: the run stays resumable; start the same command again to continue")
@@ -165,6 +168,42 @@ def cmd_status(config: SourceConfig, as_json: bool) -> int:
     else:
         print_summary(latest.run_id, latest.status, tables, 0.0)
     return EXIT_OK
+
+
+def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
+    """Re-count source and target of every configured table of the latest run, store and print it."""
+    from lib import postgres_target as pg
+    from lib import status
+    from lib.reconcile import reconcile_table
+    from lib.snowflake_source import SnowflakeSource
+
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        status.apply_migrations(conn)
+        latest = status.find_latest_run(conn, config.fingerprint())
+        if latest is None:
+            print("no run of this config yet: nothing to reconcile")
+            return EXIT_ERRORS
+        counts = status.chunk_counts(conn, latest.run_id)
+        planned = status.planned_tables(conn, latest.run_id)
+        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
+        results = []
+        try:
+            for spec in config.tables:
+                chunks = counts.get(spec.name)
+                if spec.name not in planned or chunks is None:
+                    continue
+                if chunks["pending"] or chunks["running"]:
+                    print(f"{spec.name}: still copying ({chunks['pending']} pending, {chunks['running']} running): skipped")
+                    continue
+                results.append(reconcile_table(source, conn, latest.run_id, spec, chunks))
+        finally:
+            source.close()
+    if as_json:
+        print(json.dumps([r.__dict__ for r in results], indent=2))
+    for r in results if not as_json else []:
+        verdict = "match" if r.ok else f"MISMATCH: {r.error}"
+        print(f"{r.table}: source {_num(r.source_count)}, target {_num(r.target_count)} — {verdict}")
+    return EXIT_OK if results and all(r.ok for r in results) else EXIT_ERRORS
 
 
 if __name__ == "__main__":
