@@ -6,6 +6,7 @@
     python migrate.py plan --source demo            print the chunk plan, copy nothing
     python migrate.py status --source demo          the latest run of this config
     python migrate.py reconcile --source demo       re-count source and target now, store the result
+    python migrate.py cleanup --source demo [--yes] ledger rows of abandoned runs past the retention
 """
 
 from __future__ import annotations
@@ -26,10 +27,16 @@ EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="migrate.py", description="Resumable Snowflake → PostgreSQL migration")
     sub = parser.add_subparsers(dest="command")
-    for name in ("run", "plan", "status", "reconcile"):
+    for name in ("run", "plan", "status", "reconcile", "cleanup"):
         # SUPPRESS: flags given before the sub-command are not reset by the sub-parser's defaults
         p = sub.add_parser(name, argument_default=argparse.SUPPRESS)
         _common(p)
+        if name == "status":
+            p.add_argument("--run-id", type=int, help="a specific run (default: the latest of this config)")
+            p.add_argument("--watch", type=float, nargs="?", const=5.0, help="refresh every N seconds (default 5)")
+        if name == "cleanup":
+            p.add_argument("--older-than-days", type=float, default=30.0, help="retention (default 30 days)")
+            p.add_argument("--yes", action="store_true", default=False, help="really delete")
     _common(parser)
     return parser
 
@@ -66,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         if command == "plan":
             return cmd_plan(config, bool(args.json))
         if command == "status":
-            return cmd_status(config, bool(args.json))
+            return cmd_status(config, bool(args.json), getattr(args, "run_id", None), getattr(args, "watch", None))
+        if command == "cleanup":
+            return cmd_cleanup(config, args.older_than_days, args.yes)
         if command == "reconcile":
             return cmd_reconcile(config, bool(args.json))
         return cmd_run(config, bool(args.json))
@@ -151,22 +160,103 @@ def cmd_plan(config: SourceConfig, as_json: bool) -> int:
     return EXIT_ERRORS if failed else EXIT_OK
 
 
-def cmd_status(config: SourceConfig, as_json: bool) -> int:
+def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | None:
+    """Everything an operator asks about one run (default: the latest of this config)."""
     from lib import postgres_target as pg
     from lib import status
     from lib.orchestrator import summarize
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         status.apply_migrations(conn)
-        latest = status.find_latest_run(conn, config.fingerprint())
-    if latest is None:
-        print("no run of this config yet")
-        return EXIT_OK
-    tables = summarize(config, latest.run_id, None)
-    if as_json:
-        print(json.dumps({"run_id": latest.run_id, "status": latest.status, "tables": tables}, default=str, indent=2))
-    else:
-        print_summary(latest.run_id, latest.status, tables, 0.0)
+        if run_id is None:
+            latest = status.find_latest_run(conn, config.fingerprint())
+            if latest is None:
+                return None
+            run_id = latest.run_id
+        s = status.SCHEMA
+        run = conn.execute(
+            f"SELECT run_id, status, started_at, completed_at, hours, resume_max_age_hours, error FROM {s}.run_summary "
+            "WHERE run_id = %s", (run_id,)).fetchone()
+        if run is None:
+            return None
+        failed = conn.execute(f"SELECT table_name, chunk_no, predicate, attempts, error FROM {s}.failed_chunks "
+                              "WHERE run_id = %s ORDER BY table_name, chunk_no LIMIT 20", (run_id,)).fetchall()
+        stalled = conn.execute(f"SELECT table_name, chunk_no, worker, lease_expires_at FROM {s}.stalled_leases "
+                               "WHERE run_id = %s", (run_id,)).fetchall()
+        recent = dict(conn.execute(  # rows per second over the last five minutes, per table
+            f"SELECT table_name, sum(rows_copied) / 300.0 FROM {s}.migration_chunk_status WHERE run_id = %s "
+            "AND status = 'done' AND completed_at > now() - interval '5 minutes' GROUP BY 1", (run_id,)).fetchall())
+    tables = summarize(config, run_id, None)
+    for t in tables:
+        remaining = max((t["expected_rows"] or 0) - t["rows_copied"], 0)
+        rate = float(recent.get(t["table"]) or 0)
+        t["recent_rows_per_s"] = round(rate)
+        t["eta_seconds"] = round(remaining / rate) if rate and remaining else (0 if not remaining else None)
+    active = run[1] in ("running", "completed_with_errors", "failed")
+    return {
+        "run_id": run[0], "status": run[1], "started_at": run[2], "completed_at": run[3], "hours": float(run[4]),
+        "resume_window_hours_left": round(float(run[5]) - float(run[4]), 1) if active else None,
+        "error": run[6], "tables": tables,
+        "failed_chunks": [dict(zip(("table", "chunk", "predicate", "attempts", "error"), f, strict=True)) for f in failed],
+        "stalled_leases": [dict(zip(("table", "chunk", "worker", "lease_expired_at"), x, strict=True)) for x in stalled],
+    }
+
+
+def print_report(report: dict[str, Any]) -> None:
+    window = report["resume_window_hours_left"]
+    print(f"run {report['run_id']}: {report['status']}, started {report['started_at']:%Y-%m-%d %H:%M:%S %Z} "
+          f"({report['hours']} h)" + (f", {window} h left in the resume window" if window is not None else ""))
+    if report["error"]:
+        print(f"  error: {report['error']}")
+    print_summary(report["run_id"], report["status"], report["tables"], 0.0)
+    for t in report["tables"]:
+        if t["eta_seconds"]:
+            print(f"  {t['table']}: {t['recent_rows_per_s']:,} rows/s over the last 5 min, ETA {t['eta_seconds']} s")
+    for f in report["failed_chunks"]:
+        print(f"  failed: {f['table']} chunk {f['chunk']} ({f['predicate']}), {f['attempts']} attempt(s): {f['error']}")
+    for x in report["stalled_leases"]:
+        print(f"  stalled: {x['table']} chunk {x['chunk']} held by {x['worker']}, lease expired {x['lease_expired_at']}")
+
+
+def cmd_status(config: SourceConfig, as_json: bool, run_id: int | None = None, watch: float | None = None) -> int:
+    import time
+
+    while True:
+        report = status_report(config, run_id)
+        if report is None:
+            print("no run of this config yet" if run_id is None else f"no run {run_id}")
+            return EXIT_OK if run_id is None else EXIT_ERRORS
+        if as_json:
+            print(json.dumps(report, default=str, indent=2))
+        else:
+            print_report(report)
+        if not watch or report["status"] != "running":
+            return EXIT_OK
+        time.sleep(watch)
+        print()
+
+
+def cmd_cleanup(config: SourceConfig, older_than_days: float, yes: bool) -> int:
+    """List (and with --yes delete) ledger rows of abandoned runs older than the retention.
+    The engine creates no other persistent objects, so nothing else is ever touched."""
+    from lib import postgres_target as pg
+    from lib import status
+
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        status.apply_migrations(conn)
+        rows = conn.execute(
+            f"SELECT run_id, source_name, started_at, metadata ->> 'abandoned_because' FROM {status.SCHEMA}.migration_runs "
+            "WHERE status = 'abandoned' AND source_name = %s AND started_at < now() - %s * interval '1 day' "
+            "ORDER BY run_id", (config.name, older_than_days)).fetchall()
+        for run_id, source, started, why in rows:
+            print(f"run {run_id} ({source}, started {started:%Y-%m-%d}): abandoned, {why}")
+        if not rows:
+            print(f"nothing to clean up: no abandoned run of {config.name} older than {older_than_days:g} days")
+        elif yes:
+            conn.execute(f"DELETE FROM {status.SCHEMA}.migration_runs WHERE run_id = ANY(%s)", ([r[0] for r in rows],))
+            print(f"deleted the ledger rows of {len(rows)} abandoned run(s)")
+        else:
+            print(f"{len(rows)} run(s) would be deleted; add --yes to delete them")
     return EXIT_OK
 
 

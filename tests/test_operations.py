@@ -67,3 +67,59 @@ def test_reconcile_command_recounts_on_demand_and_stores_the_result(env) -> None
     assert "source 800, target 790 — MISMATCH" in result.stdout
     assert env.pg_rows(f"SELECT reconcile_status, target_count FROM {status.SCHEMA}.migration_table_status") == [
         ("mismatch", 790)]
+
+
+def test_status_works_while_a_run_is_going_and_after_it_ended(env) -> None:
+    import json
+    import time
+
+    from tests.helpers import cli_popen
+
+    env.sf_execute("CREATE TABLE BIGGISH AS SELECT SEQ8()::NUMBER(18,0) AS ID, 'x' || SEQ8() AS V "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 200000))")
+    path = env.write_config([{"source": "BIGGISH", "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}],
+                            defaults={"chunk_rows": 2000, "batch_size": 1000, "parallel_threads": 1})
+    proc = cli_popen(env.env, path)
+    seen_running = None
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        probe = cli(env.env, path, "status", "--json")
+        if probe.returncode == 0 and probe.stdout.startswith("{"):
+            report = json.loads(probe.stdout)
+            if report["status"] == "running" and report["tables"] and 0 < report["tables"][0]["rows_copied"] < 200_000:
+                seen_running = report
+                break
+        time.sleep(0.2)
+    proc.communicate(timeout=120)
+    assert seen_running is not None, "status could not watch the run from another process"
+    assert seen_running["resume_window_hours_left"] > 167
+
+    after = cli(env.env, path, "status")
+    assert after.returncode == 0 and "run 1: completed" in after.stdout and "200,000" in after.stdout
+
+
+def test_status_lists_failed_chunks_with_their_errors(env) -> None:
+    _two_tables(env)
+    path = env.write_config(TABLES, defaults={"chunk_rows": 500})
+    cli(env.env, path)
+    report = cli(env.env, path, "status")
+    assert "failed: " in report.stdout and "value does not fit the target column type" in report.stdout
+
+
+def test_cleanup_removes_only_old_abandoned_runs_and_only_with_yes(env) -> None:
+    env.sf_execute("CREATE TABLE CL AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 10))")
+    path = env.write_config([{"source": "CL", "truncate_onstart": True}])
+    start_run(env.config([{"source": "CL", "truncate_onstart": True}]))  # run 1, left unfinished
+    assert cli(env.env, path, "run", "--no-resume").returncode == 0  # run 2 abandons run 1
+    with env.pg() as conn:
+        conn.execute(f"UPDATE {status.SCHEMA}.migration_runs SET started_at = now() - interval '40 days' WHERE run_id = 1")
+
+    dry = cli(env.env, path, "cleanup")
+    assert "run 1 " in dry.stdout and "add --yes" in dry.stdout
+    assert env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.migration_runs") == 2
+
+    real = cli(env.env, path, "cleanup", "--yes")
+    assert "deleted the ledger rows of 1 abandoned run(s)" in real.stdout
+    assert env.pg_rows(f"SELECT run_id, status FROM {status.SCHEMA}.migration_runs") == [(2, "completed")]
+    assert env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.migration_chunk_status WHERE run_id = 1") == 0
+    assert env.pg_value("SELECT count(*) FROM public.cl") == 10
