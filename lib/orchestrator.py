@@ -22,6 +22,7 @@ from lib.config import SourceConfig, TableSpec
 from lib.errors import FatalError, MigrationError, TransientError, classify
 from lib.log import ctx, get_logger
 from lib.planner import plan_table
+from lib.progress import ProgressMonitor
 from lib.reconcile import Reconciliation, reconcile_table
 from lib.retry import call_with_retry
 from lib.snowflake_source import SnowflakeSource
@@ -315,7 +316,8 @@ def run(config: SourceConfig) -> RunResult:
         if plan.tables:
             threads = thread_count(config, plan)
             log.info("copying with %d thread(s)", threads, **ctx(run_id=start.run_id))
-            work(plan, threads)
+            with ProgressMonitor(config.postgres_connect_args(), start.run_id):
+                work(plan, threads)
         retried(lambda: reconcile_finished_tables(config, start.run_id), "reconciling")
     except KeyboardInterrupt:
         interrupted = True
