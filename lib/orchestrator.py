@@ -137,7 +137,10 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         existing_types = pg.ensure_table(conn, spec.target, columns)
         if existing_types is not None:
             described = [{**d, "target_type": existing_types[d["name"]]} for d in described]
-            columns_from_description(described)  # a target type the engine cannot write fails the table now
+            for column in columns_from_description(described):
+                if column.via_text:
+                    plan.notes.append(f"column {column.name} ({column.pg_type}) has no binary Arrow encoding: "
+                                      "it alone is sent as text and cast by PostgreSQL; the other columns stay binary")
             if spec.truncate_onstart:
                 pg.truncate(conn, spec.target)
                 plan.notes.append(f"target {spec.target_name} truncated (truncate_onstart) when this run was planned")

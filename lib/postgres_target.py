@@ -149,8 +149,10 @@ def copy_batches(
     """COPY the batches into the target inside the caller's transaction. Returns (rows, bytes)."""
     schema = wire_schema(columns)
     encoder = _encoder(schema, columns)
+    staged = any(c.via_text for c in columns)
+    destination = _text_staging(conn, target, columns) if staged else table_ident(target)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        table_ident(target), sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
+        destination, sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
     )
     rows = written = 0
     with conn.cursor() as cur, cur.copy(statement) as copy:
@@ -163,4 +165,31 @@ def copy_batches(
             rows += batch.num_rows
             written += len(payload)
         copy.write(encoder.finish())
+    if staged:
+        _insert_from_staging(conn, target, columns, destination)
     return rows, written
+
+
+_STAGING = sql.Identifier("migration_text_staging")
+
+
+def _text_staging(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> sql.Composable:
+    """A TEMP table shaped like the target, except that columns without a binary encoding are text.
+    It lives for the chunk's transaction only (ON COMMIT DROP), so a crash cannot orphan it."""
+    names = target_column_names(columns)
+    select = sql.SQL(", ").join(
+        sql.SQL("{}::text AS {}").format(sql.Identifier(n), sql.Identifier(n)) if c.via_text else sql.Identifier(n)
+        for n, c in zip(names, columns, strict=True))
+    conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} LIMIT 0").format(
+        _STAGING, select, table_ident(target)))
+    return _STAGING
+
+
+def _insert_from_staging(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column],
+                         staging: sql.Composable) -> None:
+    names = target_column_names(columns)
+    select = sql.SQL(", ").join(
+        sql.SQL("{}::{}").format(sql.Identifier(n), sql.SQL(c.pg_type)) if c.via_text else sql.Identifier(n)
+        for n, c in zip(names, columns, strict=True))
+    conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
+        table_ident(target), sql.SQL(", ").join(sql.Identifier(n) for n in names), select, staging))

@@ -26,6 +26,7 @@ class Column:
     is_json: bool = False
     est_bytes: int = 8  # estimated in-memory bytes per value, for the memory budget
     nullable: bool = True
+    via_text: bool = False  # no binary encoding for the target type: sent as text, cast by PostgreSQL
 
 
 @dataclass(frozen=True)
@@ -123,7 +124,9 @@ def _existing_target(source: Column, target_type: str) -> Column:
     elif base in _PG_WIRE:
         wire = _PG_WIRE[base]
     else:
-        raise FatalError(f"target column {source.name!r} has type {target_type}, which the engine cannot write yet")
+        # uuid, inet, interval, json, ... : this column alone goes through text and a cast
+        return Column(source.name, source.source_type, target_type, pa.string(), False, source.est_bytes,
+                      source.nullable, via_text=True)
     return Column(source.name, source.source_type, target_type, wire, base == "jsonb", source.est_bytes, source.nullable)
 
 

@@ -81,3 +81,31 @@ def test_target_types_follow_the_type_map(env) -> None:
         "created": "timestamp without time zone", "created_tz": "timestamp with time zone",
         "doc": "jsonb", "tags": "jsonb", "attrs": "jsonb", "blob": "bytea", "mixedCase Col": "text",
     }
+
+
+def test_a_target_type_without_binary_encoding_falls_back_per_column(env) -> None:
+    env.sf_execute("CREATE TABLE ODD (ID NUMBER(18,0), U VARCHAR, ADDR VARCHAR, SPAN VARCHAR, N NUMBER(9,0))",
+                   "INSERT INTO ODD VALUES (1, 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', '10.1.2.3', '1 day 02:00:00', 7), "
+                   "(2, NULL, '::1', '3 hours', NULL)")
+    with env.pg() as conn:
+        conn.execute("CREATE TABLE public.odd (id bigint, u uuid, addr inet, span interval, n integer)")
+    result = run(env.config([{"source": "ODD"}]))
+    assert result.status == "completed", result.tables
+    rows = env.pg_rows("SELECT id, u::text, host(addr), span::text, n FROM public.odd ORDER BY id")
+    assert rows == [(1, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "10.1.2.3", "1 day 02:00:00", 7), (2, None, "::1", "03:00:00", None)]
+    notes = env.pg_value("SELECT plan_notes::text FROM migration_status.migration_table_status")
+    assert "column U (uuid) has no binary Arrow encoding" in notes and "column N" not in notes
+    assert env.pg_value("SELECT to_regclass('pg_temp.migration_text_staging')") is None  # dropped at commit
+
+
+def test_a_value_that_fails_the_fallback_cast_fails_only_its_chunk(env) -> None:
+    env.sf_execute("CREATE TABLE ODD2 (ID NUMBER(18,0), U VARCHAR)",
+                   "INSERT INTO ODD2 SELECT SEQ8(), IFF(SEQ8() = 5, 'not-a-uuid', UUID_STRING()) FROM TABLE(GENERATOR(ROWCOUNT => 40))")
+    with env.pg() as conn:
+        conn.execute("CREATE TABLE public.odd2 (id bigint, u uuid)")
+    result = run(env.config([{"source": "ODD2", "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}],
+                            chunk_rows=10))
+    assert result.status == "completed_with_errors"
+    error = env.pg_value("SELECT error FROM migration_status.migration_chunk_status WHERE status = 'failed'")
+    assert "ODD2" in error and "value does not fit the target column type" in error
+    assert env.pg_value("SELECT count(*) FROM public.odd2") == 30
