@@ -104,10 +104,10 @@ def cmd_run(config: SourceConfig, as_json: bool) -> int:
 
 
 def print_summary(run_id: int, run_status: str, tables: list[dict[str, Any]], seconds: float) -> None:
-    headers = ["table", "target", "status", "chunks", "expected", "rows copied", "source", "target rows", "reconcile",
+    headers = ["table", "target", "status", "chunks done", "expected", "rows copied", "source", "target rows", "reconcile",
                "rows/s", "MB/s"]
     rows = [
-        [t["table"], t["target"], t["status"], f"{t['chunks'] - t['chunks_failed']}/{t['chunks']}",
+        [t["table"], t["target"], t["status"], f"{t['chunks_done']}/{t['chunks']}",
          _num(t["expected_rows"]), f"{t['rows_copied']:,}", _num(t["source_count"]), _num(t["target_count"]), t["reconcile"],
          f"{t['rows_per_s']:,}" if t["rows_copied_now"] else "-", f"{t['mb_per_s']}" if t["rows_copied_now"] else "-"]
         for t in tables
@@ -288,8 +288,11 @@ def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
                 results.append(reconcile_table(source, conn, latest.run_id, spec, chunks))
         finally:
             source.close()
+    from lib.orchestrator import finalize_run
+
+    final = finalize_run(config, latest.run_id)  # a mismatch found now makes a completed run completed_with_errors
     if as_json:
-        print(json.dumps([r.__dict__ for r in results], indent=2))
+        print(json.dumps({"run_id": latest.run_id, "status": final, "tables": [r.__dict__ for r in results]}, indent=2))
     for r in results if not as_json else []:
         verdict = "match" if r.ok else f"MISMATCH: {r.error}"
         print(f"{r.table}: source {_num(r.source_count)}, target {_num(r.target_count)} — {verdict}")

@@ -112,6 +112,8 @@ def is_transient(exc: BaseException) -> bool:
 
 def _pg_transient(exc: psycopg.Error) -> bool:
     if exc.sqlstate is not None:
+        if exc.sqlstate == "08P01":
+            return False  # protocol_violation: the data we sent does not match the column (e.g. it changed type)
         return exc.sqlstate in _PG_TRANSIENT_SQLSTATES or exc.sqlstate.startswith("08")
     # No SQLSTATE: raised client-side. A refused login is fatal; otherwise the connection is broken,
     # closed or unreachable (OperationalError, InterfaceError), or the client rejected a value (fatal).

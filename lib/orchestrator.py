@@ -89,6 +89,8 @@ def start_run(config: SourceConfig) -> StartResult:
                 run_id, mode = latest.run_id, "resumed"
                 retried = status.reset_failed(conn, run_id)
                 status.set_run_status(conn, run_id, "running")
+                status.record_resume_window(conn, run_id, max_age)
+                _refresh_target_types(conn, run_id)
                 message = f"resuming run {run_id} (started {latest.age_hours:.1f} h ago, was {latest.status})"
                 if retried:
                     message += f"; {retried} failed chunk(s) get new attempts"
@@ -105,6 +107,23 @@ def start_run(config: SourceConfig) -> StartResult:
             return StartResult(run_id, mode, message)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
+
+
+def _refresh_target_types(conn: psycopg.Connection[Any], run_id: int) -> None:
+    """On resume, take the target columns' current types: an operator may have widened a column
+    that a failed chunk did not fit (the plan's chunks and bounds never change)."""
+    for table, described in status.table_columns(conn, run_id).items():
+        if not any("target_type" in d for d in described):
+            continue
+        target = tuple(conn.execute(f"SELECT target_table FROM {status.SCHEMA}.migration_table_status "
+                                    "WHERE run_id = %s AND table_name = %s", (run_id, table)).fetchone()[0].split(".", 1))
+        current = pg.target_column_types(conn, target)  # type: ignore[arg-type]
+        names = pg.target_column_names(columns_from_description([{k: v for k, v in d.items() if k != "target_type"}
+                                                                 for d in described]))
+        refreshed = [{**d, "target_type": current.get(n, d.get("target_type"))} for d, n in zip(described, names, strict=True)]
+        if refreshed != described:
+            status.update_table_columns(conn, run_id, table, refreshed)
+            log.info("target column types changed since planning: the new types are used", **ctx(run_id=run_id, table=table))
 
 
 def _plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> None:
@@ -368,7 +387,7 @@ def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, A
         out.append({
             "table": name, "target": t["target_table"], "status": t["status"], "strategy": t["strategy"],
             "chunks": sum(c.get(k, 0) for k in ("pending", "running", "done", "failed")),
-            "chunks_failed": c.get("failed", 0), "expected_rows": t["planned_rows"],
+            "chunks_done": c.get("done", 0), "chunks_failed": c.get("failed", 0), "expected_rows": t["planned_rows"],
             "rows_copied": c.get("rows_copied", 0), "rows_copied_now": rows_now,
             "source_count": t["source_count"], "target_count": t["target_count"],
             "reconcile": t["reconcile_status"], "rows_per_s": rows_s, "mb_per_s": mb_s, "error": t["error"],

@@ -125,7 +125,10 @@ def to_wire(batch: pa.RecordBatch, columns: list[Column], schema: pa.Schema) -> 
         array = batch.column(i)
         if array.type != field.type:
             options = pc.CastOptions(target_type=field.type, allow_time_truncate=True)
-            array = pc.cast(array, options=options)
+            try:
+                array = pc.cast(array, options=options)
+            except pa.ArrowInvalid as exc:
+                raise pa.ArrowInvalid(f"column {columns[i].name} ({columns[i].pg_type}): {exc}") from exc
         arrays.append(array)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 

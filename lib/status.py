@@ -464,6 +464,18 @@ def mark_primary_key_built(conn: psycopg.Connection[Any], run_id: int, table: st
                  "WHERE run_id = %s AND table_name = %s", (run_id, table))
 
 
+def update_table_columns(conn: psycopg.Connection[Any], run_id: int, table: str, described: list[dict[str, Any]]) -> None:
+    conn.execute(f"UPDATE {SCHEMA}.migration_table_status SET source_columns = %s WHERE run_id = %s AND table_name = %s",
+                 (json.dumps(described), run_id, table))
+
+
+def record_resume_window(conn: psycopg.Connection[Any], run_id: int, hours: float) -> None:
+    """The window of the latest start is the run's window (dashboards compute hours left from it)."""
+    conn.execute(
+        f"UPDATE {SCHEMA}.migration_runs SET metadata = jsonb_set(metadata, '{{config,settings,resume_max_age}}', "
+        "to_jsonb(%s::numeric), true) WHERE run_id = %s AND metadata ? 'config'", (hours, run_id))
+
+
 def table_columns(conn: psycopg.Connection[Any], run_id: int) -> dict[str, list[dict[str, Any]]]:
     """The stored source column descriptions of each planned table of the run."""
     rows = conn.execute(
