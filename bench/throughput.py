@@ -112,6 +112,7 @@ class Result:
     cpu_bench: float = 0.0  # CPU seconds (user + system) of this process during the phase
     cpu_fakesnow: float = 0.0  # ... of the fakesnow server
     cpu_postgres: float = 0.0  # ... of every PostgreSQL process (backends, walwriter, checkpointer)
+    cpu_other: float = 0.0  # busy CPU seconds of the whole machine minus the three above (noise from other work)
     note: str = ""
     split: dict[str, float] = field(default_factory=dict)  # (b): seconds of plan, copy, reconcile + finalize
     workers: int | None = None  # (b): distinct workers that copied chunks (what parallel_threads became)
@@ -136,6 +137,12 @@ def rss_mb(pid: int, key: str = "VmHWM") -> float | None:
 def own_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
+
+
+def busy_cpu() -> float:
+    """Non-idle CPU seconds of the whole machine, all cores."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0) - getattr(times, "guest", 0.0) - getattr(times, "guest_nice", 0.0)
 
 
 def tree_cpu(pid: int) -> float:
@@ -210,8 +217,8 @@ class Bench:
     def postmaster_pid(self) -> int:
         return int((self.stack.pgdata / "postmaster.pid").read_text().split()[0])
 
-    def cpu(self) -> tuple[float, float, float]:
-        return own_cpu(), tree_cpu(self.sf_pid) if self.sf_pid else 0.0, tree_cpu(self.postmaster_pid())
+    def cpu(self) -> tuple[float, float, float, float]:
+        return own_cpu(), tree_cpu(self.sf_pid) if self.sf_pid else 0.0, tree_cpu(self.postmaster_pid()), busy_cpu()
 
     def measure(self, phase: str, body: Callable[[], int], fakesnow: bool = False, note: str = "") -> Result:
         """Time `body` (which returns the rows it moved) with peak RSS and CPU seconds per process."""
@@ -227,6 +234,7 @@ class Bench:
         seconds = time.monotonic() - started
         time.sleep(0.5)  # ... and this phase's backends exit, so theirs is
         cpu = [round(after - before, 1) for after, before in zip(self.cpu(), cpu_before, strict=True)]
+        cpu[3] = round(max(cpu[3] - sum(cpu[:3]), 0.0), 1)  # the machine's busy CPU minus ours: other work
         rows_per_s = rows / seconds
         result = Result(
             phase, round(seconds, 2), rows, round(rows_per_s), round(self.nbytes / seconds / 2**20, 1), None,
@@ -403,6 +411,9 @@ class Bench:
             conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
 
     def run(self) -> dict[str, Any]:
+        load_at_start = [round(x, 2) for x in os.getloadavg()]
+        if load_at_start[0] > 0.5:
+            print(f"note: load average {load_at_start[0]} before starting: other work shares the CPUs", flush=True)
         print(f"generating {self.rows:,} rows in the fakesnow stand-in ...", flush=True)
         setup_seconds = self.setup()
         print(f"generated in {setup_seconds:.1f} s", flush=True)
@@ -464,13 +475,14 @@ class Bench:
                 **{name: version(name) for name in ("pyarrow", "pgpq", "psycopg", "fakesnow", "duckdb",
                                                     "snowflake-connector-python")},
                 "settings_default_parallel_threads": Settings().parallel_threads,
+                "load_average_at_start": load_at_start,
             },
             "results": [asdict(r) for r in self.results],
         }
 
 
 def print_table(report: dict[str, Any]) -> None:
-    header = ("phase", "seconds", "rows/s", "MiB/s", "vs (a)", "RSS MiB (+phase)", "fakesnow RSS", "CPU s bench/fs/pg", "note")
+    header = ("phase", "seconds", "rows/s", "MiB/s", "vs (a)", "RSS MiB (+phase)", "fakesnow RSS", "CPU s bench/fs/pg/other", "note")
 
     def rss(r: dict[str, Any]) -> str:
         return "-" if r["rss_mb"] is None else f"{r['rss_mb']:,.0f} (+{r['rss_mb'] - (r['rss_start_mb'] or 0):,.0f})"
@@ -479,7 +491,7 @@ def print_table(report: dict[str, Any]) -> None:
         (r["phase"], f"{r['seconds']:.1f}", f"{r['rows_per_s']:,.0f}", f"{r['mib_per_s']:.1f}",
          "-" if r["vs_limit"] is None else f"{r['vs_limit']:.2f}x", rss(r),
          "-" if r["fakesnow_rss_mb"] is None else f"{r['fakesnow_rss_mb']:,.0f}",
-         f"{r['cpu_bench']:.1f}/{r['cpu_fakesnow']:.1f}/{r['cpu_postgres']:.1f}", r["note"])
+         f"{r['cpu_bench']:.1f}/{r['cpu_fakesnow']:.1f}/{r['cpu_postgres']:.1f}/{r['cpu_other']:.1f}", r["note"])
         for r in report["results"]
     ]
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
@@ -491,7 +503,8 @@ def print_table(report: dict[str, Any]) -> None:
     print(f"\n{report['machine']['cpu_count']} CPUs; {report['rows']:,} rows, {report['arrow_bytes'] / 2**20:,.0f} MiB as Arrow in memory "
           f"({report['arrow_bytes_per_row']:.0f} bytes/row, the bytes behind every MiB/s); "
           f"chunks of {CHUNK_ROWS:,} rows, batches of {BATCH_SIZE:,}; RSS = peak VmHWM per phase (+ above the RSS at its start); "
-          "CPU s = user+system seconds of this process / the fakesnow server / all PostgreSQL processes")
+          "CPU s = user+system seconds of this process / the fakesnow server / all PostgreSQL processes / "
+          "everything else on the machine (other work: noise)")
 
 
 def main() -> None:
