@@ -90,7 +90,7 @@ def start_run(config: SourceConfig) -> StartResult:
                 retried = status.reset_failed(conn, run_id)
                 status.set_run_status(conn, run_id, "running")
                 status.record_resume_window(conn, run_id, max_age)
-                _refresh_target_types(conn, run_id)
+                _refresh_target_types(conn, config, run_id)
                 message = f"resuming run {run_id} (started {latest.age_hours:.1f} h ago, was {latest.status})"
                 if retried:
                     message += f"; {retried} failed chunk(s) get new attempts"
@@ -109,21 +109,19 @@ def start_run(config: SourceConfig) -> StartResult:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
-def _refresh_target_types(conn: psycopg.Connection[Any], run_id: int) -> None:
-    """On resume, take the target columns' current types: an operator may have widened a column
-    that a failed chunk did not fit (the plan's chunks and bounds never change)."""
-    for table, described in status.table_columns(conn, run_id).items():
-        if not any("target_type" in d for d in described):
+def _refresh_target_types(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> None:
+    """On resume, take existing targets' current column types: an operator may have widened a
+    column that a failed chunk did not fit (the plan's chunks and bounds never change)."""
+    stored = status.table_columns(conn, run_id)
+    for spec in config.tables:
+        described = stored.get(spec.name)
+        if not described or not any("target_type" in d for d in described):
             continue
-        target = tuple(conn.execute(f"SELECT target_table FROM {status.SCHEMA}.migration_table_status "
-                                    "WHERE run_id = %s AND table_name = %s", (run_id, table)).fetchone()[0].split(".", 1))
-        current = pg.target_column_types(conn, target)  # type: ignore[arg-type]
-        names = pg.target_column_names(columns_from_description([{k: v for k, v in d.items() if k != "target_type"}
-                                                                 for d in described]))
-        refreshed = [{**d, "target_type": current.get(n, d.get("target_type"))} for d, n in zip(described, names, strict=True)]
+        current = pg.types_by_source_column(conn, spec.target, columns_from_description(described))
+        refreshed = [{**d, "target_type": current.get(d["name"], d["target_type"])} for d in described]
         if refreshed != described:
-            status.update_table_columns(conn, run_id, table, refreshed)
-            log.info("target column types changed since planning: the new types are used", **ctx(run_id=run_id, table=table))
+            status.update_table_columns(conn, run_id, spec.name, refreshed)
+            log.info("target column types changed since planning: the new types are used", **ctx(run_id=run_id, table=spec.name))
 
 
 def _plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> None:
@@ -172,9 +170,9 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         if existing_types is None and spec.build_primary_key:
             key = [c for c in source.primary_key(spec.source) if c in {d["name"] for d in described}]
             if key:
-                names = dict(zip((c.name for c in columns), pg.target_column_names(columns), strict=True))
-                status.set_primary_key_plan(conn, run_id, spec.name, [names[c] for c in key])
-                plan.notes.append(f"primary key ({', '.join(names[c] for c in key)}) is built after the load")
+                key_columns = [pg.target_column_name(c) for c in key]
+                status.set_primary_key_plan(conn, run_id, spec.name, key_columns)
+                plan.notes.append(f"primary key ({', '.join(key_columns)}) is built after the load")
     log.info(
         "planned %s: %s strategy, %d chunks, %d rows expected, %d query in %.2fs (%s)",
         spec.name, plan.strategy, len(plan.chunks), plan.expected_rows, plan.queries, plan.seconds, plan.reason,

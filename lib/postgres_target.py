@@ -58,10 +58,20 @@ def target_column_types(conn: psycopg.Connection[Any], target: tuple[str, str]) 
     return {r[0]: r[1] for r in rows}
 
 
-def target_column_names(columns: list[Column]) -> list[str]:
-    """PostgreSQL column names: Snowflake's upper-case default becomes lower case, anything else
+def target_column_name(source_name: str) -> str:
+    """PostgreSQL column name: Snowflake's upper-case default becomes lower case, anything else
     (mixed case, spaces, quotes) keeps its exact spelling."""
-    return [c.name.lower() if c.name == c.name.upper() else c.name for c in columns]
+    return source_name.lower() if source_name == source_name.upper() else source_name
+
+
+def target_column_names(columns: list[Column]) -> list[str]:
+    return [target_column_name(c.name) for c in columns]
+
+
+def types_by_source_column(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> dict[str, str]:
+    """An existing target's column types, keyed by the source column each one receives."""
+    existing = target_column_types(conn, target)
+    return {c.name: existing[target_column_name(c.name)] for c in columns if target_column_name(c.name) in existing}
 
 
 def ensure_table(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> dict[str, str] | None:
@@ -69,13 +79,13 @@ def ensure_table(conn: psycopg.Connection[Any], target: tuple[str, str], columns
     column and return its column types by source column name."""
     names = target_column_names(columns)
     if table_exists(conn, target):
-        existing = target_column_types(conn, target)
-        missing = [n for n in names if n not in existing]
+        types = types_by_source_column(conn, target, columns)
+        missing = [target_column_name(c.name) for c in columns if c.name not in types]
         if missing:
             raise FatalError(
                 f"target table {'.'.join(target)} exists but lacks column(s) {', '.join(missing)}"
             )
-        return {c.name: existing[n] for c, n in zip(columns, names, strict=True)}
+        return types
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target[0])))
     column_defs = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(n), sql.SQL(c.pg_type)) for n, c in zip(names, columns, strict=True)
