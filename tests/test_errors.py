@@ -40,6 +40,13 @@ def raised(kind: ExcType, action: Callable[[], Any]) -> BaseException:
     return info.value
 
 
+def _one_row_table(env) -> None:
+    """Table t with the single row (1, 0) that two sessions fight over."""
+    with env.pg() as setup:
+        setup.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+        setup.execute("INSERT INTO t VALUES (1, 0)")
+
+
 def assert_transient(exc: BaseException) -> TransientError:
     error = classify(exc, "doing the thing")
     assert isinstance(error, TransientError), f"{type(exc).__name__} should be transient: {exc}"
@@ -102,9 +109,7 @@ def test_pg_insufficient_privilege_is_fatal(env) -> None:
 # --- PostgreSQL: conflicts between transactions --------------------------------------------------
 
 def test_pg_serialization_failure_is_transient(env) -> None:
-    with env.pg() as setup:
-        setup.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
-        setup.execute("INSERT INTO t VALUES (1, 0)")
+    _one_row_table(env)
     with env.pg() as first, env.pg() as second:
         first.execute("BEGIN ISOLATION LEVEL REPEATABLE READ")
         first.execute("SELECT v FROM t WHERE id = 1")  # takes the snapshot
@@ -145,9 +150,7 @@ def test_pg_deadlock_is_transient(env) -> None:
 
 
 def test_pg_lock_timeout_is_transient(env) -> None:
-    with env.pg() as setup:
-        setup.execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
-        setup.execute("INSERT INTO t VALUES (1, 0)")
+    _one_row_table(env)
     with env.pg() as holder, env.pg() as waiter:
         holder.execute("BEGIN")
         holder.execute("SELECT * FROM t WHERE id = 1 FOR UPDATE")
