@@ -12,17 +12,17 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
+from lib.connections import POSTGRES_KEYS, SECRET_KEYS, SNOWFLAKE_KEYS, postgres_kwargs, snowflake_kwargs
 from lib.errors import ConfigError
 from lib.identifiers import split_qualified
 from lib.retry import RetryPolicy
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.json"
 
-SECRET_KEYS = {"password", "private_key", "private_key_file_pwd", "private_key_passphrase", "token", "passcode"}
 SECRETS_MANAGER_PREFIX = "aws-secretsmanager:"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -31,20 +31,61 @@ CHUNKING_TYPES = ("date", "numeric")
 
 @dataclass(frozen=True)
 class Settings:
-    parallel_threads: int = 0  # 0: one per core, then clamped by the memory budget
+    parallel_threads: int = 0  # 0: one per core, then clamped by the memory budget and the connection cap
     batch_size: int = 50_000
     chunk_rows: int = 250_000
     resume_max_age: float = 168.0
-    lease_seconds: int = 900
+    lease_seconds: int = 900  # a chunk whose copy makes no progress for this long is taken from its worker
     max_attempts: int = 3
     memory_budget_mb: int = 2048
     retry_attempts: int = 5  # per statement that is safe to repeat (stats queries, ledger updates)
     retry_base_seconds: float = 1.0
     retry_max_seconds: float = 30.0
     max_outage_seconds: int = 600  # how long a worker keeps trying to reach PostgreSQL before it gives up
+    statement_timeout_seconds: int = 3600  # PostgreSQL statement_timeout of the engine's sessions (0: none)
+    lock_timeout_seconds: int = 60  # PostgreSQL lock_timeout (0: none)
+    snowflake_statement_timeout_seconds: int = 3600  # Snowflake STATEMENT_TIMEOUT_IN_SECONDS (0: the account's)
+    max_target_connections: int = 64  # all workers' PostgreSQL connections together (threads x 2 each)
 
 
+@dataclass(frozen=True)
+class Bound:
+    """The type and range a setting accepts; `what` completes "must be ..."."""
+
+    kind: type
+    low: float
+    high: float
+    what: str
+
+    def check(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float) if self.kind is float else int):
+            return False
+        return self.low <= value <= self.high
+
+
+_DAY = 86_400
+SETTING_BOUNDS: dict[str, Bound] = {
+    "parallel_threads": Bound(int, 0, 256, "an integer from 1 to 256, or 0 for one per core"),
+    "batch_size": Bound(int, 1, 5_000_000, "an integer from 1 to 5,000,000 (rows)"),
+    "chunk_rows": Bound(int, 1, 1_000_000_000, "an integer from 1 to 1,000,000,000 (rows)"),
+    "resume_max_age": Bound(float, 0.001, 87_600, "a number of hours above 0 and at most 87,600 (10 years)"),
+    "lease_seconds": Bound(int, 2, _DAY, "an integer from 2 to 86,400 (seconds)"),
+    "max_attempts": Bound(int, 1, 100, "an integer from 1 to 100"),
+    "memory_budget_mb": Bound(int, 1, 1_048_576, "an integer from 1 to 1,048,576 (MiB)"),
+    "retry_attempts": Bound(int, 1, 100, "an integer from 1 to 100"),
+    "retry_base_seconds": Bound(float, 0.001, 3600, "a number of seconds above 0 and at most 3,600"),
+    "retry_max_seconds": Bound(float, 0.001, _DAY, "a number of seconds above 0 and at most 86,400"),
+    "max_outage_seconds": Bound(int, 1, 7 * _DAY, "an integer from 1 to 604,800 (seconds)"),
+    "statement_timeout_seconds": Bound(int, 0, 7 * _DAY, "an integer from 0 (none) to 604,800 (seconds)"),
+    "lock_timeout_seconds": Bound(int, 0, _DAY, "an integer from 0 (none) to 86,400 (seconds)"),
+    "snowflake_statement_timeout_seconds": Bound(int, 0, 7 * _DAY, "an integer from 0 (the account's) to 604,800 (seconds)"),
+    "max_target_connections": Bound(int, 2, 100_000, "an integer of at least 2"),
+}
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
+assert set(SETTING_BOUNDS) == set(SETTING_NAMES)
+
+# Strings accepted for a boolean override (execution input may come from tools that only write strings).
+TRUE_STRINGS, FALSE_STRINGS = frozenset({"true"}), frozenset({"false"})
 
 # Options whose names are reserved by the product but not implemented yet: rejected, never ignored.
 NOT_SUPPORTED_TABLE_OPTIONS = {"source_watermark", "target_watermark"}
@@ -55,6 +96,9 @@ TABLE_OPTIONS = {
 
 # Keys an execution (Step Functions input or CLI flag) may override. Everything else is refused.
 OVERRIDE_KEYS = {"source_name", "tables", "no_resume", *SETTING_NAMES}
+
+# PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1): two long names could become one.
+PG_MAX_IDENTIFIER_BYTES = 63
 
 
 @dataclass(frozen=True)
@@ -97,10 +141,14 @@ class SourceConfig:
         return table.chunk_rows or self.settings.chunk_rows
 
     def snowflake_connect_args(self) -> dict[str, Any]:
-        return _resolve_tree(self.snowflake, self._secret_cache)
+        """Connector kwargs: the resolved `snowflake` block plus the settings the engine always sets."""
+        return snowflake_kwargs(_resolve_tree(self.snowflake, self._secret_cache),
+                                self.settings.snowflake_statement_timeout_seconds)
 
     def postgres_connect_args(self) -> dict[str, Any]:
-        return _resolve_tree(self.postgres, self._secret_cache)
+        """libpq kwargs: the resolved `postgres` block plus the engine's timeouts and keepalives."""
+        return postgres_kwargs(_resolve_tree(self.postgres, self._secret_cache),
+                               self.settings.statement_timeout_seconds, self.settings.lock_timeout_seconds)
 
     def fingerprint(self) -> str:
         """Hash of what decides the plan: source identity, target database, tables, chunk size.
@@ -108,14 +156,16 @@ class SourceConfig:
         Runtime knobs (threads, batch size, resume window, leases) and credentials are excluded,
         so changing them does not prevent a resume.
         """
-        sf = self.snowflake_connect_args()
-        pg = self.postgres_connect_args()
+        sf = _resolve_tree(self.snowflake, self._secret_cache)
+        pg = _resolve_tree(self.postgres, self._secret_cache)
         identity = {
             "source_name": self.name,
             "snowflake": {k: sf.get(k) for k in ("account", "database", "schema")},
             "postgres": {"dbname": pg.get("dbname")},
             "chunk_rows": self.settings.chunk_rows,
-            "tables": [asdict(t) for t in self.tables],
+            # sorted, and without options left at their defaults: `--table A --table B` and `--table B
+            # --table A` are one run, and a new option with a default does not orphan existing runs
+            "tables": sorted(json.dumps(_non_default(t), sort_keys=True, default=str) for t in self.tables),
         }
         canonical = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
@@ -129,6 +179,11 @@ class SourceConfig:
             "settings": asdict(self.settings),
             "tables": [t.name for t in self.tables],
         }
+
+
+def _non_default(spec: TableSpec) -> dict[str, Any]:
+    defaults = {f.name: f.default for f in fields(TableSpec)}
+    return {k: v for k, v in asdict(spec).items() if k not in defaults or v != defaults[k]}
 
 
 def load_config(
@@ -149,10 +204,7 @@ def load_config(
 
 def parse_config(raw: Any, source_name: str | None, overrides: dict[str, Any]) -> SourceConfig:
     problems: list[str] = []
-    overrides = dict(overrides)
-    unknown = sorted(set(overrides) - OVERRIDE_KEYS)
-    for key in unknown:
-        problems.append(f"override {key!r} is not allowed (allowed: {', '.join(sorted(OVERRIDE_KEYS))})")
+    overrides = _parse_overrides(overrides, problems)
     source_name = overrides.pop("source_name", None) or source_name
 
     if not isinstance(raw, dict):
@@ -179,8 +231,9 @@ def parse_config(raw: Any, source_name: str | None, overrides: dict[str, Any]) -
     setting_overrides = {k: v for k, v in overrides.items() if k in SETTING_NAMES}
     settings = _parse_settings(setting_overrides, "overrides", problems, settings)
 
-    snowflake = _parse_connection(src.get("snowflake"), f"{where}.snowflake", problems, ("account", "user", "database", "schema"))
-    postgres = _parse_connection(src.get("postgres"), f"{where}.postgres", problems, ("dbname",))
+    snowflake = _parse_connection(src.get("snowflake"), f"{where}.snowflake", problems,
+                                  ("account", "user", "database", "schema"), SNOWFLAKE_KEYS)
+    postgres = _parse_connection(src.get("postgres"), f"{where}.postgres", problems, ("dbname",), POSTGRES_KEYS)
 
     default_db = str(snowflake.get("database", "")) if "${" not in str(snowflake.get("database", "")) else None
     default_schema = str(snowflake.get("schema", "")) if "${" not in str(snowflake.get("schema", "")) else None
@@ -198,8 +251,47 @@ def parse_config(raw: Any, source_name: str | None, overrides: dict[str, Any]) -
         postgres=postgres,
         tables=tuple(tables),
         settings=settings,
-        no_resume=bool(overrides.get("no_resume", False)),
+        no_resume=overrides.get("no_resume", False),
     )
+
+
+def _parse_overrides(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]:
+    """Overrides from an execution input or CLI flags, each checked for its real type (settings are
+    checked against their bounds later, with the rest of the config). A bad value is left out."""
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in OVERRIDE_KEYS:
+            problems.append(f"override {key!r} is not allowed{_suggest(key, OVERRIDE_KEYS)} "
+                            f"(allowed: {', '.join(sorted(OVERRIDE_KEYS))})")
+        elif key == "source_name":
+            if isinstance(value, str) and value.strip():
+                out[key] = value
+            else:
+                problems.append(f"override 'source_name' must be a source name (a string), got {value!r}")
+        elif key == "no_resume":
+            parsed = parse_bool(value)
+            if parsed is None:
+                problems.append(f"override 'no_resume' must be true or false (a JSON boolean, or the string "
+                                f"\"true\" or \"false\"), got {value!r}")
+            else:
+                out[key] = parsed
+        elif key == "tables":
+            if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
+                out[key] = value
+            else:
+                problems.append(f"override 'tables' must be a non-empty list of table names, got {value!r}")
+        else:
+            out[key] = value
+    return out
+
+
+def parse_bool(value: Any) -> bool | None:
+    """A JSON boolean, or the string "true"/"false" in any case; anything else (1, "yes", "") is None."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in TRUE_STRINGS | FALSE_STRINGS:
+        return value.strip().lower() in TRUE_STRINGS
+    return None
 
 
 def _parse_settings(raw: Any, where: str, problems: list[str], base: Settings) -> Settings:
@@ -210,26 +302,18 @@ def _parse_settings(raw: Any, where: str, problems: list[str], base: Settings) -
     for key, value in raw.items():
         if key == "$comment":
             continue
-        if key not in SETTING_NAMES:
+        bound = SETTING_BOUNDS.get(key)
+        if bound is None:
             problems.append(f"{where}: unknown setting {key!r}{_suggest(key, SETTING_NAMES)}")
-            continue
-        if key in ("resume_max_age", "retry_base_seconds", "retry_max_seconds"):
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0
-            kind = "a positive number of hours" if key == "resume_max_age" else "a positive number of seconds"
-        elif key == "parallel_threads":
-            ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-            kind = "a positive integer, or 0 for one per core"
+        elif not bound.check(value):
+            problems.append(f"{where}.{key} must be {bound.what}, got {value!r}")
         else:
-            ok = isinstance(value, int) and not isinstance(value, bool) and value > 0
-            kind = "a positive integer"
-        if not ok:
-            problems.append(f"{where}.{key} must be {kind}, got {value!r}")
-            continue
-        values[key] = value
+            values[key] = value
     return replace(base, **values)
 
 
-def _parse_connection(raw: Any, where: str, problems: list[str], required: tuple[str, ...]) -> dict[str, Any]:
+def _parse_connection(raw: Any, where: str, problems: list[str], required: tuple[str, ...],
+                      allowed: frozenset[str]) -> dict[str, Any]:
     if not isinstance(raw, dict):
         problems.append(f"{where} must be an object of connection settings")
         return {}
@@ -237,6 +321,11 @@ def _parse_connection(raw: Any, where: str, problems: list[str], required: tuple
         if key not in raw:
             problems.append(f"{where}.{key} is required")
     for key, value in raw.items():
+        if key == "$comment":
+            continue
+        if key not in allowed:
+            problems.append(f"{where}: unknown connection setting {key!r}{_suggest(key, allowed)}; "
+                            "it would not reach the driver")
         if key in SECRET_KEYS and not _is_reference(value):
             problems.append(
                 f"{where}.{key} must be a reference like ${{ENV_VAR}} or "
@@ -245,7 +334,7 @@ def _parse_connection(raw: Any, where: str, problems: list[str], required: tuple
         for name in _ENV_REF.findall(json.dumps(value)):
             if name not in os.environ:
                 problems.append(f"{where}.{key} references ${{{name}}}, which is not set in the environment")
-    return dict(raw)
+    return {k: v for k, v in raw.items() if k != "$comment"}
 
 
 def _is_reference(value: Any) -> bool:
@@ -332,6 +421,9 @@ def _parse_table(
                 problems.append(f"{label}: target {target_raw!r} must be TABLE or SCHEMA.TABLE")
         except ValueError as exc:
             problems.append(f"{label}: target: {exc}")
+    for part in target:
+        if problem := pg_identifier_problem(part):
+            problems.append(f"{label}: target {problem}")
 
     columns = item.get("chunking_columns", [])
     types = item.get("chunking_column_types", [])
@@ -354,6 +446,8 @@ def _parse_table(
     source_filter = item.get("source_filter")
     if source_filter is not None and (not isinstance(source_filter, str) or not source_filter.strip()):
         problems.append(f"{label}: source_filter must be a non-empty SQL predicate string")
+    elif source_filter is not None and (problem := sql_fragment_problem(source_filter)):
+        problems.append(f"{label}: source_filter {problem}")
     for flag in ("truncate_onstart", "insert_only_mode", "build_primary_key"):
         if flag in item and not isinstance(item[flag], bool):
             problems.append(f"{label}: {flag} must be true or false")
@@ -380,9 +474,13 @@ def _select_tables(tables: list[TableSpec], wanted: Any, problems: list[str]) ->
     if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
         problems.append("override 'tables' must be a list of table names")
         return tables
-    chosen = []
+    chosen: list[TableSpec] = []
     for w in wanted:
-        folded = split_qualified(w, "upper")
+        try:
+            folded = split_qualified(w, "upper")
+        except ValueError as exc:
+            problems.append(f"override 'tables': {w!r} is not a table name: {exc}")
+            continue
         match = [t for t in tables if t.source[-len(folded):] == folded or t.target_name == w]
         if not match:
             problems.append(f"override 'tables': {w!r} is not a configured table ({', '.join(t.name for t in tables)})")
@@ -390,9 +488,51 @@ def _select_tables(tables: list[TableSpec], wanted: Any, problems: list[str]) ->
     return chosen
 
 
+def pg_identifier_problem(name: str) -> str | None:
+    """Why PostgreSQL would not keep this identifier as written (it truncates beyond 63 bytes), or None."""
+    size = len(name.encode())
+    if size <= PG_MAX_IDENTIFIER_BYTES:
+        return None
+    kept = name.encode()[:PG_MAX_IDENTIFIER_BYTES].decode(errors="ignore")
+    return (f"name {name!r} is {size} bytes; PostgreSQL keeps at most {PG_MAX_IDENTIFIER_BYTES} and would "
+            f"silently call it {kept!r}: choose a shorter name")
+
+
+def sql_fragment_problem(text: str) -> str | None:
+    """Why a raw SQL predicate from the config cannot be embedded safely in the engine's statements, or None:
+    unbalanced quotes or parentheses, a statement separator or a comment outside quotes."""
+    depth, quote, i = 0, "", 0
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == quote:
+                if text[i + 1:i + 2] == quote:  # doubled quote inside a quoted string or identifier
+                    i += 1
+                else:
+                    quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+            if depth < 0:
+                return f"has a ')' without its '(' at position {i + 1}: {text!r}"
+        elif ch == ";":
+            return f"contains ';' outside quotes: it must be one predicate, not statements: {text!r}"
+        elif text[i:i + 2] in ("--", "/*"):
+            return f"contains a comment ({text[i:i + 2]}) outside quotes, which would hide the rest of the statement: {text!r}"
+        i += 1
+    if quote:
+        return f"has an unterminated {quote} quote: {text!r}"
+    if depth:
+        return f"has {depth} unclosed '(': {text!r}"
+    return None
+
+
 def _suggest(key: str, options: Any) -> str:
-    close = difflib.get_close_matches(key, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
+    close = difflib.get_close_matches(key, sorted(options), n=3)
+    return f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
 
 
 def _resolve_tree(tree: dict[str, Any], cache: dict[str, str]) -> dict[str, Any]:

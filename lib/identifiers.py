@@ -52,8 +52,9 @@ def split_qualified(name: str, fold: Fold) -> tuple[str, ...]:
 
 
 def quote_snowflake(ident: str) -> str:
-    """Quote one Snowflake identifier (the connector has no SQL composition module)."""
-    return '"' + ident.replace('"', '""') + '"'
+    """Quote one Snowflake identifier (the connector has no SQL composition module) for a statement run by
+    lib.snowflake_source.run, which always interpolates parameters: a `%` in the name is written `%%`."""
+    return '"' + ident.replace('"', '""').replace("%", "%%") + '"'
 
 
 def snowflake_name(parts: tuple[str, ...]) -> str:

@@ -20,15 +20,10 @@ from psycopg import sql
 from lib.errors import FatalError, classify
 from lib.typemap import Column
 
-CONNECT_KEYS = {
-    "host", "port", "dbname", "user", "password", "sslmode", "sslrootcert", "connect_timeout",
-    "application_name", "options", "target_session_attrs", "sslcert", "sslkey",
-}
-
 
 def connect(args: dict[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
-    kwargs = {k: v for k, v in args.items() if k in CONNECT_KEYS}
-    kwargs.setdefault("application_name", "snowflake-pg-migrate")
+    """Open a connection with libpq parameters as built by SourceConfig.postgres_connect_args."""
+    kwargs = {"application_name": "snowflake-pg-migrate", **args}
     try:
         return psycopg.connect(autocommit=autocommit, **kwargs)
     except Exception as exc:

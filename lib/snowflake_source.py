@@ -1,11 +1,15 @@
 """Snowflake side: connect, describe a table, one aggregated stats query per strategy, stream Arrow.
 
-Identifiers are always quoted (`quote_snowflake`); values always travel as bound parameters.
+Identifiers are always quoted (`quote_snowflake`); values always travel as bound parameters. The
+connector binds them client-side with `command % params`, and the connection is opened with
+`interpolate_empty_sequences`, so that happens to every statement, with or without values: every `%`
+that is not a placeholder is written `%%` (quote_snowflake and `raw_sql` do it), in this one way.
 """
 
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections.abc import Iterator
 from datetime import date, datetime
 from decimal import Decimal
@@ -15,24 +19,20 @@ import pyarrow as pa
 import snowflake.connector
 
 from lib.chunking import DayCount, HourCount, KeyBucket
+from lib.connections import SNOWFLAKE_FORCED
 from lib.errors import FatalError, classify
 from lib.identifiers import quote_snowflake, snowflake_name
 from lib.models import Bounds
 from lib.retry import RetryPolicy, call_with_retry
 from lib.typemap import Column, columns_from_description
 
-CONNECT_KEYS = {
-    "account", "user", "password", "host", "port", "protocol", "database", "schema", "warehouse", "role",
-    "authenticator", "private_key_file", "private_key_file_pwd", "token", "login_timeout", "network_timeout",
-    "session_parameters", "client_session_keep_alive", "passcode",
-}
-
 
 class SnowflakeSource:
     def __init__(self, connect_args: dict[str, Any], retry: RetryPolicy | None = None) -> None:
-        self._args = {k: v for k, v in connect_args.items() if k in CONNECT_KEYS}
+        self._args = {**connect_args, **SNOWFLAKE_FORCED}
         self._retry = retry or RetryPolicy()
         self._conn: snowflake.connector.SnowflakeConnection | None = None
+        self._reading: Any = None  # the cursor of the read in progress, for cancel()
 
     def connection(self) -> snowflake.connector.SnowflakeConnection:
         if self._conn is None or self._conn.is_closed():
@@ -42,18 +42,26 @@ class SnowflakeSource:
                 raise classify(exc, "connecting to Snowflake") from exc
         return self._conn
 
-    def close(self) -> None:
-        if self._conn is not None:
-            # closing a broken connection must not mask the real error
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
+    def close(self, wait: bool = True) -> None:
+        """Close the connection; `wait=False` closes it in a daemon thread (a read on it may be stuck)."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+
+        def close() -> None:
+            with contextlib.suppress(Exception):  # closing a broken connection must not mask the real error
+                conn.close()
+
+        if wait:
+            close()
+        else:
+            threading.Thread(target=close, name="snowflake-close", daemon=True).start()
 
     def _fetchall(self, sql: str, params: dict[str, Any] | None, context: str) -> list[tuple[Any, ...]]:
         """Run a read-only query; transient failures reconnect and repeat it (safe: it only reads)."""
         def once() -> list[tuple[Any, ...]]:
             with self.connection().cursor() as cur:
-                cur.execute(sql, params)
+                run(cur, sql, params)
                 return list(cur.fetchall())
 
         return call_with_retry(once, self._retry, context, on_retry=self.close)
@@ -96,7 +104,7 @@ class SnowflakeSource:
     ) -> list[HourCount]:
         """ONE aggregated query: rows per hour of the given (heavy) days."""
         col = quote_snowflake(column)
-        extra = f" AND ({_bindable(source_filter)})" if source_filter else ""
+        extra = f" AND ({raw_sql(source_filter)})" if source_filter else ""
         placeholders = ", ".join(f"TO_DATE(%(d{i})s)" for i in range(len(days)))
         sql = (
             f"SELECT DATE_TRUNC('HOUR', {col}) AS h, COUNT(*) FROM {snowflake_name(table)} "
@@ -112,7 +120,7 @@ class SnowflakeSource:
         """ONE aggregated query: rows per hash remainder."""
         sql = (
             f"SELECT {hash_expression(columns, '%(m)s')} AS r, COUNT(*) FROM {snowflake_name(table)}"
-            f"{_where(_bindable(source_filter) if source_filter else None)} GROUP BY 1"
+            f"{_where(source_filter)} GROUP BY 1"
         )
         rows = self._fetchall(sql, {"m": modulus}, f"counting rows per hash class of {'.'.join(table)}")
         return {int(r[0]): int(r[1]) for r in rows}
@@ -133,7 +141,7 @@ class SnowflakeSource:
         """
         col = quote_snowflake(column)
         name = snowflake_name(table)
-        extra = f" AND ({_bindable(source_filter)})" if source_filter else ""
+        extra = f" AND ({raw_sql(source_filter)})" if source_filter else ""
         sql = (
             f"SELECT b, MIN(k), MAX(k), COUNT(*), MIN(r), MAX(r) FROM ("
             f"SELECT k, r, FLOOR((r - 1) / %(n)s) AS b FROM ("
@@ -165,21 +173,43 @@ class SnowflakeSource:
         """Stream the chunk's rows as Arrow record batches of at most `batch_size` rows."""
         predicate, params = chunk_predicate(bounds)
         if source_filter:
-            predicate = f"({predicate}) AND ({_bindable(source_filter) if params else source_filter})"
+            predicate = f"({predicate}) AND ({raw_sql(source_filter)})"
         select = ", ".join(quote_snowflake(c.name) for c in columns)
         sql = f"SELECT {select} FROM {snowflake_name(table)} WHERE {predicate}"
         context = f"reading {'.'.join(table)} where {bounds.describe()}"
+        cur = None
         try:
             cur = self.connection().cursor()
-            cur.execute(sql, params or None)
+            self._reading = cur
+            run(cur, sql, params)
             for part in cur.fetch_arrow_batches():
                 batches = part.to_batches(max_chunksize=batch_size) if isinstance(part, pa.Table) else [part]
                 yield from batches
-            cur.close()
         except GeneratorExit:
             raise
         except Exception as exc:
             raise classify(exc, context) from exc
+        finally:
+            self._reading = None
+            if cur is not None:
+                with contextlib.suppress(Exception):  # the read's own error, if any, is the one that matters
+                    cur.close()
+
+    def cancel(self) -> None:
+        """From another thread: ask Snowflake to stop the read in progress (its chunk was given up).
+        Best effort and never blocking: the request runs in a daemon thread."""
+        cur = self._reading
+        if cur is None:
+            return
+
+        def abort() -> None:
+            with contextlib.suppress(Exception):
+                if cur.sfqid:
+                    cur.abort_query(cur.sfqid)
+                elif cur._request_id is not None:  # still waiting for the statement's first answer
+                    cur.connection._cancel_query(cur.query or "", cur._request_id)
+
+        threading.Thread(target=abort, name="snowflake-cancel", daemon=True).start()
 
 
 def chunk_predicate(bounds: Bounds) -> tuple[str, dict[str, Any]]:
@@ -216,13 +246,19 @@ def hash_expression(columns: list[str], modulus: str) -> str:
     return f"MOD(MOD({hashed}, {modulus}) + {modulus}, {modulus})"
 
 
-def _bindable(source_filter: str) -> str:
-    """The filter inside a statement with bound parameters: its own % signs must not be read as placeholders."""
-    return source_filter.replace("%", "%%")
+def run(cur: Any, sql: str, params: dict[str, Any] | None = None) -> Any:
+    """Execute on a connector cursor, always with a parameter dict: the connector then interpolates every
+    statement the same way, so the `%%` written by quote_snowflake and raw_sql always becomes `%`."""
+    return cur.execute(sql, params or {})
+
+
+def raw_sql(fragment: str) -> str:
+    """A raw SQL fragment from the config (source_filter) inside a statement: its `%` are not placeholders."""
+    return fragment.replace("%", "%%")
 
 
 def _where(source_filter: str | None) -> str:
-    return f" WHERE ({source_filter})" if source_filter else ""
+    return f" WHERE ({raw_sql(source_filter)})" if source_filter else ""
 
 
 def _as_datetime(value: Any) -> datetime:

@@ -17,6 +17,7 @@ import pytest
 
 from lib.config import SourceConfig, load_config
 from scripts.local_stack import LocalStack
+from tests.sf_proxy import sf_proxy  # noqa: F401 - the fixture, for every test module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -66,7 +67,10 @@ class Env:
         return self.pg_rows(query, params)[0][0]
 
     def write_config(self, tables: list[dict[str, Any]], defaults: dict[str, Any] | None = None,
-                     name: str = "test") -> Path:
+                     name: str = "test", snowflake: dict[str, Any] | None = None,
+                     postgres: dict[str, Any] | None = None, filename: str = "config.json") -> Path:
+        """A config.json for this test's databases; `snowflake`/`postgres` add or replace connection
+        settings (a value of None removes one)."""
         config = {
             "defaults": {"parallel_threads": 2, "batch_size": 10_000, "chunk_rows": 10_000, **(defaults or {})},
             "sources": {name: {
@@ -75,21 +79,27 @@ class Env:
                     "password": "${SNOWFLAKE_PASSWORD}", "host": "${SNOWFLAKE_HOST}",
                     "port": "${SNOWFLAKE_PORT}", "protocol": "http",
                     "database": self.sf_database, "schema": "PUBLIC", "network_timeout": 30,
+                    **(snowflake or {}),
                 },
                 "postgres": {
                     "host": "${PGHOST}", "port": "${PGPORT}", "user": "${PGUSER}",
-                    "password": "${PGPASSWORD}", "dbname": "${PGDATABASE}",
+                    "password": "${PGPASSWORD}", "dbname": "${PGDATABASE}", **(postgres or {}),
                 },
                 "tables": tables,
             }},
         }
-        path = self.tmp / "config.json"
+        for block in config["sources"][name].values():
+            if isinstance(block, dict):
+                for key in [k for k, v in block.items() if v is None]:
+                    del block[key]
+        path = self.tmp / filename
         path.write_text(json.dumps(config, indent=2))
         return path
 
     def config(self, tables: list[dict[str, Any]], defaults: dict[str, Any] | None = None,
+               snowflake: dict[str, Any] | None = None, postgres: dict[str, Any] | None = None,
                **overrides: Any) -> SourceConfig:
-        return load_config("test", overrides, self.write_config(tables, defaults))
+        return load_config("test", overrides, self.write_config(tables, defaults, snowflake=snowflake, postgres=postgres))
 
 
 @pytest.fixture

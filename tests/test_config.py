@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pytest
 
@@ -41,17 +42,17 @@ def test_bad_config_lists_every_problem_at_once() -> None:
         parse_config(raw, "s", {"parallel_threads": -3, "drop_everything": True})
     text = str(caught.value)
     expected = [
-        "defaults.parallel_threads must be a positive integer, or 0 for one per core",
+        "defaults.parallel_threads must be an integer from 1 to 256, or 0 for one per core, got -1",
         "unknown setting 'batch_sise' (did you mean 'batch_size'?)",
         "override 'drop_everything' is not allowed",
-        "overrides.parallel_threads must be a positive integer, or 0 for one per core",
+        "overrides.parallel_threads must be an integer from 1 to 256, or 0 for one per core, got -3",
         "snowflake.password must be a reference",
         "references ${NOT_SET_ANYWHERE}, which is not set",
         "chunking_column_types entry 'uuid' must be one of date, numeric",
         "option 'source_watermark' is not supported yet",
         "insert_only_mode=false (merge/upsert) is not supported yet",
         "'source' is required",
-        "unknown option 'chunk_colums' (did you mean 'chunking_columns'?)",
+        "unknown option 'chunk_colums' (did you mean 'chunking_columns'",
     ]
     for fragment in expected:
         assert fragment in text, fragment
@@ -114,3 +115,71 @@ def test_table_override_selects_configured_tables_only(tmp_path) -> None:
     assert [t.name for t in load_config("s", {"tables": ["b"]}, path).tables] == ["DB.S.B"]
     with pytest.raises(ConfigError, match="'Z' is not a configured table"):
         load_config("s", {"tables": ["Z"]}, path)
+
+
+def test_fingerprint_does_not_depend_on_the_order_tables_are_named() -> None:
+    raw = {"sources": {"s": {**_source(), "tables": [{"source": "A"}, {"source": "B"}, {"source": "C"}]}}}
+    forward = parse_config(raw, "s", {"tables": ["A", "B"]}).fingerprint()
+    assert parse_config(raw, "s", {"tables": ["B", "A"]}).fingerprint() == forward
+    reordered = {"sources": {"s": {**_source(), "tables": [{"source": "C"}, {"source": "B"}, {"source": "A"}]}}}
+    assert parse_config(reordered, "s", {}).fingerprint() == parse_config(raw, "s", {}).fingerprint()
+
+
+@pytest.mark.parametrize(("overrides", "problem"), [
+    ({"no_resume": "false", "parallel_threads": 0}, None),
+    ({"no_resume": "TRUE"}, None),
+    ({"no_resume": "no"}, "override 'no_resume' must be true or false"),
+    ({"no_resume": 1}, "override 'no_resume' must be true or false"),
+    ({"tables": ['"unbalanced']}, "override 'tables': '\"unbalanced' is not a table name: unterminated quoted identifier"),
+    ({"tables": "A"}, "override 'tables' must be a non-empty list of table names"),
+    ({"source_name": ["s"]}, "override 'source_name' must be a source name (a string)"),
+    ({"lease_seconds": 0}, "overrides.lease_seconds must be an integer from 2 to 86,400"),
+    ({"chunk_rows": "1000"}, "overrides.chunk_rows must be an integer from 1 to 1,000,000,000 (rows), got '1000'"),
+    ({"parallel_threads": 10_000}, "overrides.parallel_threads must be an integer from 1 to 256"),
+    ({"batch_size": 2.5}, "overrides.batch_size must be an integer"),
+    ({"resume_max_age": True}, "overrides.resume_max_age must be a number of hours"),
+    ({"max_target_connections": 1}, "overrides.max_target_connections must be an integer of at least 2"),
+])
+def test_execution_overrides_are_parsed_with_their_real_types(overrides, problem) -> None:
+    raw = {"sources": {"s": {**_source(), "tables": [{"source": "A"}]}}}
+    if problem is None:
+        config = parse_config(raw, "s", overrides)
+        assert config.no_resume is (str(overrides["no_resume"]).lower() == "true")
+        return
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, "s", overrides)
+    assert problem in str(caught.value)
+    assert len(caught.value.problems) == 1
+
+
+def test_every_bad_override_is_listed_at_once() -> None:
+    raw = {"sources": {"s": _source()}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, "s", {"no_resume": "false ", "tables": [7], "lease_seconds": -1, "max_attempts": "3",
+                                "workers": 2})
+    assert len(caught.value.problems) == 4, caught.value.problems
+
+
+@pytest.mark.parametrize(("source_filter", "problem"), [
+    ("STATUS = 'open' AND (AMOUNT > 5", "has 1 unclosed '('"),
+    ("STATUS = 'open) AND AMOUNT > 5", "has an unterminated ' quote"),
+    ("AMOUNT > 5)", "has a ')' without its '('"),
+    ("AMOUNT > 5; DROP TABLE T", "contains ';' outside quotes"),
+    ("AMOUNT > 5 -- big ones", "contains a comment (--)"),
+    ("NOTE = 'it''s (fine); -- really' AND \"Odd \"\" Name\" > 0 AND GROWTH_PCT LIKE '5%'", None),
+])
+def test_source_filter_must_be_one_balanced_predicate(source_filter, problem) -> None:
+    raw = {"sources": {"s": _source(source_filter=source_filter)}}
+    if problem is None:
+        assert parse_config(raw, "s", {}).tables[0].source_filter == source_filter
+        return
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        parse_config(raw, "s", {})
+
+
+def test_target_names_postgres_would_truncate_are_refused_with_the_truncated_name() -> None:
+    long_name = "monthly_revenue_by_customer_segment_and_region_including_returns_v2"  # 68 bytes
+    with pytest.raises(ConfigError) as caught:
+        parse_config({"sources": {"s": _source(target=f"analytics.{long_name}")}}, "s", {})
+    assert f"would silently call it '{long_name[:63]}'" in str(caught.value)
+    assert parse_config({"sources": {"s": _source(target=f"analytics.{long_name[:63]}")}}, "s", {}).tables[0]

@@ -74,3 +74,37 @@ def test_a_database_error_while_planning_one_table_fails_only_that_table(env) ->
     assert result.status == "completed_with_errors"
     assert by_table["FINE"]["status"] == "completed"
     assert by_table["CLASH"]["status"] == "failed" and "DuplicateTable" in by_table["CLASH"]["error"]
+
+
+def test_percent_signs_in_identifiers_and_filters_survive_every_statement(env) -> None:
+    """The connector interpolates `command % params` client-side: one escaping rule must hold for range
+    chunks, hash chunks, the stats queries, the filter and reconciliation alike."""
+    env.sf_execute(
+        'CREATE TABLE "RATES%" AS SELECT SEQ8()::NUMBER(18,0) AS "ID%", (SEQ8() % 7)::NUMBER(9,0) AS "GROWTH_%", '
+        "IFF(SEQ8() % 3 = 0, '5% off', 'full') AS NOTE FROM TABLE(GENERATOR(ROWCOUNT => 900))",
+        'CREATE TABLE "NOKEY%" AS SELECT (SEQ8() % 50)::NUMBER(9,0) AS "GROWTH_%", \'x%\' || SEQ8() AS NOTE '
+        "FROM TABLE(GENERATOR(ROWCOUNT => 700))",
+    )
+    result = run(env.config([
+        {"source": '"RATES%"', "target": "rates", "chunking_columns": ['"ID%"'], "chunking_column_types": ["numeric"],
+         "source_filter": "NOTE LIKE '5%' OR \"GROWTH_%\" >= 0"},
+        {"source": '"NOKEY%"', "target": "nokey"},
+    ], chunk_rows=200))
+    assert result.status == "completed", result.tables
+    by_target = {t["target"]: t for t in result.tables}
+    assert by_target["public.nokey"]["strategy"] == "hash" and by_target["public.nokey"]["chunks"] > 1
+    assert env.pg_value('SELECT count(DISTINCT "id%") FROM public.rates') == 900
+    assert env.pg_value("SELECT count(*) FROM public.rates WHERE note = '5% off'") == 300
+    assert env.pg_value('SELECT sum("growth_%") FROM public.nokey') == sum(i % 50 for i in range(700))
+
+
+def test_a_column_name_postgres_would_truncate_fails_its_table_by_name(env) -> None:
+    long_name = "AMOUNT_INCLUDING_ALL_DISCOUNTS_AND_TAXES_IN_THE_REPORTING_CURRENCY_X"  # 68 bytes
+    env.sf_execute(f"CREATE TABLE WIDE AS SELECT SEQ8()::NUMBER(18,0) AS ID, 1::NUMBER(9,0) AS {long_name} "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 10))",
+                   "CREATE TABLE NARROWER AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 10))")
+    result = run(env.config([{"source": "WIDE"}, {"source": "NARROWER"}]))
+    by_table = {t["table"].split(".")[-1]: t for t in result.tables}
+    assert by_table["NARROWER"]["status"] == "completed"
+    assert by_table["WIDE"]["status"] == "failed"
+    assert f"would silently call it '{long_name.lower()[:63]}'" in by_table["WIDE"]["error"]

@@ -1,0 +1,96 @@
+"""What each driver is handed: the connection keys a config may set, which of them are secrets, and
+the settings the engine always adds (exact decimals, one %-interpolation rule, timeouts, keepalives).
+
+A key that is not listed here is a configuration error, never silently dropped: a typo such as
+`ssl_mode` would otherwise fall back to libpq's `sslmode=prefer` without any certificate check.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Keys of the `snowflake` block passed to snowflake.connector.connect (connector 4.x names).
+SNOWFLAKE_KEYS = frozenset({
+    "account", "user", "password", "host", "port", "protocol", "region", "database", "schema", "warehouse", "role",
+    "authenticator", "private_key", "private_key_passphrase", "private_key_file", "private_key_file_pwd", "token",
+    "passcode", "passcode_in_password", "login_timeout", "network_timeout", "socket_timeout", "session_parameters",
+    "client_session_keep_alive", "client_session_keep_alive_heartbeat_frequency", "client_prefetch_threads",
+    "application", "ocsp_fail_open", "validate_default_parameters",
+})
+
+# Keys of the `postgres` block: libpq connection parameters.
+POSTGRES_KEYS = frozenset({
+    "host", "hostaddr", "port", "dbname", "user", "password", "passfile", "service", "options",
+    "application_name", "target_session_attrs", "connect_timeout",
+    "sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword", "sslcrl", "sslcrldir", "sslsni",
+    "ssl_min_protocol_version", "ssl_max_protocol_version", "channel_binding", "gssencmode", "krbsrvname",
+    "require_auth", "keepalives", "keepalives_idle", "keepalives_interval", "keepalives_count", "tcp_user_timeout",
+})
+
+# Values that must be references (${ENV} or aws-secretsmanager:...), never literals in config.json.
+SECRET_KEYS = frozenset({
+    "password", "sslpassword", "private_key", "private_key_passphrase", "private_key_file_pwd", "token", "passcode",
+})
+
+# Set on every Snowflake connection, whatever the config says:
+# - arrow_number_to_decimal: NUMBER(p,s>0) arrives as decimal128. Without it, real Snowflake sends small
+#   unscaled values as integers plus a scale and the connector turns them into float64, which rounds
+#   1234567890123.123456 to 1234567890123.123535 while the row counts still match.
+# - interpolate_empty_sequences: the connector applies `command % params` to every statement, also with
+#   empty params, so a `%` in an identifier or a filter is escaped the same way everywhere (see
+#   lib.identifiers.quote_snowflake and snowflake_source.run).
+SNOWFLAKE_FORCED = {"arrow_number_to_decimal": True, "interpolate_empty_sequences": True}
+
+# TCP keepalives for PostgreSQL, unless configured: a peer that vanished without closing the socket
+# (failover, NAT timeout) is noticed within about a minute, not after the kernel's two hours.
+POSTGRES_KEEPALIVES = {
+    "keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+    "tcp_user_timeout": 60_000,
+}
+
+
+def snowflake_kwargs(resolved: dict[str, Any], statement_timeout_seconds: int) -> dict[str, Any]:
+    """Connector kwargs from a resolved `snowflake` block."""
+    kwargs = dict(resolved)
+    session = dict(kwargs.get("session_parameters") or {})
+    if statement_timeout_seconds:
+        session.setdefault("STATEMENT_TIMEOUT_IN_SECONDS", statement_timeout_seconds)
+    if session:
+        kwargs["session_parameters"] = session
+    _private_key(kwargs)
+    kwargs.update(SNOWFLAKE_FORCED)
+    return kwargs
+
+
+def _private_key(kwargs: dict[str, Any]) -> None:
+    """Key-pair authentication from a secret: a PEM text (the usual form in Secrets Manager), optionally
+    encrypted with `private_key_passphrase`, is decoded here; base64 DER text goes to the connector as is."""
+    key = kwargs.get("private_key")
+    passphrase = kwargs.get("private_key_passphrase")
+    if isinstance(passphrase, str):
+        kwargs["private_key_passphrase"] = passphrase = passphrase.encode()
+    if isinstance(key, str) and key.lstrip().startswith("-----BEGIN"):
+        from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+        from lib.errors import ConfigError
+
+        try:
+            kwargs["private_key"] = load_pem_private_key(key.encode(), password=passphrase or None)
+        except (ValueError, TypeError) as exc:
+            raise ConfigError([f"snowflake.private_key cannot be read ({exc}); "
+                               "check the key and private_key_passphrase"]) from None
+        kwargs.pop("private_key_passphrase", None)
+    if key is not None:
+        kwargs.setdefault("authenticator", "SNOWFLAKE_JWT")
+
+
+def postgres_kwargs(resolved: dict[str, Any], statement_timeout_seconds: int, lock_timeout_seconds: int) -> dict[str, Any]:
+    """psycopg/libpq kwargs from a resolved `postgres` block, with the engine's timeouts and keepalives.
+
+    The timeouts go first in `options`, so a `-c statement_timeout=...` in the config's own options wins.
+    """
+    kwargs = {**POSTGRES_KEEPALIVES, **resolved}
+    engine = f"-c statement_timeout={statement_timeout_seconds * 1000} -c lock_timeout={lock_timeout_seconds * 1000}"
+    kwargs["options"] = f"{engine} {kwargs['options']}" if kwargs.get("options") else engine
+    kwargs.setdefault("application_name", "snowflake-pg-migrate")
+    return kwargs
