@@ -7,6 +7,8 @@
     python migrate.py status --source demo          the latest run of this config
     python migrate.py reconcile --source demo       re-count source and target now, store the result
     python migrate.py cleanup --source demo [--yes] ledger rows of abandoned runs past the retention
+    python migrate.py abandon --source demo --run-id N [--yes]  give a run up: it is never resumed and
+                                                    releases the target tables it was loading
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="migrate.py", description="Resumable Snowflake → PostgreSQL migration")
     sub = parser.add_subparsers(dest="command")
-    for name in ("run", "plan", "status", "reconcile", "cleanup"):
+    for name in ("run", "plan", "status", "reconcile", "cleanup", "abandon"):
         # SUPPRESS: flags given before the sub-command are not reset by the sub-parser's defaults
         p = sub.add_parser(name, argument_default=argparse.SUPPRESS)
         _common(p)
@@ -37,6 +39,9 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "cleanup":
             p.add_argument("--older-than-days", type=float, default=30.0, help="retention (default 30 days)")
             p.add_argument("--yes", action="store_true", default=False, help="really delete")
+        if name == "abandon":
+            p.add_argument("--run-id", type=int, required=True, help="the run to give up")
+            p.add_argument("--yes", action="store_true", default=False, help="really abandon it")
     _common(parser)
     return parser
 
@@ -78,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_cleanup(config, args.older_than_days, args.yes)
         if command == "reconcile":
             return cmd_reconcile(config, bool(args.json))
+        if command == "abandon":
+            return cmd_abandon(config, args.run_id, args.yes)
         return cmd_run(config, bool(args.json))
     except KeyboardInterrupt:
         log.warning("interrupted: the run stays resumable; start the same command again to continue")
@@ -162,12 +169,12 @@ def cmd_plan(config: SourceConfig, as_json: bool) -> int:
 
 def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | None:
     """Everything an operator asks about one run (default: the latest of this config)."""
+    from lib import ledger_schema, status
     from lib import postgres_target as pg
-    from lib import status
     from lib.orchestrator import summarize
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        status.apply_migrations(conn)
+        ledger_schema.apply_migrations(conn)
         if run_id is None:
             latest = status.find_latest_run(conn, config.fingerprint())
             if latest is None:
@@ -239,11 +246,11 @@ def cmd_status(config: SourceConfig, as_json: bool, run_id: int | None = None, w
 def cmd_cleanup(config: SourceConfig, older_than_days: float, yes: bool) -> int:
     """List (and with --yes delete) ledger rows of abandoned runs older than the retention.
     The engine creates no other persistent objects, so nothing else is ever touched."""
+    from lib import ledger_schema, status
     from lib import postgres_target as pg
-    from lib import status
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        status.apply_migrations(conn)
+        ledger_schema.apply_migrations(conn)
         rows = conn.execute(
             f"SELECT run_id, source_name, started_at, metadata ->> 'abandoned_because' FROM {status.SCHEMA}.migration_runs "
             "WHERE status = 'abandoned' AND source_name = %s AND started_at < now() - %s * interval '1 day' "
@@ -260,15 +267,44 @@ def cmd_cleanup(config: SourceConfig, older_than_days: float, yes: bool) -> int:
     return EXIT_OK
 
 
+def cmd_abandon(config: SourceConfig, run_id: int, yes: bool) -> int:
+    """Give a run of this source up: it is never resumed, its workers can no longer commit, and the
+    target tables it was loading can be loaded by another run. Rows it already copied stay."""
+    from lib import ledger_schema, status
+    from lib import postgres_target as pg
+
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        ledger_schema.apply_migrations(conn)
+        row = conn.execute(f"SELECT status, source_name FROM {status.SCHEMA}.migration_runs WHERE run_id = %s",
+                           (run_id,)).fetchone()
+        if row is None or row[1] != config.name:
+            print(f"no run {run_id} of source {config.name}")
+            return EXIT_ERRORS
+        if row[0] in ("completed", "abandoned"):
+            print(f"run {run_id} is {row[0]}: nothing to abandon")
+            return EXIT_ERRORS
+        targets = [r[0] for r in conn.execute(
+            f"SELECT target_table FROM {status.SCHEMA}.migration_table_status WHERE run_id = %s "
+            "AND planned_chunks IS NOT NULL AND status <> 'completed' ORDER BY 1", (run_id,)).fetchall()]
+        print(f"run {run_id} ({row[0]}) loads {', '.join(targets) or 'no table'}; rows it copied stay in place")
+        if not yes:
+            print("add --yes to abandon it")
+            return EXIT_OK
+        status.abandon_run(conn, run_id, "abandoned by an operator (migrate.py abandon)")
+        print(f"run {run_id} abandoned: its targets are free for another run")
+    return EXIT_OK
+
+
 def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
     """Re-count source and target of every configured table of the latest run, store and print it."""
+    from lib import ledger_schema, status
     from lib import postgres_target as pg
-    from lib import status
+    from lib.orchestrator import finalize_run, finish_table
     from lib.reconcile import reconcile_table
     from lib.snowflake_source import SnowflakeSource
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        status.apply_migrations(conn)
+        ledger_schema.apply_migrations(conn)
         latest = status.find_latest_run(conn, config.fingerprint())
         if latest is None:
             print("no run of this config yet: nothing to reconcile")
@@ -286,17 +322,24 @@ def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
                     print(f"{spec.name}: still copying ({chunks['pending']} pending, {chunks['running']} running): skipped")
                     continue
                 results.append(reconcile_table(source, conn, latest.run_id, spec, chunks))
+                finish_table(conn, latest.run_id, spec)  # a table that matches is completed only by its post-load step
         finally:
             source.close()
-    from lib.orchestrator import finalize_run
+        states = {t["table_name"]: (t["status"], t["error"]) for t in status.table_rows(conn, latest.run_id)}
 
     final = finalize_run(config, latest.run_id)  # a mismatch found now makes a completed run completed_with_errors
     if as_json:
-        print(json.dumps({"run_id": latest.run_id, "status": final, "tables": [r.__dict__ for r in results]}, indent=2))
+        print(json.dumps({"run_id": latest.run_id, "status": final, "tables": [
+            {**r.__dict__, "table_status": states[r.table][0], "table_error": states[r.table][1]} for r in results]},
+            indent=2))
     for r in results if not as_json else []:
+        table_status, table_error = states[r.table]
         verdict = "match" if r.ok else f"MISMATCH: {r.error}"
+        if r.ok and table_status != "completed":
+            verdict += f", but the table is {table_status}: {table_error}"
         print(f"{r.table}: source {_num(r.source_count)}, target {_num(r.target_count)} — {verdict}")
-    return EXIT_OK if results and all(r.ok for r in results) else EXIT_ERRORS
+    completed = results and all(states[r.table][0] == "completed" for r in results)
+    return EXIT_OK if completed else EXIT_ERRORS
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ import random
 import signal
 from collections import Counter
 
-POINTS = ("after_claim", "during_read", "during_copy", "before_commit", "after_commit")
+CHUNK_POINTS = ("after_claim", "during_read", "during_copy", "before_commit", "after_commit")
+# inside a table's post-load transaction, after the primary key is built and before it commits
+POINTS = (*CHUNK_POINTS, "post_load")
 
 
 def _parse(spec: str) -> dict[str, tuple[float, int]]:

@@ -9,21 +9,22 @@ from __future__ import annotations
 import os
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
 
+from lib import faults, ledger_schema, status
 from lib import postgres_target as pg
-from lib import status
-from lib.budget import fit_threads
-from lib.config import SourceConfig, TableSpec
+from lib.budget import fit_connections, fit_threads
+from lib.config import SourceConfig, TableSpec, pg_identifier_problem
 from lib.errors import FatalError, MigrationError, TransientError, classify
 from lib.log import ctx, get_logger
 from lib.planner import plan_table
 from lib.progress import ProgressMonitor
-from lib.reconcile import Reconciliation, reconcile_table
+from lib.reconcile import reconcile_table
 from lib.retry import call_with_retry
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import columns_from_description, estimated_row_bytes
@@ -57,24 +58,31 @@ def _hash_lock_key(conn: psycopg.Connection[Any], config_hash: str) -> int:
     return int(row[0])
 
 
-def start_run(config: SourceConfig) -> StartResult:
-    """Resume the run of this config, or plan a new one. Two starters at once join one run."""
+def start_run(config: SourceConfig, start_token: str | None = None) -> StartResult:
+    """Resume the run of this config, or plan a new one. Two starters at once join one run.
+
+    `start_token` names the invocation (a local run, a Step Functions execution). A retry of the same
+    invocation, e.g. after a transient error while planning its second table, resumes the run that
+    invocation created, even under `no_resume`: only a new invocation starts a fresh run.
+    """
     config_hash = config.fingerprint()
     max_age = config.settings.resume_max_age
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        status.apply_migrations(conn)
+        ledger_schema.apply_migrations(conn)
         key = _hash_lock_key(conn, config_hash)
+        conn.execute("SET lock_timeout = 0")  # waiting for another starter (planning many tables) is intended
         conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
             latest = status.find_latest_run(conn, config_hash)
-            if latest and latest.status == "completed" and not config.no_resume:
+            retry_of_this_start = bool(latest and start_token and latest.start_token == start_token)
+            if latest and latest.status == "completed" and (not config.no_resume or retry_of_this_start):
                 return StartResult(
                     latest.run_id, "nothing_to_do",
                     f"run {latest.run_id} of this config already completed ({latest.age_hours:.1f} h ago): "
                     "nothing left to do; use --no-resume to copy everything again",
                 )
             superseded: tuple[int, str] | None = None
-            if latest and config.no_resume:
+            if latest and config.no_resume and not retry_of_this_start:
                 log.info("no_resume: not resuming run %s (%s); starting a fresh run", latest.run_id, latest.status)
                 superseded = (latest.run_id, "superseded by a --no-resume run") if latest.status != "completed" else None
                 latest = None
@@ -99,7 +107,7 @@ def start_run(config: SourceConfig) -> StartResult:
                     if superseded:
                         status.abandon_run(conn, *superseded)
                     run_id = status.create_run(conn, config_hash, config.name, {
-                        "source_names": [config.name], "config": config.redacted(),
+                        "source_names": [config.name], "config": config.redacted(), "start_token": start_token,
                     })
                 mode, message = "fresh", f"started run {run_id}"
             log.info(message, **ctx(run_id=run_id))
@@ -149,8 +157,20 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
               spec: TableSpec) -> None:
     described = source.describe(spec.source)
     columns = columns_from_description(described)
+    for name in pg.target_column_names(columns):
+        if problem := pg_identifier_problem(name):
+            raise FatalError(f"target column {problem}")
     plan = plan_table(source, spec, columns, config.chunk_rows(spec))
     with conn.transaction():
+        status.lock_target(conn, spec.target_name)
+        owner = status.target_owner(conn, spec.target_name, run_id)
+        if owner is not None:
+            raise FatalError(
+                f"target table {spec.target_name} is being loaded by run {owner.run_id} (source {owner.source_name}, "
+                f"table {owner.table_name}, started {owner.started_at:%Y-%m-%d %H:%M %Z}, run {owner.run_status}, "
+                f"table {owner.table_status}); two runs must never load one table. Resume that run with its own "
+                f"config, or give it up with: migrate.py abandon --source {owner.source_name} --run-id {owner.run_id}"
+            )
         existing_types = pg.ensure_table(conn, spec.target, columns)
         if existing_types is not None:
             described = [{**d, "target_type": existing_types[d["name"]]} for d in described]
@@ -192,11 +212,16 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
     return WorkPlan(config, run_id, tables, deadline=deadline)
 
 
-def thread_count(config: SourceConfig, plan: WorkPlan) -> int:
+def thread_count(config: SourceConfig, plan: WorkPlan, at_most: int | None = None) -> int:
+    """Threads for this process: parallel_threads (or one per core), within the memory budget, the
+    connection cap (max_target_connections) and `at_most` (a Step Functions slot's share of it)."""
     row_bytes = max((estimated_row_bytes(cols) for _, cols in plan.tables.values()), default=64)
     requested = config.settings.parallel_threads or os.cpu_count() or 1
     threads, why = fit_threads(requested, config.settings.batch_size, row_bytes,
                                config.settings.memory_budget_mb)
+    if why:
+        log.warning(why, **ctx(run_id=plan.run_id))
+    _, threads, why = fit_connections(1, min(threads, at_most or threads), config.settings.max_target_connections)
     if why:
         log.warning(why, **ctx(run_id=plan.run_id))
     return threads
@@ -250,46 +275,61 @@ def _wait_all(events: list[threading.Event]) -> None:
 
 
 def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
-    """Reconcile every table of the run whose chunks are all done or failed and that is not yet reconciled."""
+    """Reconcile every table of the run whose chunks are all done or failed and that is not yet
+    reconciled, then finish every table that waits for its post-load step (also one left by a crash)."""
     done: list[str] = []
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         counts = status.chunk_counts(conn, run_id)
-        pending = {r["table_name"] for r in status.table_rows(conn, run_id) if r["status"] == "running"}
+        states = {r["table_name"]: r["status"] for r in status.table_rows(conn, run_id)}
         source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
         try:
             for spec in config.tables:
                 chunks = counts.get(spec.name)
-                if spec.name not in pending or chunks is None or chunks["pending"] or chunks["running"]:
+                if states.get(spec.name) != "running" or chunks is None or chunks["pending"] or chunks["running"]:
                     continue
                 rec = reconcile_table(source, conn, run_id, spec, chunks)
-                if rec.ok:
-                    _after_load(conn, run_id, spec, rec)
                 level = log.info if rec.ok else log.error
                 level("reconciled: source %s, target %s%s", rec.source_count, rec.target_count,
                       "" if rec.ok else f" — {rec.error}", **ctx(run_id=run_id, table=spec.name))
                 done.append(spec.name)
         finally:
             source.close()
+        for spec in config.tables:
+            finish_table(conn, run_id, spec)
     return done
 
 
-def _after_load(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, rec: Reconciliation) -> None:
-    """Once a table is complete: build its primary key (if planned) and refresh planner statistics."""
-    key = status.pending_primary_key(conn, run_id, spec.name)
-    if key and not pg.has_primary_key(conn, spec.target):
-        started = time.monotonic()
-        try:
-            pg.add_primary_key(conn, spec.target, key)
-        except Exception as exc:  # noqa: BLE001 - recorded on the table; the data itself is complete
-            error = classify(exc, f"building the primary key ({', '.join(key)}) of {spec.target_name}")
-            status.store_reconciliation(conn, run_id, spec.name, rec.rows_copied, rec.source_count, rec.target_count,
-                                        False, str(error))
-            log.error("%s", error, **ctx(run_id=run_id, table=spec.name))
-            return
-        status.mark_primary_key_built(conn, run_id, spec.name)
-        log.info("primary key (%s) built in %.1fs", ", ".join(key), time.monotonic() - started,
+def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec) -> bool:
+    """The post-load step of a reconciled table: build its primary key (if planned) and ANALYZE, then mark
+    it completed, all in one transaction. A crash leaves it 'post_load' for the next attempt; two callers
+    at once are serialised by the ledger row's lock and the second finds nothing to do. Returns True if
+    this call completed the table."""
+    started = time.monotonic()
+    step = None
+    try:
+        with conn.transaction():
+            step = status.claim_post_load(conn, run_id, spec.name)
+            if step is None:
+                return False
+            conn.execute("SET LOCAL statement_timeout = 0")  # an index build on a big table may take hours
+            if step.primary_key and not pg.has_primary_key(conn, spec.target):
+                pg.add_primary_key(conn, spec.target, step.primary_key)
+            pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
+            faults.maybe_crash("post_load")
+            status.complete_post_load(conn, run_id, spec.name, bool(step.primary_key))
+    except Exception as exc:
+        what = (f"building the primary key of {spec.target_name} after the load" if step and step.primary_key
+                else f"analyzing {spec.target_name} after the load")
+        error = classify(exc, what)
+        if isinstance(error, TransientError):
+            raise error from exc
+        status.fail_post_load(conn, run_id, spec.name, str(error))
+        log.error("%s", error, **ctx(run_id=run_id, table=spec.name))
+        return False
+    if step.primary_key:
+        log.info("primary key (%s) built in %.1fs", ", ".join(step.primary_key), time.monotonic() - started,
                  **ctx(run_id=run_id, table=spec.name))
-    pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
+    return True
 
 
 def finalize_run(config: SourceConfig, run_id: int, interrupted: bool = False, error: str | None = None) -> str:
@@ -299,7 +339,7 @@ def finalize_run(config: SourceConfig, run_id: int, interrupted: bool = False, e
         counts = status.chunk_counts(conn, run_id)
         unfinished = any(c["pending"] or c["running"] for c in counts.values())
         tables = status.table_rows(conn, run_id)
-        open_tables = any(t["status"] in ("pending", "running") for t in tables)
+        open_tables = any(t["status"] in ("pending", "running", "post_load") for t in tables)
         if interrupted or unfinished or open_tables:
             final = "running"  # resumable: the next start with this config picks it up
         elif error:
@@ -324,7 +364,8 @@ def run(config: SourceConfig) -> RunResult:
         return call_with_retry(fn, policy, what)
 
     started = time.monotonic()
-    start = retried(lambda: start_run(config), "starting the run")
+    token = uuid.uuid4().hex  # retries of this start resume the run it created, even under no_resume
+    start = retried(lambda: start_run(config, token), "starting the run")
     if start.mode == "nothing_to_do":
         return RunResult(start.run_id, start.mode, "completed", start.message, 0.0,
                          tables=retried(lambda: summarize(config, start.run_id, None), "summarizing"))

@@ -17,199 +17,13 @@ import psycopg
 from psycopg.rows import dict_row
 
 from lib.errors import FenceLostError
+from lib.ledger_schema import SCHEMA
 from lib.models import Bounds, ClaimedChunk, TablePlan
 
-SCHEMA = "migration_status"
 # First key of the two-key advisory locks the engine takes ("MI"): chunk liveness locks.
 CHUNK_LOCK_CLASS = 0x4D49
 # Second key of a liveness lock: one per (chunk, fence), so a new claim never waits on a stuck old owner.
 LIVENESS_KEY = "((({chunk}) * 1000003 + ({fence})) %% 2147483647)::int"
-# Single-key advisory lock serialising schema migrations.
-MIGRATION_LOCK_KEY = 0x4D49475241544531
-
-MIGRATIONS: list[tuple[int, str, str]] = [
-    (
-        1,
-        "runs, tables, chunks",
-        """
-        CREATE TABLE IF NOT EXISTS migration_status.migration_runs (
-            run_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            config_hash text NOT NULL,
-            source_name text NOT NULL,
-            status text NOT NULL CHECK (status IN
-                ('planning', 'running', 'completed', 'completed_with_errors', 'failed', 'abandoned')),
-            started_at timestamptz NOT NULL DEFAULT now(),
-            updated_at timestamptz NOT NULL DEFAULT now(),
-            completed_at timestamptz,
-            total_rows_copied bigint NOT NULL DEFAULT 0,
-            completed_tables integer NOT NULL DEFAULT 0,
-            failed_tables integer NOT NULL DEFAULT 0,
-            error text,
-            metadata jsonb NOT NULL DEFAULT '{}'::jsonb
-        );
-        CREATE INDEX IF NOT EXISTS migration_runs_hash_idx
-            ON migration_status.migration_runs (config_hash, started_at DESC);
-
-        CREATE TABLE IF NOT EXISTS migration_status.migration_table_status (
-            run_id bigint NOT NULL REFERENCES migration_status.migration_runs ON DELETE CASCADE,
-            table_name text NOT NULL,
-            target_table text NOT NULL,
-            status text NOT NULL DEFAULT 'pending'
-                CHECK (status IN ('pending', 'running', 'completed', 'failed')),
-            strategy text,
-            strategy_reason text,
-            planned_chunks integer,
-            planned_rows bigint,
-            plan_queries integer,
-            plan_seconds double precision,
-            plan_notes jsonb NOT NULL DEFAULT '[]'::jsonb,
-            source_columns jsonb,
-            rows_copied bigint NOT NULL DEFAULT 0,
-            source_count bigint,
-            target_count bigint,
-            reconcile_status text NOT NULL DEFAULT 'pending'
-                CHECK (reconcile_status IN ('pending', 'match', 'mismatch', 'error')),
-            reconciled_at timestamptz,
-            error text,
-            started_at timestamptz NOT NULL DEFAULT now(),
-            completed_at timestamptz,
-            PRIMARY KEY (run_id, table_name)
-        );
-
-        CREATE TABLE IF NOT EXISTS migration_status.migration_chunk_status (
-            chunk_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-            run_id bigint NOT NULL,
-            table_name text NOT NULL,
-            chunk_no integer NOT NULL,
-            predicate text NOT NULL,
-            bounds jsonb NOT NULL,
-            expected_rows bigint NOT NULL,
-            rows_copied bigint,
-            bytes_copied bigint,
-            status text NOT NULL DEFAULT 'pending'
-                CHECK (status IN ('pending', 'running', 'done', 'failed')),
-            attempts integer NOT NULL DEFAULT 0,
-            fence bigint NOT NULL DEFAULT 0,
-            worker text,
-            lease_expires_at timestamptz,
-            started_at timestamptz,
-            completed_at timestamptz,
-            error text,
-            UNIQUE (run_id, table_name, chunk_no),
-            FOREIGN KEY (run_id, table_name)
-                REFERENCES migration_status.migration_table_status ON DELETE CASCADE
-        );
-        CREATE INDEX IF NOT EXISTS migration_chunk_status_run_status_idx
-            ON migration_status.migration_chunk_status (run_id, status);
-        """,
-    ),
-    (
-        2,
-        "progress view",
-        """
-        CREATE OR REPLACE VIEW migration_status.table_progress AS
-        SELECT t.run_id, t.table_name, t.target_table, t.status, t.strategy,
-               count(c.chunk_id) AS chunks,
-               count(c.chunk_id) FILTER (WHERE c.status = 'done') AS chunks_done,
-               count(c.chunk_id) FILTER (WHERE c.status = 'running') AS chunks_running,
-               count(c.chunk_id) FILTER (WHERE c.status = 'pending') AS chunks_pending,
-               count(c.chunk_id) FILTER (WHERE c.status = 'failed') AS chunks_failed,
-               t.planned_rows AS expected_rows,
-               coalesce(sum(c.rows_copied) FILTER (WHERE c.status = 'done'), 0) AS rows_copied,
-               t.source_count, t.target_count, t.reconcile_status,
-               round((coalesce(sum(c.rows_copied) FILTER (WHERE c.status = 'done'), 0)
-                   / greatest(extract(epoch FROM coalesce(t.completed_at, now()) - t.started_at), 0.001))::numeric, 1)
-                   AS rows_per_second
-        FROM migration_status.migration_table_status t
-        LEFT JOIN migration_status.migration_chunk_status c USING (run_id, table_name)
-        GROUP BY t.run_id, t.table_name;
-        """,
-    ),
-    (
-        3,
-        "retry backoff",
-        """
-        ALTER TABLE migration_status.migration_chunk_status ADD COLUMN IF NOT EXISTS retry_at timestamptz;
-        """,
-    ),
-    (
-        4,
-        "primary key built after the load",
-        """
-        ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS primary_key jsonb;
-        ALTER TABLE migration_status.migration_table_status ADD COLUMN IF NOT EXISTS primary_key_built_at timestamptz;
-        """,
-    ),
-    (
-        5,
-        "dashboard views",
-        """
-        CREATE OR REPLACE VIEW migration_status.run_summary AS
-        SELECT r.run_id, r.source_name, r.status, r.started_at, r.completed_at,
-               round((extract(epoch FROM coalesce(r.completed_at, now()) - r.started_at) / 3600)::numeric, 2) AS hours,
-               coalesce((r.metadata #>> '{config,settings,resume_max_age}')::numeric, 168) AS resume_max_age_hours,
-               count(c.chunk_id) AS chunks,
-               count(c.chunk_id) FILTER (WHERE c.status = 'done') AS chunks_done,
-               count(c.chunk_id) FILTER (WHERE c.status = 'failed') AS chunks_failed,
-               coalesce(sum(c.expected_rows), 0) AS expected_rows,
-               coalesce(sum(c.rows_copied) FILTER (WHERE c.status = 'done'), 0) AS rows_copied,
-               r.completed_tables, r.failed_tables, r.error
-        FROM migration_status.migration_runs r
-        LEFT JOIN migration_status.migration_chunk_status c USING (run_id)
-        GROUP BY r.run_id;
-
-        CREATE OR REPLACE VIEW migration_status.failed_chunks AS
-        SELECT run_id, table_name, chunk_no, predicate, attempts, error, started_at, completed_at
-        FROM migration_status.migration_chunk_status WHERE status = 'failed';
-
-        CREATE OR REPLACE VIEW migration_status.stalled_leases AS
-        SELECT run_id, table_name, chunk_no, worker, fence, started_at, lease_expires_at,
-               now() - started_at AS running_for
-        FROM migration_status.migration_chunk_status
-        WHERE status = 'running' AND lease_expires_at < now();
-
-        CREATE OR REPLACE VIEW migration_status.runs_near_window_end AS
-        SELECT run_id, source_name, status, started_at, resume_max_age_hours,
-               round((resume_max_age_hours - extract(epoch FROM now() - started_at) / 3600)::numeric, 1) AS hours_left
-        FROM migration_status.run_summary
-        WHERE status IN ('running', 'completed_with_errors', 'failed')
-          AND resume_max_age_hours - extract(epoch FROM now() - started_at) / 3600 < 24;
-
-        CREATE OR REPLACE VIEW migration_status.reconciliation AS
-        SELECT run_id, table_name, target_table, status, planned_rows AS expected_rows, rows_copied,
-               source_count, target_count, target_count - source_count AS difference, reconcile_status, reconciled_at, error
-        FROM migration_status.migration_table_status;
-
-        CREATE OR REPLACE VIEW migration_status.throughput_per_minute AS
-        SELECT run_id, date_trunc('minute', completed_at) AS minute, count(*) AS chunks,
-               sum(rows_copied) AS rows_copied, round(sum(rows_copied) / 60.0, 1) AS rows_per_second,
-               round(sum(bytes_copied) / 60.0 / 1048576, 2) AS mib_per_second
-        FROM migration_status.migration_chunk_status WHERE status = 'done'
-        GROUP BY run_id, date_trunc('minute', completed_at);
-        """,
-    ),
-]
-
-
-def apply_migrations(conn: psycopg.Connection[Any]) -> list[int]:
-    """Bring the schema to the latest version; safe to call from many processes at once."""
-    applied_now: list[int] = []
-    with conn.transaction():
-        conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK_KEY,))
-        conn.execute(f"CREATE SCHEMA IF NOT EXISTS {SCHEMA}")
-        conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {SCHEMA}.schema_migrations ("
-            "version integer PRIMARY KEY, name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        done = {r[0] for r in conn.execute(f"SELECT version FROM {SCHEMA}.schema_migrations").fetchall()}
-        for version, name, ddl in MIGRATIONS:
-            if version in done:
-                continue
-            conn.execute(ddl)
-            conn.execute(f"INSERT INTO {SCHEMA}.schema_migrations (version, name) VALUES (%s, %s)", (version, name))
-            applied_now.append(version)
-    return applied_now
-
 
 @dataclass(frozen=True)
 class RunRow:
@@ -217,16 +31,56 @@ class RunRow:
     status: str
     started_at: Any
     age_hours: float
+    start_token: str | None = None  # the invocation (or Step Functions execution) that created the run
 
 
 def find_latest_run(conn: psycopg.Connection[Any], config_hash: str) -> RunRow | None:
     row = conn.execute(
-        f"SELECT run_id, status, started_at, extract(epoch FROM now() - started_at) / 3600.0 "
-        f"FROM {SCHEMA}.migration_runs WHERE config_hash = %s AND status <> 'abandoned' "
+        f"SELECT run_id, status, started_at, extract(epoch FROM now() - started_at) / 3600.0, "
+        f"metadata ->> 'start_token' FROM {SCHEMA}.migration_runs WHERE config_hash = %s AND status <> 'abandoned' "
         "ORDER BY started_at DESC, run_id DESC LIMIT 1",
         (config_hash,),
     ).fetchone()
-    return RunRow(row[0], row[1], row[2], float(row[3])) if row else None
+    return RunRow(row[0], row[1], row[2], float(row[3]), row[4]) if row else None
+
+
+# Second key class of the advisory lock that makes taking a target table's ownership atomic ("MJ").
+TARGET_LOCK_CLASS = 0x4D4A
+
+
+@dataclass(frozen=True)
+class TargetOwner:
+    run_id: int
+    source_name: str
+    run_status: str
+    table_name: str
+    table_status: str
+    started_at: Any
+
+
+def lock_target(conn: psycopg.Connection[Any], target: str) -> None:
+    """Inside a transaction: serialise everyone who takes ownership of `target` until it commits."""
+    conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (TARGET_LOCK_CLASS, target))
+
+
+def target_owner(conn: psycopg.Connection[Any], target: str, run_id: int) -> TargetOwner | None:
+    """Another live run that loads `target`, if any.
+
+    The ledger row is the lock: a table owns its target from the moment its plan is stored until it is
+    completed, as long as its run can still be resumed (running, completed_with_errors or failed, and
+    within its resume window). A table that failed at planning never wrote to the target and owns nothing.
+    """
+    row = conn.execute(
+        f"SELECT t.run_id, r.source_name, r.status, t.table_name, t.status, r.started_at "
+        f"FROM {SCHEMA}.migration_table_status t JOIN {SCHEMA}.migration_runs r USING (run_id) "
+        "WHERE t.target_table = %s AND t.run_id <> %s AND t.planned_chunks IS NOT NULL AND t.status <> 'completed' "
+        "AND r.status IN ('running', 'completed_with_errors', 'failed') "
+        "AND extract(epoch FROM now() - r.started_at) / 3600 "
+        "    < coalesce((r.metadata #>> '{config,settings,resume_max_age}')::numeric, 168) "
+        "ORDER BY t.run_id DESC LIMIT 1",
+        (target, run_id),
+    ).fetchone()
+    return TargetOwner(*row) if row else None
 
 
 def create_run(conn: psycopg.Connection[Any], config_hash: str, source_name: str, metadata: dict[str, Any]) -> int:
@@ -378,7 +232,18 @@ def release_liveness_lock(conn: psycopg.Connection[Any], chunk: ClaimedChunk) ->
 
 
 def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nbytes: int) -> None:
-    """Inside the chunk's transaction: mark done only if we still hold the fence."""
+    """Inside the chunk's transaction: mark done only if the run is still running and we still hold the fence.
+
+    The run row is share-locked until the chunk commits, so a run cannot be abandoned (and its target
+    truncated by the run that replaces it) between this check and the commit.
+    """
+    run = conn.execute(f"SELECT status FROM {SCHEMA}.migration_runs WHERE run_id = %s FOR SHARE",
+                       (chunk.run_id,)).fetchone()
+    if run is None or run[0] != "running":
+        raise FenceLostError(
+            f"run {chunk.run_id} is {run[0] if run else 'gone'}, no longer running: chunk "
+            f"{chunk.table_name}#{chunk.chunk_no} of this worker is rolled back"
+        )
     cur = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'done', rows_copied = %s, bytes_copied = %s, "
         "completed_at = clock_timestamp(), lease_expires_at = NULL, error = NULL "
@@ -420,15 +285,6 @@ def seconds_until_retry(conn: psycopg.Connection[Any], run_id: int) -> float | N
     return None if row is None or row[0] is None else max(float(row[0]), 0.0)
 
 
-def release_chunk(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> None:
-    """Give an unfinished chunk back (clean stop): pending again, the attempt not counted."""
-    conn.execute(
-        f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'pending', attempts = greatest(attempts - 1, 0), "
-        "lease_expires_at = NULL, worker = NULL WHERE chunk_id = %s AND fence = %s AND status = 'running'",
-        (chunk.chunk_id, chunk.fence),
-    )
-
-
 def chunk_counts(conn: psycopg.Connection[Any], run_id: int) -> dict[str, dict[str, int]]:
     """Per table: number of chunks in each status, plus rows copied by done chunks."""
     rows = conn.execute(
@@ -448,20 +304,6 @@ def chunk_counts(conn: psycopg.Connection[Any], run_id: int) -> dict[str, dict[s
 def set_primary_key_plan(conn: psycopg.Connection[Any], run_id: int, table: str, columns: list[str]) -> None:
     conn.execute(f"UPDATE {SCHEMA}.migration_table_status SET primary_key = %s WHERE run_id = %s AND table_name = %s",
                  (json.dumps(columns), run_id, table))
-
-
-def pending_primary_key(conn: psycopg.Connection[Any], run_id: int, table: str) -> list[str]:
-    row = conn.execute(
-        f"SELECT primary_key FROM {SCHEMA}.migration_table_status WHERE run_id = %s AND table_name = %s "
-        "AND primary_key IS NOT NULL AND primary_key_built_at IS NULL",
-        (run_id, table),
-    ).fetchone()
-    return list(row[0]) if row else []
-
-
-def mark_primary_key_built(conn: psycopg.Connection[Any], run_id: int, table: str) -> None:
-    conn.execute(f"UPDATE {SCHEMA}.migration_table_status SET primary_key_built_at = now() "
-                 "WHERE run_id = %s AND table_name = %s", (run_id, table))
 
 
 def update_table_columns(conn: psycopg.Connection[Any], run_id: int, table: str, described: list[dict[str, Any]]) -> None:
@@ -498,12 +340,51 @@ def store_reconciliation(
     conn: psycopg.Connection[Any], run_id: int, table: str, rows_copied: int,
     source_count: int | None, target_count: int | None, ok: bool, error: str | None,
 ) -> None:
+    """Store counts and verdict. A table that reconciles goes to 'post_load' (a completed one stays
+    completed); only finish_table, once the post-load work is done, makes it 'completed'."""
     reconcile = "error" if source_count is None or target_count is None else ("match" if source_count == target_count else "mismatch")
     conn.execute(
         f"UPDATE {SCHEMA}.migration_table_status SET rows_copied = %s, source_count = %s, target_count = %s, "
-        "reconcile_status = %s, reconciled_at = now(), status = %s, error = %s, completed_at = now() "
+        "reconcile_status = %s, reconciled_at = now(), error = %s, "
+        "status = CASE WHEN NOT %s THEN 'failed' WHEN status = 'completed' THEN 'completed' ELSE 'post_load' END, "
+        "completed_at = CASE WHEN %s AND status = 'completed' THEN completed_at ELSE NULL END "
         "WHERE run_id = %s AND table_name = %s",
-        (rows_copied, source_count, target_count, reconcile, "completed" if ok else "failed", error, run_id, table),
+        (rows_copied, source_count, target_count, reconcile, error, ok, ok, run_id, table),
+    )
+
+
+@dataclass(frozen=True)
+class PostLoad:
+    primary_key: list[str]  # to build, or [] when there is none to build or it is built
+
+
+def claim_post_load(conn: psycopg.Connection[Any], run_id: int, table: str) -> PostLoad | None:
+    """Inside a transaction: lock the table's ledger row if it waits for its post-load step (None if it
+    does not, e.g. another process finished it first). The lock serialises concurrent finishers."""
+    row = conn.execute(
+        f"SELECT primary_key, primary_key_built_at FROM {SCHEMA}.migration_table_status "
+        "WHERE run_id = %s AND table_name = %s AND status = 'post_load' FOR UPDATE",
+        (run_id, table),
+    ).fetchone()
+    if row is None:
+        return None
+    return PostLoad(list(row[0]) if row[0] and row[1] is None else [])
+
+
+def complete_post_load(conn: psycopg.Connection[Any], run_id: int, table: str, built_key: bool) -> None:
+    conn.execute(
+        f"UPDATE {SCHEMA}.migration_table_status SET status = 'completed', completed_at = now(), analyzed_at = now(), "
+        "primary_key_built_at = CASE WHEN %s THEN now() ELSE primary_key_built_at END "
+        "WHERE run_id = %s AND table_name = %s AND status = 'post_load'",
+        (built_key, run_id, table),
+    )
+
+
+def fail_post_load(conn: psycopg.Connection[Any], run_id: int, table: str, error: str) -> None:
+    conn.execute(
+        f"UPDATE {SCHEMA}.migration_table_status SET status = 'failed', error = %s, completed_at = now() "
+        "WHERE run_id = %s AND table_name = %s AND status = 'post_load'",
+        (error, run_id, table),
     )
 
 

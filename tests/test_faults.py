@@ -59,7 +59,7 @@ def _wait_for_done(env, proc, at_least: int) -> None:
 # k-th time it reaches the point (k drawn at random, seeded so a failure can be replayed), then
 # resumed without faults: kills land at varied chunks and threads, the resume must mend everything.
 _draw = random.Random(20261121)
-TRIALS = [(point, [_draw.randint(1, 8) for _ in range(3)]) for point in faults.POINTS for _ in range(2)]
+TRIALS = [(point, [_draw.randint(1, 8) for _ in range(3)]) for point in faults.CHUNK_POINTS for _ in range(2)]
 
 
 @pytest.mark.parametrize(("point", "nths"), TRIALS)

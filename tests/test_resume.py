@@ -7,6 +7,7 @@ import signal
 import time
 
 from lib import status
+from lib.errors import TransientError
 from lib.orchestrator import run
 from tests.helpers import cli, cli_popen
 
@@ -132,3 +133,29 @@ def test_non_empty_target_without_truncate_fails_that_table_only(env) -> None:
     assert by_table["B"]["status"] == "completed"
     assert "public.a already holds rows" in by_table["A"]["error"]
     assert env.pg_value("SELECT count(*) FROM public.a") == 1
+
+
+def test_a_transient_error_planning_the_second_table_under_no_resume_keeps_the_new_run(env, monkeypatch) -> None:
+    """The start is retried after the error: the retry must resume the run it created, not abandon it."""
+    from lib import orchestrator
+
+    for name in ("R1", "R2"):
+        env.sf_execute(f"CREATE TABLE {name} AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 500))")
+    tables = [{"source": name, "truncate_onstart": True} for name in ("R1", "R2")]
+    assert run(env.config(tables, retry_base_seconds=0.1)).status == "completed"
+    real, failed = orchestrator.plan_table, []
+
+    def flaky(source, spec, columns, chunk_rows):
+        if spec.source[-1] == "R2" and not failed:
+            failed.append(spec.name)
+            raise TransientError("server closed the connection unexpectedly (injected)")
+        return real(source, spec, columns, chunk_rows)
+
+    monkeypatch.setattr(orchestrator, "plan_table", flaky)
+    result = run(env.config(tables, no_resume=True, retry_base_seconds=0.1))
+
+    assert failed and result.run_id == 2 and result.status == "completed"
+    assert env.pg_rows(f"SELECT run_id, status FROM {status.SCHEMA}.migration_runs ORDER BY 1") == [
+        (1, "completed"), (2, "completed")]
+    for name in ("r1", "r2"):
+        assert env.pg_value(f"SELECT count(*) FROM public.{name}") == 500
