@@ -20,7 +20,7 @@ from lib import postgres_target as pg
 from lib.budget import fit_threads
 from lib.config import SourceConfig, TableSpec
 from lib.errors import FenceLostError, MigrationError, TransientError, classify
-from lib.lease import LeaseKeeper
+from lib.lease import LeaseKeeper, LeaseLostError, Progress
 from lib.log import ctx, get_logger
 from lib.models import ClaimedChunk
 from lib.prefetch import Prefetcher
@@ -166,16 +166,29 @@ class Worker:
     def _copy(self, chunk: ClaimedChunk, spec: TableSpec, columns: list[Column]) -> tuple[int, int]:
         conn = self._pg()
         settings = self.plan.config.settings
-        batches = Prefetcher(self._snowflake().read(spec.source, columns, chunk.bounds, spec.source_filter,
-                                                    settings.batch_size))
+        source = self._snowflake()
+        progress = Progress()
+
+        def give_up(reason: str) -> None:  # from the keeper's thread: free this worker from a stuck statement
+            with contextlib.suppress(Exception):
+                conn.cancel_safe(timeout=5)
+            source.cancel()
+
+        keeper = LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds, progress, give_up)
+        read = source.read(spec.source, columns, chunk.bounds, spec.source_filter, settings.batch_size)
+        batches = Prefetcher(_ticking(read, progress), abort=keeper.lost,
+                             aborted=lambda: LeaseLostError(f"chunk given up: {keeper.lost_reason}"))
         try:
-            with LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds), \
-                    conn.transaction():
-                rows, nbytes = pg.copy_batches(conn, spec.target, columns, self._measured(_with_fault_points(batches)))
+            with keeper, conn.transaction():
+                written = _ticking(self._measured(_with_fault_points(batches)), progress)
+                rows, nbytes = pg.copy_batches(conn, spec.target, columns, written)
                 status.mark_done(conn, chunk, rows, nbytes)
                 faults.maybe_crash("before_commit")
         finally:
-            batches.close()
+            if not batches.close():
+                self.log.warning("a Snowflake read of chunk %s is still stuck: leaving it to its timeout",
+                                 chunk.chunk_no, **ctx(run_id=chunk.run_id, table=chunk.table_name))
+                self._reset_source(wait=False)
         faults.maybe_crash("after_commit")
         status.release_liveness_lock(conn, chunk)
         return rows, nbytes
@@ -209,21 +222,27 @@ class Worker:
                 self._conn.close()
             self._conn = None
 
-    def _reset_source(self) -> None:
+    def _reset_source(self, wait: bool = True) -> None:
         if self._source is not None:
-            self._source.close()
+            self._source.close(wait=wait)
             self._source = None
 
     def _close(self) -> None:
         self._reset_pg()
         self._reset_source()
 
-
     def _measured(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for i, batch in enumerate(batches):
             if i == 0:
                 self.plan.observe(batch)
             yield batch
+
+
+def _ticking(batches: Iterator[pa.RecordBatch], progress: Progress) -> Iterator[pa.RecordBatch]:
+    for batch in batches:
+        progress.tick()
+        yield batch
+    progress.tick()
 
 
 def _with_fault_points(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:

@@ -5,16 +5,12 @@ like Snowflake does when it fails), pyarrow's own cast errors, and real socket e
 from __future__ import annotations
 
 import errno
-import json
 import os
 import socket
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
-from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
@@ -28,6 +24,7 @@ from psycopg import errors as pg_errors
 
 from lib.errors import ConfigError, FatalError, FenceLostError, MigrationError, TransientError, classify, is_transient
 from scripts.local_stack import free_port
+from tests.sf_proxy import SnowflakeProxy
 
 ExcType = type[BaseException]
 
@@ -280,70 +277,6 @@ def test_sf_unreachable_server_is_transient() -> None:
         login_timeout=2, network_timeout=2))
     assert exc.errno == sf_codes.ER_FAILED_TO_CONNECT_TO_DB
     assert_transient(exc)
-
-
-class SnowflakeProxy(ThreadingHTTPServer):
-    """Relays the connector's requests to fakesnow, except paths given a canned answer in `canned`
-    (path prefix -> (HTTP status, JSON body or None)): how a failing Snowflake looks to the connector."""
-
-    daemon_threads = True
-
-    def __init__(self, target: str) -> None:
-        self.target = target
-        self.canned: dict[str, tuple[int, dict[str, Any] | None]] = {}
-        super().__init__(("127.0.0.1", 0), _ProxyHandler)
-
-    @property
-    def port(self) -> int:
-        return int(self.server_address[1])
-
-
-class _ProxyHandler(BaseHTTPRequestHandler):
-    server: SnowflakeProxy
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-    def do_POST(self) -> None:
-        self._relay("POST")
-
-    def do_GET(self) -> None:
-        self._relay("GET")
-
-    def _relay(self, method: str) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        for prefix, (status, payload) in self.server.canned.items():
-            if self.path.startswith(prefix):
-                self._answer(status, b"" if payload is None else json.dumps(payload).encode(), {"Content-Type": "application/json"})
-                return
-        headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "content-length", "connection")}
-        request = urllib.request.Request(self.server.target + self.path, data=body if method == "POST" else None,
-                                         method=method, headers=headers)
-        try:
-            with urllib.request.urlopen(request, timeout=60) as response:
-                status, data, reply = response.status, response.read(), response.headers
-        except urllib.error.HTTPError as failure:
-            status, data, reply = failure.code, failure.read(), failure.headers
-        self._answer(status, data, {k: reply[k] for k in ("Content-Type", "Content-Encoding") if reply.get(k)})
-
-    def _answer(self, status: int, data: bytes, headers: dict[str, str]) -> None:
-        self.send_response(status)
-        for key, value in headers.items():
-            self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-
-@pytest.fixture
-def sf_proxy(stack) -> Iterator[SnowflakeProxy]:
-    proxy = SnowflakeProxy(f"http://127.0.0.1:{stack.snowflake_env()['SNOWFLAKE_PORT']}")
-    thread = threading.Thread(target=proxy.serve_forever, daemon=True)
-    thread.start()
-    yield proxy
-    proxy.shutdown()
-    proxy.server_close()
-    thread.join(timeout=10)
 
 
 QUERY = "/queries/v1/query-request"  # statements only: the connector's abort-request still reaches fakesnow

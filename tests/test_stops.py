@@ -7,7 +7,6 @@ import time
 
 from lib import status
 from lib.budget import fit_threads
-from lib.lease import LeaseKeeper
 from lib.orchestrator import run, start_run, work, work_plan
 from tests.helpers import cli, cli_popen
 
@@ -60,23 +59,6 @@ def test_time_budget_stops_claiming_and_leaves_the_rest_for_the_next_invocation(
     stats = work(plan, 2)
     assert stats.chunks_done == 0 and _states(env) == {"pending": 11}
     assert run(config).status == "completed"
-
-
-def test_long_chunk_renews_its_lease(env) -> None:
-    _load(env, 100)
-    config = env.config(TABLES, chunk_rows=50)
-    start_run(config)
-    with env.pg() as conn:
-        chunk = status.claim_chunk(conn, 1, "slow-worker", lease_seconds=1, max_attempts=3)
-        assert chunk is not None
-        first = env.pg_value(f"SELECT lease_expires_at FROM {status.SCHEMA}.migration_chunk_status WHERE chunk_id = %s",
-                             (chunk.chunk_id,))
-        with LeaseKeeper(config.postgres_connect_args(), chunk, lease_seconds=1) as keeper:
-            time.sleep(2.2)
-        later = env.pg_value(f"SELECT lease_expires_at FROM {status.SCHEMA}.migration_chunk_status WHERE chunk_id = %s",
-                             (chunk.chunk_id,))
-    assert keeper.renewals >= 3
-    assert (later - first).total_seconds() >= 1.5
 
 
 def test_threads_are_clamped_to_the_memory_budget_and_the_log_says_why() -> None:
