@@ -31,3 +31,24 @@ def fit_threads(requested: int, batch_size: int, row_bytes: int, budget_mb: int)
         f"and the memory budget is {budget / 2**20:.0f} MiB; lower batch_size or raise memory_budget_mb"
     )
     return int(allowed), why
+
+
+# PostgreSQL connections: each thread has its data connection and, while a chunk is in flight, its lease
+# keeper's; each process (a local run, a Lambda slot) one more for the ledger and progress.
+CONNECTIONS_PER_THREAD = 2
+CONNECTIONS_PER_PROCESS = 1
+
+
+def fit_connections(slots: int, threads: int, max_connections: int) -> tuple[int, int, str | None]:
+    """Clamp worker slots, then threads per slot, so that slots × (threads × 2 + 1) ≤ max_connections.
+    Returns (slots, threads per slot, why they were lowered or None)."""
+    per_slot_minimum = CONNECTIONS_PER_THREAD + CONNECTIONS_PER_PROCESS
+    fitted_slots = max(1, min(slots, max_connections // per_slot_minimum))
+    fitted_threads = max(1, min(threads, (max_connections // fitted_slots - CONNECTIONS_PER_PROCESS)
+                                // CONNECTIONS_PER_THREAD))
+    if (fitted_slots, fitted_threads) == (slots, threads):
+        return slots, threads, None
+    why = (f"{slots} slot(s) × {threads} thread(s) lowered to {fitted_slots} × {fitted_threads}: each thread holds "
+           f"{CONNECTIONS_PER_THREAD} PostgreSQL connections and each slot {CONNECTIONS_PER_PROCESS} more, and "
+           f"max_target_connections is {max_connections}")
+    return fitted_slots, fitted_threads, why

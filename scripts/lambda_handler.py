@@ -11,63 +11,71 @@ before any work starts.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from typing import Any
 
 from lib import postgres_target as pg
 from lib import status
+from lib.budget import fit_connections
 from lib.config import SourceConfig, load_config
-from lib.errors import ConfigError
 from lib.log import get_logger
 from lib.orchestrator import finalize_run, reconcile_finished_tables, start_run, thread_count, work, work_plan
+from lib.step_functions import (
+    DISTRIBUTED_ABOVE,
+    HISTORY_LIMIT,
+    continuation_name,
+    events_per_loop,
+    max_loops_for,
+    split_input,
+)
 
-# Execution-level keys, handled here rather than in the config.
-EXECUTION_KEYS = {"workers": 4, "max_loops": 50, "loop_wait_seconds": 10}
-MAX_WORKERS = 1000
-DISTRIBUTED_ABOVE = 40
 SAFETY_MARGIN_SECONDS = float(os.environ.get("WORK_SAFETY_MARGIN_SECONDS", "60"))
 
 log = get_logger()
 
 
-def _split_input(event: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
-    raw = dict(event.get("input", event))
-    execution = {k: raw.pop(k, default) for k, default in EXECUTION_KEYS.items()}
-    problems = [f"execution input {k!r} must be a non-negative integer, got {v!r}"
-                for k, v in execution.items() if not isinstance(v, int) or isinstance(v, bool) or v < 0]
-    if not problems and not 1 <= execution["workers"] <= MAX_WORKERS:
-        problems.append(f"execution input 'workers' must be between 1 and {MAX_WORKERS}")
-    if not problems and execution["max_loops"] < 1:
-        problems.append("execution input 'max_loops' must be at least 1")
-    if problems:
-        raise ConfigError(problems)
-    return raw, execution
-
-
 def _config(event: dict[str, Any]) -> SourceConfig:
-    overrides, _ = _split_input(event)
+    overrides, _ = split_input(event.get("input", event))
     return load_config(overrides.get("source_name"), overrides)
 
 
 def plan(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Validate the input, then resume the run of this config or plan a new one."""
-    overrides, execution = _split_input(event)
+    """Validate the input, then resume the run of this config or plan a new one.
+
+    The execution's ARN is the start token: when Step Functions retries this step (e.g. after a
+    transient error while planning the second table), the retry resumes the run the first attempt
+    created, even under no_resume.
+    """
+    overrides, execution = split_input(event.get("input", event))
     config = load_config(overrides.get("source_name"), overrides)
-    start = start_run(config)
-    workers = int(execution["workers"])
-    log.info("%s; %d worker(s)", start.message, workers, extra={"run_id": start.run_id})
+    execution_id = event.get("execution_id")
+    start = start_run(config, start_token=execution_id)
+    slots, threads, why = fit_connections(execution["workers"], config.settings.parallel_threads or 64,
+                                          config.settings.max_target_connections)
+    if why:
+        log.warning("%s", why, extra={"run_id": start.run_id})
+    max_loops = min(execution["max_loops"], max_loops_for(slots))
+    if max_loops < execution["max_loops"]:
+        log.warning("max_loops lowered from %d to %d: %d slot(s) write up to %d history events a loop and an "
+                    "execution may hold %d", execution["max_loops"], max_loops, slots, events_per_loop(slots),
+                    HISTORY_LIMIT, extra={"run_id": start.run_id})
+    log.info("%s; %d worker slot(s) of up to %d thread(s)", start.message, slots, threads, extra={"run_id": start.run_id})
     return {
         "run_id": start.run_id,
         "mode": start.mode,
         "message": start.message,
         "done": start.mode == "nothing_to_do",
-        "slots": list(range(workers)),
-        "distributed": workers > DISTRIBUTED_ABOVE,
-        "max_loops": execution["max_loops"],
+        "slots": list(range(slots)),
+        "threads_per_slot": threads,
+        "distributed": slots > DISTRIBUTED_ABOVE,
+        "max_loops": max_loops,
         "loop_wait_seconds": execution["loop_wait_seconds"],
         # a continued execution must resume this run, never start over
-        "continue_input": {**overrides, **execution, "no_resume": False},
+        "continue_input": {**overrides, **execution, "no_resume": False,
+                           "continuation": execution["continuation"] + 1,
+                           "lineage": execution["lineage"] or execution_id or ""},
     }
 
 
@@ -77,9 +85,11 @@ def work_slot(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     remaining = context.get_remaining_time_in_millis() / 1000 if context is not None else 900.0
     deadline = time.monotonic() + max(remaining - SAFETY_MARGIN_SECONDS, 0)
     work_state = work_plan(config, int(event["run_id"]), deadline=deadline)
-    stats = work(work_state, thread_count(config, work_state)) if work_state.tables else None
+    threads = thread_count(config, work_state, at_most=event.get("threads")) if work_state.tables else 0
+    stats = work(work_state, threads) if work_state.tables else None
     return {
         "slot": event.get("slot"),
+        "threads": threads,
         "chunks_done": stats.chunks_done if stats else 0,
         "chunks_failed": stats.chunks_failed if stats else 0,
         "rows": stats.rows if stats else 0,
@@ -121,12 +131,20 @@ def record_failure(event: dict[str, Any], context: Any = None) -> dict[str, Any]
 
 
 def continue_as_new(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """Start a fresh execution of this state machine; it resumes the same run by config hash."""
+    """Start the execution that continues this run; it resumes the same run by config hash.
+
+    Its name is fixed by run, chain and continuation number, so a retried step cannot start a second
+    execution: ExecutionAlreadyExists means the first attempt already started it.
+    """
     import boto3
 
-    response = boto3.client("stepfunctions").start_execution(
-        stateMachineArn=event["state_machine_arn"],
-        name=f"run-{event['run_id']}-{int(time.time() * 1000)}",
-        input=__import__("json").dumps(event["input"]),
-    )
-    return {"execution_arn": response["executionArn"]}
+    run_input = event["input"]
+    name = continuation_name(int(event["run_id"]), str(run_input.get("lineage", "")), int(run_input.get("continuation", 1)))
+    client = boto3.client("stepfunctions")
+    try:
+        response = client.start_execution(stateMachineArn=event["state_machine_arn"], name=name,
+                                          input=json.dumps(run_input))
+    except client.exceptions.ExecutionAlreadyExists:
+        log.info("execution %s already started by an earlier attempt of this step", name)
+        return {"execution_name": name, "already_started": True}
+    return {"execution_name": name, "execution_arn": response["executionArn"], "already_started": False}

@@ -16,8 +16,16 @@ import pytest
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
-from lib import status
-from lib.errors import FatalError, TransientError
+from lib import orchestrator, status
+from lib.errors import ConfigError, FatalError, TransientError
+from lib.step_functions import (
+    EXECUTION_OVERHEAD_EVENTS,
+    HISTORY_LIMIT,
+    continuation_name,
+    events_per_loop,
+    max_loops_for,
+    split_input,
+)
 from scripts import lambda_handler
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -242,7 +250,7 @@ def test_more_than_40_workers_use_the_distributed_map(aws) -> None:
     _load(aws.env, "D", 5000)
     aws.configure([_table("D")], parallel_threads=1)
 
-    execution = aws.start(workers=41)
+    execution = aws.start(workers=41, max_target_connections=200)
     result = aws.wait(execution)
 
     assert result["status"] == "SUCCEEDED", result
@@ -266,10 +274,127 @@ SandboxTimedout = type("Sandbox.Timedout", (Exception,), {})
 
 
 def test_bad_execution_settings_are_a_config_error() -> None:
-    import pytest as _pytest
+    for bad in ({"workers": "abc"}, {"workers": 0}, {"max_loops": 0}, {"workers": 5000}, {"loop_wait_seconds": True}):
+        with pytest.raises(ConfigError):
+            split_input({"source_name": "x", **bad})
+    with pytest.raises(ConfigError) as caught:
+        split_input({"source_name": "x", "workers": 0, "max_loops": "9", "no_resume": "false"})
+    assert len(caught.value.problems) == 2  # both listed; no_resume is checked with the config
 
-    from lib.errors import ConfigError
 
-    for bad in ({"workers": "abc"}, {"workers": 0}, {"max_loops": 0}, {"workers": 5000}):
-        with _pytest.raises(ConfigError):
-            lambda_handler._split_input({"input": {"source_name": "x", **bad}})
+def test_a_slot_that_stays_throttled_is_lost_not_the_whole_map(aws, monkeypatch) -> None:
+    _load(aws.env, "Q", 3000)
+    aws.configure([_table("Q")])
+    real = lambda_handler.work_slot
+    calls = {"n": 0}
+
+    def throttled_for_a_while(event, context=None):
+        calls["n"] += 1
+        if calls["n"] <= 5:  # the first invocation and all four of its retries
+            raise LambdaThrottled("Rate Exceeded. (injected)")
+        return real(event, context)
+
+    monkeypatch.setattr(lambda_handler, "work_slot", throttled_for_a_while)
+    execution = aws.start(workers=1)
+    result = aws.wait(execution, timeout=240)
+
+    assert result["status"] == "SUCCEEDED", result
+    assert aws.entered(execution, "CopyChunksSlotLost") == 1 and aws.entered(execution, "Check") >= 2
+    _assert_copied(aws.env, "Q", 3000)
+
+
+LambdaThrottled = type("Lambda.TooManyRequestsException", (Exception,), {})
+
+
+def test_workers_and_threads_are_capped_by_max_target_connections(aws) -> None:
+    _load(aws.env, "W", 10)
+    aws.configure([_table("W")])
+    planned = lambda_handler.plan({"input": {"source_name": "test", "workers": 10, "parallel_threads": 8,
+                                             "max_target_connections": 20}, "execution_id": "arn:x"})
+    slots, threads = len(planned["slots"]), planned["threads_per_slot"]
+    assert (slots, threads) == (6, 1)
+    assert slots * (threads * 2 + 1) <= 20
+    worked = lambda_handler.work_slot({"input": {"source_name": "test", "parallel_threads": 8,
+                                                 "max_target_connections": 20}, "run_id": planned["run_id"],
+                                       "slot": 0, "threads": threads})
+    assert worked["threads"] == 1
+
+
+def test_max_loops_keeps_one_execution_within_its_event_history() -> None:
+    for slots in (1, 4, 40, 41, 1000):
+        loops = max_loops_for(slots)
+        assert EXECUTION_OVERHEAD_EVENTS + loops * events_per_loop(slots) <= HISTORY_LIMIT * 0.9
+        assert EXECUTION_OVERHEAD_EVENTS + (loops + 1) * events_per_loop(slots) > HISTORY_LIMIT * 0.9
+    assert max_loops_for(40) < 50 <= max_loops_for(4)  # the default 50 is lowered for 40 inline slots
+
+
+def test_the_plan_step_lowers_max_loops_for_many_inline_slots(aws) -> None:
+    _load(aws.env, "M", 10)
+    aws.configure([_table("M")])
+    planned = lambda_handler.plan({"input": {"source_name": "test", "workers": 40, "max_loops": 50,
+                                             "max_target_connections": 1000}, "execution_id": "arn:y"})
+    assert planned["max_loops"] == max_loops_for(40) < 50
+
+
+def test_history_events_per_loop_stay_within_the_arithmetic(aws, monkeypatch) -> None:
+    """moto's interpreter writes the same kinds of events as AWS; a loop of 3 slots must not write more
+    than the arithmetic that bounds max_loops assumes."""
+    _load(aws.env, "H", 40_000)
+    aws.configure([_table("H")], parallel_threads=1)
+    monkeypatch.setattr(lambda_handler, "SAFETY_MARGIN_SECONDS", 0.0)
+    aws.work_timeout_seconds(1)
+    execution = aws.start(workers=3)
+    assert aws.wait(execution)["status"] == "SUCCEEDED"
+    events = aws.history(execution)
+    loops = aws.entered(execution, "Check")
+    assert loops >= 2
+    assert len(events) <= EXECUTION_OVERHEAD_EVENTS + loops * events_per_loop(3)
+
+
+def test_continue_as_new_names_its_execution_by_run_and_step_and_a_retry_starts_nothing_new(aws) -> None:
+    event = {"state_machine_arn": aws.arn, "run_id": 7,
+             "input": {"source_name": "test", "continuation": 3, "lineage": "arn:aws:states:x:execution:m:first"}}
+    first = lambda_handler.continue_as_new(event)
+    again = lambda_handler.continue_as_new(event)  # Step Functions retried the step: still running, same input
+    aws.wait(first["execution_arn"])  # (it fails at once: this test configured no source)
+    late = lambda_handler.continue_as_new(event)  # retried after the continuation already ended
+    assert first["already_started"] is False and late["already_started"] is True
+    assert first["execution_name"] == again["execution_name"] == late["execution_name"] \
+        == continuation_name(7, event["input"]["lineage"], 3)
+    names = [e["name"] for e in aws.sfn.list_executions(stateMachineArn=aws.arn)["executions"]]
+    assert names.count(first["execution_name"]) == 1
+    other_chain = continuation_name(7, "arn:aws:states:x:execution:m:second", 3)
+    assert other_chain != first["execution_name"] and len(other_chain) <= 80
+
+
+def test_a_transient_error_planning_the_second_table_resumes_the_run_the_retry_started(aws, monkeypatch) -> None:
+    _load(aws.env, "P1", 1000)
+    _load(aws.env, "P2", 1000)
+    aws.configure([_table("P1"), _table("P2")])
+    real = orchestrator.plan_table
+    failed = []
+
+    def flaky(source, spec, columns, chunk_rows):
+        if spec.source[-1] == "P2" and not failed:
+            failed.append(spec.name)
+            raise TransientError("server closed the connection unexpectedly (injected)")
+        return real(source, spec, columns, chunk_rows)
+
+    monkeypatch.setattr(orchestrator, "plan_table", flaky)
+    execution = aws.start(workers=2, no_resume=True)
+    result = aws.wait(execution)
+
+    assert result["status"] == "SUCCEEDED", result
+    assert failed and any(e["type"] == "LambdaFunctionFailed" for e in aws.history(execution))
+    assert aws.env.pg_rows(f"SELECT run_id, status FROM {status.SCHEMA}.migration_runs") == [(1, "completed")]
+    _assert_copied(aws.env, "P1", 1000)
+    _assert_copied(aws.env, "P2", 1000)
+
+
+def test_the_work_function_has_reserved_concurrency() -> None:
+    from cfnlint.decode import cfn_yaml
+
+    template = cfn_yaml.load(str(ROOT / "aws" / "template.yaml"))
+    reserved = template["Resources"]["WorkFunction"]["Properties"]["ReservedConcurrentExecutions"]
+    assert reserved == {"Ref": "WorkReservedConcurrency"}
+    assert template["Parameters"]["WorkReservedConcurrency"]["Default"] >= 1
