@@ -7,6 +7,7 @@ from typing import Any
 
 from lib.orchestrator import run
 from scripts.demo_data import ALL_TYPES_DDL, TRICKY_STRINGS, all_types_insert
+from tests.conftest import ROOT
 
 COLUMNS = ["ID", "SMALL_N", "INT_N", "BIG_N", "WIDE_N", "AMOUNT", "RATIO", "NAME", "CODE", "FLAG", "DAY",
            "CREATED", "CREATED_TZ", "DOC", "TAGS", "ATTRS", "BLOB", "mixedCase Col"]
@@ -109,3 +110,16 @@ def test_a_value_that_fails_the_fallback_cast_fails_only_its_chunk(env) -> None:
     error = env.pg_value("SELECT error FROM migration_status.migration_chunk_status WHERE status = 'failed'")
     assert "ODD2" in error and "value does not fit the target column type" in error
     assert env.pg_value("SELECT count(*) FROM public.odd2") == 30
+
+
+def test_timestamp_precision_and_offsets_behave_as_the_readme_says(env) -> None:
+    """timestamptz keeps the instant, not the offset; nanoseconds are truncated to microseconds."""
+    env.sf_execute("CREATE TABLE TS (ID NUMBER(9,0), NANOS TIMESTAMP_NTZ(9), ZONED TIMESTAMP_TZ(9))",
+                   "INSERT INTO TS VALUES (1, '2024-01-02 03:04:05.123456789', '2024-01-02 03:04:05.987654321+05:00'::TIMESTAMP_TZ)")
+    assert run(env.config([{"source": "TS"}])).status == "completed"
+    nanos, zoned = env.pg_rows("SELECT nanos::text, zoned AT TIME ZONE 'UTC' FROM public.ts")[0]
+    assert nanos == "2024-01-02 03:04:05.123456"
+    assert str(zoned) == "2024-01-01 22:04:05.987654"
+    type_map = " ".join((ROOT / "README.md").read_text().split("## Configuration reference")[1].split())
+    assert "keeps the instant, not the offset" in type_map
+    assert "nanoseconds are truncated to microseconds" in type_map
