@@ -9,6 +9,7 @@
     python migrate.py cleanup --source demo [--yes] ledger rows of abandoned runs past the retention
     python migrate.py abandon --source demo --run-id N [--yes]  give a run up: it is never resumed and
                                                     releases the target tables it was loading
+    python migrate.py rollback --source demo --table T   swap the newest backup of T (load_mode swap) back in
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import signal
 import sys
 from typing import Any
 
-from lib.config import SETTING_NAMES, Settings, SourceConfig, load_config
+from lib.config import LOAD_MODES, SETTING_NAMES, TABLE_OVERRIDE_KEYS, Settings, SourceConfig, load_config
 from lib.errors import ConfigError, MigrationError
 from lib.log import get_logger
 
@@ -29,7 +30,7 @@ EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="migrate.py", description="Resumable Snowflake → PostgreSQL migration")
     sub = parser.add_subparsers(dest="command")
-    for name in ("run", "plan", "status", "reconcile", "cleanup", "abandon"):
+    for name in ("run", "plan", "status", "reconcile", "cleanup", "abandon", "rollback"):
         # SUPPRESS: flags given before the sub-command are not reset by the sub-parser's defaults
         p = sub.add_parser(name, argument_default=argparse.SUPPRESS)
         _common(p)
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "cleanup":
             p.add_argument("--older-than-days", type=float, default=30.0, help="retention (default 30 days)")
             p.add_argument("--yes", action="store_true", default=False, help="really delete")
+        if name == "rollback":
+            p.add_argument("--yes", action="store_true", default=False, help="roll back every selected table")
         if name == "abandon":
             p.add_argument("--run-id", type=int, required=True, help="the run to give up")
             p.add_argument("--yes", action="store_true", default=False, help="really abandon it")
@@ -57,10 +60,15 @@ def _common(p: argparse.ArgumentParser) -> None:
         default = getattr(Settings(), name)
         p.add_argument(f"--{name.replace('_', '-')}", type=type(default), dest=name,
                        help=f"override the {name} setting (default {default})")
+    # table options an execution may override, for every selected table
+    p.add_argument("--load-mode", choices=LOAD_MODES, dest="load_mode",
+                   help="in_place (default) or swap: load a shadow table and swap it in, keeping a backup")
+    p.add_argument("--insert-only-mode", choices=("true", "false"), dest="insert_only_mode",
+                   help="true: insert new rows only (catch-up); false: merge changed rows by key")
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("tables", "no_resume", *SETTING_NAMES)
+    keys = ("tables", "no_resume", *SETTING_NAMES, *TABLE_OVERRIDE_KEYS)
     return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
 
 
@@ -85,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_reconcile(config, bool(args.json))
         if command == "abandon":
             return cmd_abandon(config, args.run_id, args.yes)
+        if command == "rollback":
+            return cmd_rollback(config, args.yes)
         return cmd_run(config, bool(args.json))
     except KeyboardInterrupt:
         log.warning("interrupted: the run stays resumable; start the same command again to continue")
@@ -124,6 +134,13 @@ def print_summary(run_id: int, run_status: str, tables: list[dict[str, Any]], se
     for line in [headers, *rows]:
         print("  " + "  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)))
     for t in tables:
+        if t.get("load_mode") not in (None, "copy"):
+            how = t["load_mode"] + (f" on ({', '.join(t['merge_key'])})" if t.get("merge_key") else "")
+            window = t.get("window")
+            if window:
+                how += f", window {window['column']} > {window['lo']} and <= {window['hi']}"
+            print(f"  {t['table']}: {how}: {t['rows_copied']:,} read, {t['rows_inserted']:,} inserted, "
+                  f"{t['rows_updated']:,} updated")
         if t.get("error"):
             print(f"  ! {t['table']}: {t['error']}")
 
@@ -169,7 +186,7 @@ def cmd_plan(config: SourceConfig, as_json: bool) -> int:
 
 def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | None:
     """Everything an operator asks about one run (default: the latest of this config)."""
-    from lib import ledger_schema, status
+    from lib import ledger_schema, status, swap
     from lib import postgres_target as pg
     from lib.orchestrator import summarize
 
@@ -190,6 +207,8 @@ def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | 
                               "WHERE run_id = %s ORDER BY table_name, chunk_no LIMIT 20", (run_id,)).fetchall()
         stalled = conn.execute(f"SELECT table_name, chunk_no, worker, lease_expires_at FROM {s}.stalled_leases "
                                "WHERE run_id = %s", (run_id,)).fetchall()
+        managed = [m for m in swap.cleanup_candidates(conn, config.settings.keep_backups)
+                   if m.target in {t.target_name for t in config.tables}]
         recent = dict(conn.execute(  # rows per second over the last five minutes, per table
             f"SELECT table_name, sum(rows_copied) / 300.0 FROM {s}.migration_chunk_status WHERE run_id = %s "
             "AND status = 'done' AND completed_at > now() - interval '5 minutes' GROUP BY 1", (run_id,)).fetchall())
@@ -206,6 +225,9 @@ def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | 
         "error": run[6], "tables": tables,
         "failed_chunks": [dict(zip(("table", "chunk", "predicate", "attempts", "error"), f, strict=True)) for f in failed],
         "stalled_leases": [dict(zip(("table", "chunk", "worker", "lease_expired_at"), x, strict=True)) for x in stalled],
+        "managed_tables": [{"target": m.target, "kind": m.kind, "table": f"{m.schema}.{m.name}", "run_id": m.run_id,
+                            "status": m.status, "created_at": m.created_at, "cleanup_would_drop": m.why or None}
+                           for m in managed],
     }
 
 
@@ -223,6 +245,10 @@ def print_report(report: dict[str, Any]) -> None:
         print(f"  failed: {f['table']} chunk {f['chunk']} ({f['predicate']}), {f['attempts']} attempt(s): {f['error']}")
     for x in report["stalled_leases"]:
         print(f"  stalled: {x['table']} chunk {x['chunk']} held by {x['worker']}, lease expired {x['lease_expired_at']}")
+    for m in report["managed_tables"]:
+        fate = f"; cleanup drops it ({m['cleanup_would_drop']})" if m["cleanup_would_drop"] else ""
+        print(f"  {m['kind']} of {m['target']}: {m['table']} (run {m['run_id']}, {m['status']}, "
+              f"created {m['created_at']:%Y-%m-%d %H:%M}){fate}")
 
 
 def cmd_status(config: SourceConfig, as_json: bool, run_id: int | None = None, watch: float | None = None) -> int:
@@ -244,26 +270,51 @@ def cmd_status(config: SourceConfig, as_json: bool, run_id: int | None = None, w
 
 
 def cmd_cleanup(config: SourceConfig, older_than_days: float, yes: bool) -> int:
-    """List (and with --yes delete) ledger rows of abandoned runs older than the retention.
-    The engine creates no other persistent objects, so nothing else is ever touched."""
-    from lib import ledger_schema, status
+    """List (and with --yes remove) what the engine keeps beyond its use: backups of this source's targets
+    beyond `keep_backups`, shadow tables no live run will swap in, and ledger rows of abandoned runs
+    older than the retention. Target tables themselves are never touched."""
+    from lib import ledger_schema, status, swap
     from lib import postgres_target as pg
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
+        targets = {t.target_name for t in config.tables}
+        tables = [m for m in swap.cleanup_candidates(conn, config.settings.keep_backups) if m.why and m.target in targets]
+        for m in tables:
+            print(f"{m.kind} {m.schema}.{m.name} of {m.target} (run {m.run_id}, created {m.created_at:%Y-%m-%d %H:%M}): {m.why}")
         rows = conn.execute(
             f"SELECT run_id, source_name, started_at, metadata ->> 'abandoned_because' FROM {status.SCHEMA}.migration_runs "
             "WHERE status = 'abandoned' AND source_name = %s AND started_at < now() - %s * interval '1 day' "
             "ORDER BY run_id", (config.name, older_than_days)).fetchall()
         for run_id, source, started, why in rows:
             print(f"run {run_id} ({source}, started {started:%Y-%m-%d}): abandoned, {why}")
-        if not rows:
-            print(f"nothing to clean up: no abandoned run of {config.name} older than {older_than_days:g} days")
+        if not rows and not tables:
+            print(f"nothing to clean up: no backup beyond keep_backups={config.settings.keep_backups}, no unused "
+                  f"shadow table, no abandoned run of {config.name} older than {older_than_days:g} days")
         elif yes:
+            for m in tables:
+                swap.drop(conn, m)
             conn.execute(f"DELETE FROM {status.SCHEMA}.migration_runs WHERE run_id = ANY(%s)", ([r[0] for r in rows],))
-            print(f"deleted the ledger rows of {len(rows)} abandoned run(s)")
+            print(f"dropped {len(tables)} table(s); deleted the ledger rows of {len(rows)} abandoned run(s)")
         else:
-            print(f"{len(rows)} run(s) would be deleted; add --yes to delete them")
+            print(f"{len(tables)} table(s) would be dropped and {len(rows)} run(s) deleted; add --yes to do it")
+    return EXIT_OK
+
+
+def cmd_rollback(config: SourceConfig, yes: bool) -> int:
+    """Swap the newest backup of each selected table (--table) back in, each in one transaction."""
+    from lib import ledger_schema, swap
+    from lib import postgres_target as pg
+
+    if len(config.tables) != 1 and not yes:
+        print(f"rollback acts on {len(config.tables)} tables; name one with --table, or add --yes for all of them")
+        return EXIT_ERRORS
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        ledger_schema.apply_migrations(conn)
+        for spec in config.tables:
+            backup = swap.rollback(conn, spec.target)
+            print(f"{spec.target_name}: backup {'.'.join(backup)} swapped back in; the table it replaced is now "
+                  f"{'.'.join(backup)} (rollback again to undo)")
     return EXIT_OK
 
 
@@ -299,7 +350,8 @@ def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
     """Re-count source and target of every configured table of the latest run, store and print it."""
     from lib import ledger_schema, status
     from lib import postgres_target as pg
-    from lib.orchestrator import finalize_run, finish_table
+    from lib.orchestrator import NO_CHUNKS, finalize_run, finish_table, table_loads
+    from lib.planning import scoped_spec
     from lib.reconcile import reconcile_table
     from lib.snowflake_source import SnowflakeSource
 
@@ -310,19 +362,16 @@ def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
             print("no run of this config yet: nothing to reconcile")
             return EXIT_ERRORS
         counts = status.chunk_counts(conn, latest.run_id)
-        planned = status.planned_tables(conn, latest.run_id)
         source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
         results = []
         try:
-            for spec in config.tables:
-                chunks = counts.get(spec.name)
-                if spec.name not in planned or chunks is None:
-                    continue
+            for name, (spec, _, load) in table_loads(conn, config, latest.run_id).items():
+                chunks = counts.get(name, NO_CHUNKS)
                 if chunks["pending"] or chunks["running"]:
-                    print(f"{spec.name}: still copying ({chunks['pending']} pending, {chunks['running']} running): skipped")
+                    print(f"{name}: still copying ({chunks['pending']} pending, {chunks['running']} running): skipped")
                     continue
-                results.append(reconcile_table(source, conn, latest.run_id, spec, chunks))
-                finish_table(conn, latest.run_id, spec)  # a table that matches is completed only by its post-load step
+                results.append(reconcile_table(source, conn, latest.run_id, scoped_spec(spec, load.window), chunks, load))
+                finish_table(conn, latest.run_id, spec, load)  # a matching table is completed only by its post-load step
         finally:
             source.close()
         states = {t["table_name"]: (t["status"], t["error"]) for t in status.table_rows(conn, latest.run_id)}

@@ -46,6 +46,7 @@ class Settings:
     lock_timeout_seconds: int = 60  # PostgreSQL lock_timeout (0: none)
     snowflake_statement_timeout_seconds: int = 3600  # Snowflake STATEMENT_TIMEOUT_IN_SECONDS (0: the account's)
     max_target_connections: int = 64  # all workers' PostgreSQL connections together (threads x 2 each)
+    keep_backups: int = 2  # swap mode: backups of each target that `cleanup` keeps
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ SETTING_BOUNDS: dict[str, Bound] = {
     "lock_timeout_seconds": Bound(int, 0, _DAY, "an integer from 0 (none) to 86,400 (seconds)"),
     "snowflake_statement_timeout_seconds": Bound(int, 0, 7 * _DAY, "an integer from 0 (the account's) to 604,800 (seconds)"),
     "max_target_connections": Bound(int, 2, 100_000, "an integer of at least 2"),
+    "keep_backups": Bound(int, 0, 1000, "an integer from 0 to 1,000"),
 }
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
 assert set(SETTING_BOUNDS) == set(SETTING_NAMES)
@@ -87,15 +89,19 @@ assert set(SETTING_BOUNDS) == set(SETTING_NAMES)
 # Strings accepted for a boolean override (execution input may come from tools that only write strings).
 TRUE_STRINGS, FALSE_STRINGS = frozenset({"true"}), frozenset({"false"})
 
-# Options whose names are reserved by the product but not implemented yet: rejected, never ignored.
-NOT_SUPPORTED_TABLE_OPTIONS = {"source_watermark", "target_watermark"}
 TABLE_OPTIONS = {
     "source", "target", "chunking_columns", "chunking_column_types", "source_filter",
     "truncate_onstart", "insert_only_mode", "chunk_rows", "build_primary_key",
-} | NOT_SUPPORTED_TABLE_OPTIONS
+    "load_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag",
+}
+LOAD_MODES = ("in_place", "swap")
+
+# Table options an execution may override for every selected table (raw SQL such as source_filter and
+# per-table column names are config-only).
+TABLE_OVERRIDE_KEYS = {"load_mode", "insert_only_mode"}
 
 # Keys an execution (Step Functions input or CLI flag) may override. Everything else is refused.
-OVERRIDE_KEYS = {"source_name", "tables", "no_resume", *SETTING_NAMES}
+OVERRIDE_KEYS = {"source_name", "tables", "no_resume", *SETTING_NAMES, *TABLE_OVERRIDE_KEYS}
 
 # PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1): two long names could become one.
 PG_MAX_IDENTIFIER_BYTES = 63
@@ -109,9 +115,23 @@ class TableSpec:
     chunking_column_types: tuple[str, ...] = ()
     source_filter: str | None = None
     truncate_onstart: bool = False
-    insert_only_mode: bool = True
+    insert_only_mode: bool = True  # False: merge (upsert) changed rows by key; the default with a watermark
     chunk_rows: int | None = None
     build_primary_key: bool = True  # on tables the engine creates: the source's primary key, after the load
+    load_mode: str = "in_place"  # or "swap": load a shadow table, reconcile it, swap it in with a backup
+    merge_key: tuple[str, ...] = ()  # source column names; default: the target's primary key / unique index
+    source_watermark: str | None = None  # incremental: only rows with lo < this column <= hi
+    target_watermark: str | None = None  # the target column holding it (default: the source column's name)
+    watermark_lag: float = 0  # start each window this much below the last high-water mark (seconds or units)
+
+    @property
+    def merges(self) -> bool:
+        return not self.insert_only_mode
+
+    @property
+    def repeatable(self) -> bool:
+        """A completed run of such a table is not 'nothing to do': running it again brings new changes."""
+        return self.merges or self.source_watermark is not None
 
     @property
     def name(self) -> str:
@@ -242,6 +262,9 @@ def parse_config(raw: Any, source_name: str | None, overrides: dict[str, Any]) -
     wanted = overrides.get("tables")
     if wanted is not None:
         tables = _select_tables(tables, wanted, problems)
+    table_overrides = {k: v for k, v in overrides.items() if k in TABLE_OVERRIDE_KEYS}
+    if table_overrides:
+        tables = _override_tables(tables, table_overrides, problems)
 
     if problems:
         raise ConfigError(problems)
@@ -275,6 +298,17 @@ def _parse_overrides(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]
                                 f"\"true\" or \"false\"), got {value!r}")
             else:
                 out[key] = parsed
+        elif key == "insert_only_mode":
+            parsed = parse_bool(value)
+            if parsed is None:
+                problems.append(f"override 'insert_only_mode' must be true or false, got {value!r}")
+            else:
+                out[key] = parsed
+        elif key == "load_mode":
+            if value in LOAD_MODES:
+                out[key] = value
+            else:
+                problems.append(f"override 'load_mode' must be one of {', '.join(LOAD_MODES)}, got {value!r}")
         elif key == "tables":
             if isinstance(value, list) and value and all(isinstance(v, str) and v.strip() for v in value):
                 out[key] = value
@@ -377,13 +411,6 @@ def _parse_table(
             continue
         if key not in TABLE_OPTIONS:
             problems.append(f"{label}: unknown option {key!r}{_suggest(key, TABLE_OPTIONS)}")
-        elif key in NOT_SUPPORTED_TABLE_OPTIONS and item[key] not in (None, ""):
-            problems.append(f"{label}: option {key!r} is not supported yet (incremental loads come later); remove it")
-    if item.get("insert_only_mode", True) is not True:
-        problems.append(
-            f"{label}: insert_only_mode=false (merge/upsert) is not supported yet; "
-            "only appending into a new or truncated table is"
-        )
 
     source = item.get("source")
     source_parts: tuple[str, ...] = ()
@@ -451,23 +478,82 @@ def _parse_table(
     for flag in ("truncate_onstart", "insert_only_mode", "build_primary_key"):
         if flag in item and not isinstance(item[flag], bool):
             problems.append(f"{label}: {flag} must be true or false")
+    load_mode = item.get("load_mode", "in_place")
+    if load_mode not in LOAD_MODES:
+        problems.append(f"{label}: load_mode {load_mode!r} must be one of {', '.join(LOAD_MODES)}")
+    merge_key = item.get("merge_key", [])
+    if not isinstance(merge_key, list) or not all(isinstance(c, str) and c.strip() for c in merge_key):
+        problems.append(f"{label}: merge_key must be a list of source column names")
+        merge_key = []
+    watermarks = {}
+    for key in ("source_watermark", "target_watermark"):
+        value = item.get(key)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            problems.append(f"{label}: {key} must be a column name")
+        watermarks[key] = value if isinstance(value, str) and value.strip() else None
+    lag = item.get("watermark_lag", 0)
+    if isinstance(lag, bool) or not isinstance(lag, (int, float)) or lag < 0:
+        problems.append(f"{label}: watermark_lag must be a number of at least 0 (seconds for a date or timestamp "
+                        f"watermark, units for a number), got {lag!r}")
+        lag = 0
     chunk_rows = item.get("chunk_rows")
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows <= 0):
         problems.append(f"{label}: chunk_rows must be a positive integer")
 
-    if len(problems) > before:
-        return None
-    return TableSpec(
+    insert_only = item.get("insert_only_mode") if isinstance(item.get("insert_only_mode"), bool) else None
+    basic_problems = len(problems) > before
+    spec = TableSpec(
         source=source_parts,
         target=target,
-        chunking_columns=tuple(split_qualified(c, "upper")[0] for c in columns),
+        chunking_columns=() if basic_problems else tuple(split_qualified(c, "upper")[0] for c in columns),
         chunking_column_types=tuple(types),
         source_filter=source_filter,
-        truncate_onstart=bool(item.get("truncate_onstart", False)),
-        insert_only_mode=True,
+        truncate_onstart=item.get("truncate_onstart") is True,
+        insert_only_mode=(watermarks["source_watermark"] is None) if insert_only is None else insert_only,
         chunk_rows=chunk_rows,
-        build_primary_key=bool(item.get("build_primary_key", True)),
+        build_primary_key=item.get("build_primary_key", True) is not False,
+        load_mode=load_mode if load_mode in LOAD_MODES else "in_place",
+        merge_key=tuple(_column_name(c) for c in merge_key),
+        source_watermark=_column_name(watermarks["source_watermark"]) if watermarks["source_watermark"] else None,
+        target_watermark=watermarks["target_watermark"],
+        watermark_lag=lag if isinstance(lag, (int, float)) and lag >= 0 else 0,
     )
+    problems.extend(f"{label}: {p}" for p in combination_problems(spec, explicit_insert_only=insert_only is not None))
+    return None if len(problems) > before else spec
+
+
+def _column_name(name: str) -> str:
+    """A Snowflake column as written in the config: unquoted folds to upper case, "Quoted" keeps its case."""
+    try:
+        return split_qualified(name, "upper")[0]
+    except ValueError:
+        return name
+
+
+def combination_problems(spec: TableSpec, explicit_insert_only: bool = True) -> list[str]:
+    """Options that contradict each other, in the config or after an execution's overrides."""
+    problems = []
+    if spec.load_mode == "swap":
+        if spec.truncate_onstart:
+            problems.append("load_mode swap never truncates the live table (it loads a shadow table and swaps it "
+                            "in); remove truncate_onstart")
+        if spec.merges and (explicit_insert_only or not spec.source_watermark):
+            problems.append("load_mode swap reloads the whole table into an empty shadow: insert_only_mode=false "
+                            "(merge) has nothing to merge into; remove one of them")
+        if spec.source_watermark:
+            problems.append("load_mode swap reloads the whole table: it cannot be combined with source_watermark")
+        if spec.merge_key:
+            problems.append("merge_key is used by catch-up and merge loads only, not by load_mode swap")
+    if spec.target_watermark and not spec.source_watermark:
+        problems.append("target_watermark needs source_watermark (the source column that orders changes)")
+    if spec.watermark_lag and not spec.source_watermark:
+        problems.append("watermark_lag needs source_watermark")
+    if spec.source_watermark:
+        if spec.insert_only_mode and explicit_insert_only:
+            problems.append("a watermark load merges changed rows: insert_only_mode must be false or left out")
+        if spec.truncate_onstart:
+            problems.append("a watermark load continues from the last window: it cannot truncate_onstart")
+    return problems
 
 
 def _select_tables(tables: list[TableSpec], wanted: Any, problems: list[str]) -> list[TableSpec]:
@@ -528,6 +614,16 @@ def sql_fragment_problem(text: str) -> str | None:
     if depth:
         return f"has {depth} unclosed '(': {text!r}"
     return None
+
+
+def _override_tables(tables: list[TableSpec], values: dict[str, Any], problems: list[str]) -> list[TableSpec]:
+    """Apply table-option overrides to every selected table; contradictions are problems, as in config.json."""
+    changed = []
+    for spec in tables:
+        spec = replace(spec, **values)
+        problems.extend(f"override {', '.join(sorted(values))} on {spec.name}: {p}" for p in combination_problems(spec))
+        changed.append(spec)
+    return changed
 
 
 def _suggest(key: str, options: Any) -> str:

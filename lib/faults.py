@@ -11,8 +11,8 @@ import signal
 from collections import Counter
 
 CHUNK_POINTS = ("after_claim", "during_read", "during_copy", "before_commit", "after_commit")
-# inside a table's post-load transaction, after the primary key is built and before it commits
-POINTS = (*CHUNK_POINTS, "post_load")
+# inside a table's post-load transaction: after the renames of a swap, and before the commit
+POINTS = (*CHUNK_POINTS, "during_swap", "post_load")
 
 
 def _parse(spec: str) -> dict[str, tuple[float, int]]:

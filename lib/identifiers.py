@@ -57,5 +57,10 @@ def quote_snowflake(ident: str) -> str:
     return '"' + ident.replace('"', '""').replace("%", "%%") + '"'
 
 
+def quote_snowflake_raw(ident: str) -> str:
+    """Quote one Snowflake identifier inside raw SQL (a filter), which is escaped as a whole when embedded."""
+    return '"' + ident.replace('"', '""') + '"'
+
+
 def snowflake_name(parts: tuple[str, ...]) -> str:
     return ".".join(quote_snowflake(p) for p in parts)

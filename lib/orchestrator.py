@@ -11,23 +11,25 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import psycopg
 
-from lib import faults, ledger_schema, status
+from lib import faults, ledger_schema, status, swap
 from lib import postgres_target as pg
 from lib.budget import fit_connections, fit_threads
-from lib.config import SourceConfig, TableSpec, pg_identifier_problem
-from lib.errors import FatalError, MigrationError, TransientError, classify
+from lib.config import SourceConfig, TableSpec
+from lib.errors import MigrationError, TransientError, classify
+from lib.load_modes import TableLoad
 from lib.log import ctx, get_logger
-from lib.planner import plan_table
+from lib.planning import plan_missing_tables, refresh_target_types, scoped_spec
 from lib.progress import ProgressMonitor
 from lib.reconcile import reconcile_table
 from lib.retry import call_with_retry
 from lib.snowflake_source import SnowflakeSource
-from lib.typemap import columns_from_description, estimated_row_bytes
+from lib.typemap import Column, columns_from_description, estimated_row_bytes
+from lib.watermark import kind_of
 from lib.worker import Worker, WorkerStats, WorkPlan
 
 log = get_logger()
@@ -75,12 +77,17 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
         try:
             latest = status.find_latest_run(conn, config_hash)
             retry_of_this_start = bool(latest and start_token and latest.start_token == start_token)
+            repeatable = any(t.repeatable for t in config.tables)
             if latest and latest.status == "completed" and (not config.no_resume or retry_of_this_start):
-                return StartResult(
-                    latest.run_id, "nothing_to_do",
-                    f"run {latest.run_id} of this config already completed ({latest.age_hours:.1f} h ago): "
-                    "nothing left to do; use --no-resume to copy everything again",
-                )
+                if retry_of_this_start or not repeatable:
+                    return StartResult(
+                        latest.run_id, "nothing_to_do",
+                        f"run {latest.run_id} of this config already completed ({latest.age_hours:.1f} h ago): "
+                        "nothing left to do; use --no-resume to copy everything again",
+                    )
+                log.info("run %s completed; its tables load changes (merge or watermark): a new run brings the "
+                         "next ones", latest.run_id)
+                latest = None
             superseded: tuple[int, str] | None = None
             if latest and config.no_resume and not retry_of_this_start:
                 log.info("no_resume: not resuming run %s (%s); starting a fresh run", latest.run_id, latest.status)
@@ -98,7 +105,7 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
                 retried = status.reset_failed(conn, run_id)
                 status.set_run_status(conn, run_id, "running")
                 status.record_resume_window(conn, run_id, max_age)
-                _refresh_target_types(conn, config, run_id)
+                refresh_target_types(conn, config, run_id)
                 message = f"resuming run {run_id} (started {latest.age_hours:.1f} h ago, was {latest.status})"
                 if retried:
                     message += f"; {retried} failed chunk(s) get new attempts"
@@ -111,111 +118,43 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
                     })
                 mode, message = "fresh", f"started run {run_id}"
             log.info(message, **ctx(run_id=run_id))
-            _plan_missing_tables(conn, config, run_id)
+            plan_missing_tables(conn, config, run_id)
             return StartResult(run_id, mode, message)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
-def _refresh_target_types(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> None:
-    """On resume, take existing targets' current column types: an operator may have widened a
-    column that a failed chunk did not fit (the plan's chunks and bounds never change)."""
-    stored = status.table_columns(conn, run_id)
-    for spec in config.tables:
-        described = stored.get(spec.name)
-        if not described or not any("target_type" in d for d in described):
-            continue
-        current = pg.types_by_source_column(conn, spec.target, columns_from_description(described))
-        refreshed = [{**d, "target_type": current.get(d["name"], d["target_type"])} for d in described]
-        if refreshed != described:
-            status.update_table_columns(conn, run_id, spec.name, refreshed)
-            log.info("target column types changed since planning: the new types are used", **ctx(run_id=run_id, table=spec.name))
-
-
-def _plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> None:
-    """Plan each table that has no stored plan yet. A stored plan is never recomputed."""
-    planned = status.planned_tables(conn, run_id)
-    todo = [t for t in config.tables if t.name not in planned]
-    if not todo:
-        return
-    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
-    try:
-        for spec in todo:
-            try:
-                _plan_one(conn, source, config, run_id, spec)
-            except Exception as exc:
-                error = classify(exc, f"planning {spec.name}")
-                if isinstance(error, TransientError):
-                    raise error from exc
-                log.error("table failed at planning: %s", error, **ctx(run_id=run_id, table=spec.name))
-                status.record_table_failure(conn, run_id, spec.name, spec.target_name, str(error))
-    finally:
-        source.close()
-
-
-def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
-              spec: TableSpec) -> None:
-    described = source.describe(spec.source)
-    columns = columns_from_description(described)
-    for name in pg.target_column_names(columns):
-        if problem := pg_identifier_problem(name):
-            raise FatalError(f"target column {problem}")
-    plan = plan_table(source, spec, columns, config.chunk_rows(spec))
-    with conn.transaction():
-        status.lock_target(conn, spec.target_name)
-        owner = status.target_owner(conn, spec.target_name, run_id)
-        if owner is not None:
-            raise FatalError(
-                f"target table {spec.target_name} is being loaded by run {owner.run_id} (source {owner.source_name}, "
-                f"table {owner.table_name}, started {owner.started_at:%Y-%m-%d %H:%M %Z}, run {owner.run_status}, "
-                f"table {owner.table_status}); two runs must never load one table. Resume that run with its own "
-                f"config, or give it up with: migrate.py abandon --source {owner.source_name} --run-id {owner.run_id}"
-            )
-        existing_types = pg.ensure_table(conn, spec.target, columns)
-        if existing_types is not None:
-            described = [{**d, "target_type": existing_types[d["name"]]} for d in described]
-            for column in columns_from_description(described):
-                if column.via_text:
-                    plan.notes.append(f"column {column.name} ({column.pg_type}) has no binary Arrow encoding: "
-                                      "it alone is sent as text and cast by PostgreSQL; the other columns stay binary")
-            if spec.truncate_onstart:
-                pg.truncate(conn, spec.target)
-                plan.notes.append(f"target {spec.target_name} truncated (truncate_onstart) when this run was planned")
-            elif pg.has_rows(conn, spec.target):
-                raise FatalError(
-                    f"target table {spec.target_name} already holds rows; appending would duplicate them. "
-                    "Set truncate_onstart=true for this table or empty it first"
-                )
-        status.store_plan(conn, run_id, spec.name, spec.target_name, plan, described)
-        if existing_types is None and spec.build_primary_key:
-            key = [c for c in source.primary_key(spec.source) if c in {d["name"] for d in described}]
-            if key:
-                key_columns = [pg.target_column_name(c) for c in key]
-                status.set_primary_key_plan(conn, run_id, spec.name, key_columns)
-                plan.notes.append(f"primary key ({', '.join(key_columns)}) is built after the load")
-    log.info(
-        "planned %s: %s strategy, %d chunks, %d rows expected, %d query in %.2fs (%s)",
-        spec.name, plan.strategy, len(plan.chunks), plan.expected_rows, plan.queries, plan.seconds, plan.reason,
-        **ctx(run_id=run_id, table=spec.name),
-    )
-    for note in plan.notes:
-        log.info("plan note: %s", note, **ctx(run_id=run_id, table=spec.name))
-
-
 def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) -> WorkPlan:
+    """What the workers need of every planned table: its scope, columns and stored load mode."""
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        stored = status.table_columns(conn, run_id)
-    tables = {
-        spec.name: (spec, columns_from_description(stored[spec.name]))
-        for spec in config.tables if spec.name in stored
-    }
+        loads = table_loads(conn, config, run_id)
+    tables = {name: (scoped_spec(spec, load.window), columns, load) for name, (spec, columns, load) in loads.items()}
     return WorkPlan(config, run_id, tables, deadline=deadline)
+
+
+def table_loads(conn: psycopg.Connection[Any], config: SourceConfig,
+                run_id: int) -> dict[str, tuple[TableSpec, list[Column], TableLoad]]:
+    """Each planned table of the run: its spec, its stored columns and its stored load mode."""
+    stored = status.table_columns(conn, run_id)
+    rows = status.table_load_rows(conn, run_id)
+    out = {}
+    for spec in config.tables:
+        if spec.name not in stored:
+            continue
+        columns = columns_from_description(stored[spec.name])
+        kinds = {c.name: kind_of(c) for c in columns}
+        row = rows[spec.name]
+        load = TableLoad.from_ledger(row, spec.target, kinds.get(row["watermark_column"] or ""))
+        if load.mode == "swap" and swap.shadow_of(conn, run_id, spec.name) is None:
+            load = replace(load, destination=spec.target)  # swapped in: the shadow is the live table now
+        out[spec.name] = (spec, columns, load)
+    return out
 
 
 def thread_count(config: SourceConfig, plan: WorkPlan, at_most: int | None = None) -> int:
     """Threads for this process: parallel_threads (or one per core), within the memory budget, the
     connection cap (max_target_connections) and `at_most` (a Step Functions slot's share of it)."""
-    row_bytes = max((estimated_row_bytes(cols) for _, cols in plan.tables.values()), default=64)
+    row_bytes = max((estimated_row_bytes(cols) for _, cols, _ in plan.tables.values()), default=64)
     requested = config.settings.parallel_threads or os.cpu_count() or 1
     threads, why = fit_threads(requested, config.settings.batch_size, row_bytes,
                                config.settings.memory_budget_mb)
@@ -274,6 +213,9 @@ def _wait_all(events: list[threading.Event]) -> None:
             pass
 
 
+NO_CHUNKS = {"pending": 0, "running": 0, "done": 0, "failed": 0, "rows_copied": 0}
+
+
 def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
     """Reconcile every table of the run whose chunks are all done or failed and that is not yet
     reconciled, then finish every table that waits for its post-load step (also one left by a crash)."""
@@ -281,45 +223,50 @@ def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         counts = status.chunk_counts(conn, run_id)
         states = {r["table_name"]: r["status"] for r in status.table_rows(conn, run_id)}
+        loads = table_loads(conn, config, run_id)
         source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
         try:
-            for spec in config.tables:
-                chunks = counts.get(spec.name)
-                if states.get(spec.name) != "running" or chunks is None or chunks["pending"] or chunks["running"]:
+            for name, (spec, _, load) in loads.items():
+                chunks = counts.get(name, NO_CHUNKS)  # an empty watermark window has no chunks
+                if states.get(name) != "running" or chunks["pending"] or chunks["running"]:
                     continue
-                rec = reconcile_table(source, conn, run_id, spec, chunks)
+                rec = reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load)
                 level = log.info if rec.ok else log.error
                 level("reconciled: source %s, target %s%s", rec.source_count, rec.target_count,
-                      "" if rec.ok else f" — {rec.error}", **ctx(run_id=run_id, table=spec.name))
-                done.append(spec.name)
+                      "" if rec.ok else f" — {rec.error}", **ctx(run_id=run_id, table=name))
+                done.append(name)
         finally:
             source.close()
-        for spec in config.tables:
-            finish_table(conn, run_id, spec)
+        for spec, _, load in loads.values():
+            finish_table(conn, run_id, spec, load)
     return done
 
 
-def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec) -> bool:
-    """The post-load step of a reconciled table: build its primary key (if planned) and ANALYZE, then mark
-    it completed, all in one transaction. A crash leaves it 'post_load' for the next attempt; two callers
-    at once are serialised by the ledger row's lock and the second finds nothing to do. Returns True if
-    this call completed the table."""
+def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, load: TableLoad) -> bool:
+    """The post-load step of a reconciled table, in one transaction: build its primary key (if planned) or,
+    in swap mode, swap the shadow in; ANALYZE; mark it completed. A crash leaves it 'post_load' for the next
+    attempt; two callers at once are serialised by the ledger row's lock and the second finds nothing to do.
+    Returns True if this call completed the table."""
     started = time.monotonic()
     step = None
+    what = f"finishing {spec.target_name} after the load"
     try:
         with conn.transaction():
             step = status.claim_post_load(conn, run_id, spec.name)
             if step is None:
                 return False
             conn.execute("SET LOCAL statement_timeout = 0")  # an index build on a big table may take hours
-            if step.primary_key and not pg.has_primary_key(conn, spec.target):
+            if load.mode == "swap":
+                what = f"swapping {'.'.join(load.destination)} in for {spec.target_name}"
+                backup = swap.swap_in(conn, spec.target, load.destination, run_id, spec.name)
+                log.info("swapped in: the old table is kept as %s", ".".join(backup), **ctx(run_id=run_id, table=spec.name))
+            elif step.primary_key and not pg.has_primary_key(conn, spec.target):
+                what = f"building the primary key of {spec.target_name} after the load"
                 pg.add_primary_key(conn, spec.target, step.primary_key)
             pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
             faults.maybe_crash("post_load")
             status.complete_post_load(conn, run_id, spec.name, bool(step.primary_key))
     except Exception as exc:
-        what = (f"building the primary key of {spec.target_name} after the load" if step and step.primary_key
-                else f"analyzing {spec.target_name} after the load")
         error = classify(exc, what)
         if isinstance(error, TransientError):
             raise error from exc
@@ -418,11 +365,15 @@ def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, A
                 secs = max(float(secs or 0), 0.001)
                 speed[name] = (int(rows), round(int(rows) / secs), round(int(nbytes or 0) / secs / 2**20, 1))
         counts = status.chunk_counts(conn, run_id)
+        loads = {r[0]: r[1:] for r in conn.execute(
+            f"SELECT table_name, load_mode, merge_key, watermark_column, watermark_lo, watermark_hi, rows_inserted, "
+            f"rows_updated FROM {status.SCHEMA}.table_loads WHERE run_id = %s", (run_id,)).fetchall()}
     out = []
     for t in tables:
         name = t["table_name"]
         c = counts.get(name, {})
         rows_now, rows_s, mb_s = speed.get(name, (0, 0, 0.0))
+        mode, key, wm_column, wm_lo, wm_hi, inserted, updated = loads.get(name, (None,) * 7)
         out.append({
             "table": name, "target": t["target_table"], "status": t["status"], "strategy": t["strategy"],
             "chunks": sum(c.get(k, 0) for k in ("pending", "running", "done", "failed")),
@@ -430,5 +381,7 @@ def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, A
             "rows_copied": c.get("rows_copied", 0), "rows_copied_now": rows_now,
             "source_count": t["source_count"], "target_count": t["target_count"],
             "reconcile": t["reconcile_status"], "rows_per_s": rows_s, "mb_per_s": mb_s, "error": t["error"],
+            "load_mode": mode, "merge_key": key, "rows_inserted": int(inserted or 0), "rows_updated": int(updated or 0),
+            "window": {"column": wm_column, "lo": wm_lo, "hi": wm_hi} if wm_column else None,
         })
     return out

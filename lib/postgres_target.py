@@ -111,6 +111,21 @@ def has_primary_key(conn: psycopg.Connection[Any], target: tuple[str, str]) -> b
     return row is not None
 
 
+def unique_keys(conn: psycopg.Connection[Any], target: tuple[str, str]) -> list[tuple[bool, tuple[str, ...]]]:
+    """(is primary key, columns) of every valid, non-partial unique index on plain columns, primary key first:
+    the keys ON CONFLICT can use."""
+    rows = conn.execute(
+        "SELECT i.indisprimary, array_agg(a.attname ORDER BY k.ord) FROM pg_catalog.pg_index i "
+        "CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord) "
+        "JOIN pg_catalog.pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        "WHERE i.indrelid = %s::regclass AND i.indisunique AND i.indisvalid AND i.indpred IS NULL "
+        "AND i.indexprs IS NULL AND k.ord <= i.indnkeyatts "
+        "GROUP BY i.indexrelid, i.indisprimary ORDER BY i.indisprimary DESC, i.indexrelid",
+        (sql.Identifier(*target).as_string(conn),),
+    ).fetchall()
+    return [(bool(r[0]), tuple(r[1])) for r in rows]
+
+
 def analyze(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
     conn.execute(sql.SQL("ANALYZE {}").format(table_ident(target)))
 
@@ -154,11 +169,22 @@ def copy_batches(
     columns: list[Column],
     batches: Iterable[pa.RecordBatch],
 ) -> tuple[int, int]:
-    """COPY the batches into the target inside the caller's transaction. Returns (rows, bytes)."""
+    """COPY the batches into the target inside the caller's transaction. Returns (rows, bytes).
+
+    Straight into the table, unless a column has no binary encoding: then through a staging table."""
+    if not any(c.via_text for c in columns):
+        return copy_into(conn, table_ident(target), columns, batches)
+    stage = create_stage(conn, target, columns)
+    rows, written = copy_into(conn, stage, columns, batches)
+    insert_from_stage(conn, target, columns, stage)
+    return rows, written
+
+
+def copy_into(conn: psycopg.Connection[Any], destination: sql.Composable, columns: list[Column],
+              batches: Iterable[pa.RecordBatch]) -> tuple[int, int]:
+    """Binary COPY of the batches into `destination` (a table or a stage). Returns (rows, bytes)."""
     schema = wire_schema(columns)
     encoder = _encoder(schema, columns)
-    staged = any(c.via_text for c in columns)
-    destination = _text_staging(conn, target, columns) if staged else table_ident(target)
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         destination, sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
     )
@@ -173,31 +199,60 @@ def copy_batches(
             rows += batch.num_rows
             written += len(payload)
         copy.write(encoder.finish())
-    if staged:
-        _insert_from_staging(conn, target, columns, destination)
     return rows, written
 
 
-_STAGING = sql.Identifier("migration_text_staging")
+STAGE = sql.Identifier("migration_stage")
 
 
-def _text_staging(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> sql.Composable:
-    """A TEMP table shaped like the target, except that columns without a binary encoding are text.
-    It lives for the chunk's transaction only (ON COMMIT DROP), so a crash cannot orphan it."""
+def create_stage(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> sql.Composable:
+    """A TEMP table shaped like the target's written columns (those without a binary encoding as text). It
+    lives for the chunk's transaction only (ON COMMIT DROP), so a crash or a timeout cannot orphan it."""
     names = target_column_names(columns)
     select = sql.SQL(", ").join(
         sql.SQL("{}::text AS {}").format(sql.Identifier(n), sql.Identifier(n)) if c.via_text else sql.Identifier(n)
         for n, c in zip(names, columns, strict=True))
     conn.execute(sql.SQL("CREATE TEMP TABLE {} ON COMMIT DROP AS SELECT {} FROM {} LIMIT 0").format(
-        _STAGING, select, table_ident(target)))
-    return _STAGING
+        STAGE, select, table_ident(target)))
+    return STAGE
 
 
-def _insert_from_staging(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column],
-                         staging: sql.Composable) -> None:
+def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column],
+                      stage: sql.Composable, key: tuple[str, ...] = (), update: bool = False) -> tuple[int, int]:
+    """Move the stage into the target. Without `key`: plain INSERT. With it: rows whose key exists are
+    skipped (ON CONFLICT DO NOTHING) or, with `update`, updated only where a value differs (DO UPDATE ...
+    WHERE ... IS DISTINCT FROM), so applying the same chunk twice changes nothing. Returns (inserted, updated)."""
     names = target_column_names(columns)
     select = sql.SQL(", ").join(
         sql.SQL("{}::{}").format(sql.Identifier(n), sql.SQL(c.pg_type)) if c.via_text else sql.Identifier(n)
         for n, c in zip(names, columns, strict=True))
-    conn.execute(sql.SQL("INSERT INTO {} ({}) SELECT {} FROM {}").format(
-        table_ident(target), sql.SQL(", ").join(sql.Identifier(n) for n in names), select, staging))
+    insert = sql.SQL("INSERT INTO {} AS t ({}) SELECT {} FROM {}").format(
+        table_ident(target), sql.SQL(", ").join(sql.Identifier(n) for n in names), select, stage)
+    if not key:
+        cur = conn.execute(insert)
+        return cur.rowcount, 0
+    changing = [(n, c) for n, c in zip(names, columns, strict=True) if n not in key]
+    if update and changing:
+        conflict = sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
+            sql.SQL(", ").join(sql.Identifier(k) for k in key),
+            sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n, _ in changing),
+            sql.SQL(", ").join(_comparable(sql.SQL("t.{}").format(sql.Identifier(n)), c) for n, c in changing),
+            sql.SQL(", ").join(_comparable(sql.SQL("EXCLUDED.{}").format(sql.Identifier(n)), c) for n, c in changing))
+    else:
+        conflict = sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(sql.SQL(", ").join(sql.Identifier(k) for k in key))
+    row = conn.execute(sql.SQL(
+        "WITH written AS ({}{} RETURNING (xmax = 0) AS inserted) "
+        "SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM written"
+    ).format(insert, conflict)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _comparable(value: sql.Composable, column: Column) -> sql.Composable:
+    """`json` (and the like) has no equality operator: compare such values as jsonb or text."""
+    base = column.pg_type.split("(")[0].strip()
+    if base == "json":
+        return sql.SQL("{}::jsonb").format(value)
+    if base in ("xml", "point", "line", "lseg", "box", "path", "polygon", "circle"):
+        return sql.SQL("{}::text").format(value)
+    return value

@@ -1,7 +1,14 @@
-"""Row-count reconciliation: source COUNT(*) (with source_filter) against the target, stored per table.
+"""Row-count reconciliation: the source's COUNT(*) of the rows in scope (source_filter and watermark
+window) against what the load produced, stored per table.
 
-A table is `completed` only when every chunk is done AND the counts match; anything else is
-`failed` with a reason, so "completed with a mismatch" can never be reported as success.
+- copy: against the target table, which holds exactly the rows in scope;
+- swap: against the shadow table, before the live table is touched;
+- insert_missing and merge: the target also holds rows from earlier loads, so against the rows the
+  chunks read (every one of them was inserted, updated or already present under its key); the
+  target's own count is stored beside it.
+
+A table passes only when every chunk is done AND the counts match; anything else is `failed` with a
+reason, so "completed with a mismatch" can never be reported as success.
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from lib import postgres_target as pg
 from lib import status
 from lib.config import TableSpec
 from lib.errors import MigrationError, classify
+from lib.load_modes import TableLoad
 from lib.snowflake_source import SnowflakeSource
 
 
@@ -30,17 +38,19 @@ class Reconciliation:
 
 def reconcile_table(
     source: SnowflakeSource, conn: psycopg.Connection[Any], run_id: int, spec: TableSpec,
-    chunks: dict[str, int],
+    chunks: dict[str, int], load: TableLoad,
 ) -> Reconciliation:
-    """Count both sides and store the verdict. `chunks` is the table's entry of status.chunk_counts."""
+    """Count both sides and store the verdict. `spec` is scoped to the run's window (planning.scoped_spec);
+    `chunks` is the table's entry of status.chunk_counts."""
     problems: list[str] = []
     source_count = target_count = None
+    against = "rows_read" if load.staged else "target"
     try:
         source_count = source.count(spec.source, spec.source_filter)
     except MigrationError as exc:
         problems.append(f"source count failed: {exc}")
     try:
-        target_count = pg.row_count(conn, spec.target)
+        target_count = pg.row_count(conn, load.destination)
     except Exception as exc:  # noqa: BLE001 - recorded as the table's error
         problems.append(f"target count failed: {classify(exc)}")
     if chunks.get("failed"):
@@ -51,11 +61,14 @@ def reconcile_table(
         ).fetchall()
         detail = "; ".join(f"chunk {n}: {e}" for n, e in errors)
         problems.append(f"{chunks['failed']} chunk(s) failed ({detail})")
-    if source_count is not None and target_count is not None and source_count != target_count:
-        problems.append(
-            f"row counts differ: source {source_count}, target {target_count} ({target_count - source_count:+d})"
-        )
+    rows_read = chunks.get("rows_copied", 0)
+    compared, what = (rows_read, "rows read") if against == "rows_read" else (target_count, "target")
+    if load.mode == "swap":
+        what = f"shadow {'.'.join(load.destination)}"
+    if source_count is not None and compared is not None and source_count != compared:
+        problems.append(f"row counts differ: source {source_count}, {what} {compared} ({compared - source_count:+d})")
     error = "; ".join(problems) or None
-    rec = Reconciliation(spec.name, error is None, chunks.get("rows_copied", 0), source_count, target_count, error)
-    status.store_reconciliation(conn, run_id, spec.name, rec.rows_copied, source_count, target_count, rec.ok, error)
+    rec = Reconciliation(spec.name, error is None, rows_read, source_count, target_count, error)
+    status.store_reconciliation(conn, run_id, spec.name, rec.rows_copied, source_count, target_count, rec.ok, error,
+                                against)
     return rec

@@ -66,6 +66,11 @@ class SnowflakeSource:
 
         return call_with_retry(once, self._retry, context, on_retry=self.close)
 
+    def scalar(self, sql: str, context: str) -> Any:
+        """One value of a read-only query (retried like every query here)."""
+        rows = self._fetchall(sql, None, context)
+        return rows[0][0] if rows else None
+
     def describe(self, table: tuple[str, ...]) -> list[dict[str, Any]]:
         """The table's columns as stored in the plan: name, data_type, precision, scale, char_length, nullable."""
         db, schema, name = table

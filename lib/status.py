@@ -118,22 +118,32 @@ def planned_tables(conn: psycopg.Connection[Any], run_id: int) -> dict[str, str]
     return {r[0]: r[1] for r in rows}
 
 
+# How a table's chunks meet its target (lib/load_modes.TableLoad.ledger_fields), stored with its plan.
+LOAD_FIELDS = ("load_mode", "merge_key", "destination_table", "destination", "watermark_column", "watermark_lo",
+               "watermark_hi", "watermark_lo_from")
+
+
 def store_plan(
     conn: psycopg.Connection[Any], run_id: int, table: str, target: str, plan: TablePlan,
-    source_columns: list[dict[str, Any]],
+    source_columns: list[dict[str, Any]], load: dict[str, Any],
 ) -> None:
-    """Store a table's plan and column list; the caller's transaction makes it atomic with any truncate."""
+    """Store a table's plan, column list and load mode; the caller's transaction makes it atomic with any
+    truncate or shadow table."""
+    fields = ", ".join(LOAD_FIELDS)
     conn.execute(
         f"INSERT INTO {SCHEMA}.migration_table_status (run_id, table_name, target_table, status, strategy, "
-        "strategy_reason, planned_chunks, planned_rows, plan_queries, plan_seconds, plan_notes, source_columns, error) "
-        "VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s, NULL) "
+        f"strategy_reason, planned_chunks, planned_rows, plan_queries, plan_seconds, plan_notes, source_columns, error, "
+        f"{fields}) VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s, NULL, "
+        f"{', '.join(['%s'] * len(LOAD_FIELDS))}) "
         "ON CONFLICT (run_id, table_name) DO UPDATE SET status = 'running', strategy = EXCLUDED.strategy, "
         "strategy_reason = EXCLUDED.strategy_reason, planned_chunks = EXCLUDED.planned_chunks, "
         "planned_rows = EXCLUDED.planned_rows, plan_queries = EXCLUDED.plan_queries, "
         "plan_seconds = EXCLUDED.plan_seconds, plan_notes = EXCLUDED.plan_notes, "
-        "source_columns = EXCLUDED.source_columns, error = NULL, started_at = now(), completed_at = NULL",
+        "source_columns = EXCLUDED.source_columns, error = NULL, started_at = now(), completed_at = NULL, "
+        + ", ".join(f"{f} = EXCLUDED.{f}" for f in LOAD_FIELDS),
         (run_id, table, target, plan.strategy, plan.reason, len(plan.chunks), plan.expected_rows,
-         plan.queries, plan.seconds, json.dumps(plan.notes), json.dumps(source_columns)),
+         plan.queries, plan.seconds, json.dumps(plan.notes), json.dumps(source_columns),
+         *(load.get(f) for f in LOAD_FIELDS)),
     )
     with conn.cursor() as cur:
         cur.executemany(
@@ -231,7 +241,8 @@ def release_liveness_lock(conn: psycopg.Connection[Any], chunk: ClaimedChunk) ->
                  (CHUNK_LOCK_CLASS, chunk.chunk_id, chunk.fence))
 
 
-def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nbytes: int) -> None:
+def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nbytes: int,
+              inserted: int | None = None, updated: int | None = None) -> None:
     """Inside the chunk's transaction: mark done only if the run is still running and we still hold the fence.
 
     The run row is share-locked until the chunk commits, so a run cannot be abandoned (and its target
@@ -246,9 +257,9 @@ def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nby
         )
     cur = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'done', rows_copied = %s, bytes_copied = %s, "
-        "completed_at = clock_timestamp(), lease_expires_at = NULL, error = NULL "
+        "rows_inserted = %s, rows_updated = %s, completed_at = clock_timestamp(), lease_expires_at = NULL, error = NULL "
         "WHERE chunk_id = %s AND fence = %s AND status = 'running'",
-        (rows, nbytes, chunk.chunk_id, chunk.fence),
+        (rows, nbytes, rows if inserted is None else inserted, updated or 0, chunk.chunk_id, chunk.fence),
     )
     if cur.rowcount != 1:
         raise FenceLostError(
@@ -328,6 +339,14 @@ def table_columns(conn: psycopg.Connection[Any], run_id: int) -> dict[str, list[
     return {r[0]: r[1] for r in rows}
 
 
+def table_load_rows(conn: psycopg.Connection[Any], run_id: int) -> dict[str, dict[str, Any]]:
+    """Each planned table's stored load fields (see LOAD_FIELDS)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(f"SELECT table_name, {', '.join(LOAD_FIELDS)} FROM {SCHEMA}.migration_table_status "
+                    "WHERE run_id = %s AND source_columns IS NOT NULL", (run_id,))
+        return {r["table_name"]: r for r in cur.fetchall()}
+
+
 def table_rows(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
     with conn.cursor(row_factory=dict_row) as cur:
         cur.execute(
@@ -338,18 +357,19 @@ def table_rows(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any
 
 def store_reconciliation(
     conn: psycopg.Connection[Any], run_id: int, table: str, rows_copied: int,
-    source_count: int | None, target_count: int | None, ok: bool, error: str | None,
+    source_count: int | None, target_count: int | None, ok: bool, error: str | None, against: str = "target",
 ) -> None:
     """Store counts and verdict. A table that reconciles goes to 'post_load' (a completed one stays
     completed); only finish_table, once the post-load work is done, makes it 'completed'."""
-    reconcile = "error" if source_count is None or target_count is None else ("match" if source_count == target_count else "mismatch")
+    compared = rows_copied if against == "rows_read" else target_count
+    reconcile = "error" if source_count is None or compared is None else ("match" if source_count == compared else "mismatch")
     conn.execute(
         f"UPDATE {SCHEMA}.migration_table_status SET rows_copied = %s, source_count = %s, target_count = %s, "
-        "reconcile_status = %s, reconciled_at = now(), error = %s, "
+        "reconcile_status = %s, reconciled_at = now(), error = %s, reconciled_against = %s, "
         "status = CASE WHEN NOT %s THEN 'failed' WHEN status = 'completed' THEN 'completed' ELSE 'post_load' END, "
         "completed_at = CASE WHEN %s AND status = 'completed' THEN completed_at ELSE NULL END "
         "WHERE run_id = %s AND table_name = %s",
-        (rows_copied, source_count, target_count, reconcile, error, ok, ok, run_id, table),
+        (rows_copied, source_count, target_count, reconcile, error, against, ok, ok, run_id, table),
     )
 
 

@@ -21,6 +21,8 @@ from lib.budget import fit_threads
 from lib.config import SourceConfig, TableSpec
 from lib.errors import FenceLostError, MigrationError, TransientError, classify
 from lib.lease import LeaseKeeper, LeaseLostError, Progress
+from lib.load_modes import TableLoad
+from lib.loaders import Written, loader_for
 from lib.log import ctx, get_logger
 from lib.models import ClaimedChunk
 from lib.prefetch import Prefetcher
@@ -44,7 +46,7 @@ class WorkPlan:
 
     config: SourceConfig
     run_id: int
-    tables: dict[str, tuple[TableSpec, list[Column]]]
+    tables: dict[str, tuple[TableSpec, list[Column], TableLoad]]  # spec scoped to its window, columns, load mode
     stop: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() after which no new chunk is claimed
     threads: int = 1  # workers allowed to claim; lowered when measured batches are bigger than estimated
@@ -132,11 +134,11 @@ class Worker:
         time.sleep(wait)
 
     def _process(self, chunk: ClaimedChunk) -> None:
-        spec, columns = self.plan.tables[chunk.table_name]
+        spec, columns, load = self.plan.tables[chunk.table_name]
         where = f"{chunk.table_name} chunk {chunk.chunk_no} ({chunk.bounds.describe()})"
         fields = ctx(run_id=chunk.run_id, table=chunk.table_name, chunk=chunk.chunk_no)
         try:
-            rows, nbytes = self._copy(chunk, spec, columns)
+            written = self._copy(chunk, spec, columns, load)
         except FenceLostError as exc:
             self.log.warning("%s", exc, **fields)
             self._reset_pg()
@@ -157,13 +159,14 @@ class Worker:
             self.log.error("chunk failed (%s, now %s): %s", "transient" if transient else "fatal", outcome, error, **fields)
             return
         self.stats.chunks_done += 1
-        self.stats.rows += rows
-        self.stats.bytes += nbytes
-        if rows != chunk.expected_rows:
-            self.log.warning("copied %d rows, %d expected at plan time", rows, chunk.expected_rows, **fields)
-        self.log.debug("chunk done: %d rows", rows, **fields)
+        self.stats.rows += written.rows
+        self.stats.bytes += written.bytes
+        if written.rows != chunk.expected_rows:
+            self.log.warning("read %d rows, %d expected at plan time", written.rows, chunk.expected_rows, **fields)
+        self.log.debug("chunk done: %d rows read, %d inserted, %d updated", written.rows, written.inserted,
+                       written.updated, **fields)
 
-    def _copy(self, chunk: ClaimedChunk, spec: TableSpec, columns: list[Column]) -> tuple[int, int]:
+    def _copy(self, chunk: ClaimedChunk, spec: TableSpec, columns: list[Column], load: TableLoad) -> Written:
         conn = self._pg()
         settings = self.plan.config.settings
         source = self._snowflake()
@@ -180,9 +183,9 @@ class Worker:
                              aborted=lambda: LeaseLostError(f"chunk given up: {keeper.lost_reason}"))
         try:
             with keeper, conn.transaction():
-                written = _ticking(self._measured(_with_fault_points(batches)), progress)
-                rows, nbytes = pg.copy_batches(conn, spec.target, columns, written)
-                status.mark_done(conn, chunk, rows, nbytes)
+                moving = _ticking(self._measured(_with_fault_points(batches)), progress)
+                written = loader_for(load).write(conn, columns, moving)
+                status.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated)
                 faults.maybe_crash("before_commit")
         finally:
             if not batches.close():
@@ -191,7 +194,7 @@ class Worker:
                 self._reset_source(wait=False)
         faults.maybe_crash("after_commit")
         status.release_liveness_lock(conn, chunk)
-        return rows, nbytes
+        return written
 
     def _record_failure(self, chunk: ClaimedChunk, error: str, retry_in: float | None) -> str:
         def record() -> str:

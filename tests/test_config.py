@@ -33,7 +33,7 @@ def test_bad_config_lists_every_problem_at_once() -> None:
             "postgres": {"dbname": "x", "password": "${NOT_SET_ANYWHERE}"},
             "tables": [
                 {"source": "A", "chunking_columns": ["ID"], "chunking_column_types": ["uuid"]},
-                {"source": "B", "source_watermark": "UPDATED_AT", "insert_only_mode": False},
+                {"source": "B", "source_watermark": "UPDATED_AT", "insert_only_mode": True},
                 {"target": "public.c", "chunk_colums": ["X"]},
             ],
         }},
@@ -49,8 +49,7 @@ def test_bad_config_lists_every_problem_at_once() -> None:
         "snowflake.password must be a reference",
         "references ${NOT_SET_ANYWHERE}, which is not set",
         "chunking_column_types entry 'uuid' must be one of date, numeric",
-        "option 'source_watermark' is not supported yet",
-        "insert_only_mode=false (merge/upsert) is not supported yet",
+        "a watermark load merges changed rows: insert_only_mode must be false or left out",
         "'source' is required",
         "unknown option 'chunk_colums' (did you mean 'chunking_columns'",
     ]
@@ -183,3 +182,40 @@ def test_target_names_postgres_would_truncate_are_refused_with_the_truncated_nam
         parse_config({"sources": {"s": _source(target=f"analytics.{long_name}")}}, "s", {})
     assert f"would silently call it '{long_name[:63]}'" in str(caught.value)
     assert parse_config({"sources": {"s": _source(target=f"analytics.{long_name[:63]}")}}, "s", {}).tables[0]
+
+
+def test_every_contradictory_load_option_is_listed_at_once() -> None:
+    raw = {"sources": {"s": {**_source(), "tables": [
+        {"source": "A", "load_mode": "replace"},
+        {"source": "B", "load_mode": "swap", "truncate_onstart": True, "insert_only_mode": False},
+        {"source": "C", "load_mode": "swap", "source_watermark": "TS", "merge_key": ["ID"]},
+        {"source": "D", "target_watermark": "ts", "watermark_lag": -5},
+        {"source": "E", "source_watermark": "TS", "insert_only_mode": True, "truncate_onstart": True},
+        {"source": "F", "merge_key": "ID"},
+    ]}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, "s", {})
+    expected = [
+        "(A): load_mode 'replace' must be one of in_place, swap",
+        "(B): load_mode swap never truncates the live table",
+        "(B): load_mode swap reloads the whole table into an empty shadow: insert_only_mode=false",
+        "(C): load_mode swap reloads the whole table: it cannot be combined with source_watermark",
+        "(C): merge_key is used by catch-up and merge loads only",
+        "(D): watermark_lag must be a number of at least 0",
+        "(D): target_watermark needs source_watermark",
+        "(E): a watermark load merges changed rows: insert_only_mode must be false or left out",
+        "(E): a watermark load continues from the last window: it cannot truncate_onstart",
+        "(F): merge_key must be a list of source column names",
+    ]
+    for fragment in expected:
+        assert fragment in str(caught.value), fragment
+    assert len(caught.value.problems) == len(expected), caught.value.problems
+
+
+def test_load_options_can_be_overridden_for_every_selected_table() -> None:
+    raw = {"sources": {"s": {**_source(), "tables": [{"source": "A"}, {"source": "B", "truncate_onstart": True}]}}}
+    config = parse_config(raw, "s", {"insert_only_mode": "false", "tables": ["A"]})
+    assert [t.merges for t in config.tables] == [True]
+    with pytest.raises(ConfigError, match=re.escape("override load_mode on DB.S.B: load_mode swap never truncates")):
+        parse_config(raw, "s", {"load_mode": "swap"})
+    assert parse_config(raw, "s", {}).fingerprint() != config.fingerprint()

@@ -37,8 +37,11 @@ def test_log_lines_carry_run_table_and_chunk(capsys, monkeypatch) -> None:
 def test_every_override_is_also_a_cli_flag() -> None:
     args = build_parser().parse_args(
         ["run", "--source", "s", "--no-resume", "--table", "A", "--resume-max-age", "8760", "--parallel-threads", "3",
-         "--batch-size", "1000", "--max-attempts", "5", "--retry-base-seconds", "0.5"])
+         "--batch-size", "1000", "--max-attempts", "5", "--retry-base-seconds", "0.5", "--load-mode", "swap",
+         "--insert-only-mode", "true"])
     overrides = overrides_from_args(args)
     assert overrides == {"tables": ["A"], "no_resume": True, "resume_max_age": 8760.0, "parallel_threads": 3,
-                         "batch_size": 1000, "max_attempts": 5, "retry_base_seconds": 0.5}
-    assert set(SETTING_NAMES) | {"tables", "no_resume"} == OVERRIDE_KEYS - {"source_name"}
+                         "batch_size": 1000, "max_attempts": 5, "retry_base_seconds": 0.5, "load_mode": "swap",
+                         "insert_only_mode": "true"}
+    assert set(SETTING_NAMES) | {"tables", "no_resume", "load_mode", "insert_only_mode"} == OVERRIDE_KEYS - {"source_name"}
+    assert OVERRIDE_KEYS - {"source_name"} <= {action.dest for action in build_parser()._actions}

@@ -9,7 +9,7 @@ import threading
 
 from lib import postgres_target as pg
 from lib import status
-from lib.orchestrator import finish_table
+from lib.orchestrator import finish_table, table_loads
 from tests.helpers import cli
 
 ROWS = 2000
@@ -49,12 +49,13 @@ def test_two_finishers_at_once_build_the_key_once_and_neither_fails(env) -> None
     from lib.config import load_config
 
     config = load_config("test", {}, path)
-    spec = config.tables[0]
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        [(spec, _, load)] = table_loads(conn, config, 1).values()
     outcomes: list[bool] = []
 
     def finish() -> None:
         with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-            outcomes.append(finish_table(conn, 1, spec))
+            outcomes.append(finish_table(conn, 1, spec, load))
 
     threads = [threading.Thread(target=finish) for _ in range(2)]
     for t in threads:

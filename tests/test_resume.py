@@ -121,7 +121,8 @@ def test_truncate_onstart_empties_the_target_when_planned_never_on_resume(env) -
     assert env.pg_value("SELECT count(*) FROM public.t WHERE id >= 0") == 1000
 
 
-def test_non_empty_target_without_truncate_fails_that_table_only(env) -> None:
+def test_non_empty_target_without_a_key_or_truncate_fails_that_table_only(env) -> None:
+    """A catch-up needs a key to recognise rows that already exist; without one nothing is appended."""
     env.sf_execute("CREATE TABLE A AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 10))",
                    "CREATE TABLE B AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 10))")
     with env.pg() as conn:
@@ -131,19 +132,20 @@ def test_non_empty_target_without_truncate_fails_that_table_only(env) -> None:
     by_table = {t["table"].split(".")[-1]: t for t in result.tables}
     assert result.status == "completed_with_errors"
     assert by_table["B"]["status"] == "completed"
-    assert "public.a already holds rows" in by_table["A"]["error"]
+    assert "target public.a holds rows and has no primary key or unique index" in by_table["A"]["error"]
+    assert "Add merge_key" in by_table["A"]["error"]
     assert env.pg_value("SELECT count(*) FROM public.a") == 1
 
 
 def test_a_transient_error_planning_the_second_table_under_no_resume_keeps_the_new_run(env, monkeypatch) -> None:
     """The start is retried after the error: the retry must resume the run it created, not abandon it."""
-    from lib import orchestrator
+    from lib import planning
 
     for name in ("R1", "R2"):
         env.sf_execute(f"CREATE TABLE {name} AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 500))")
     tables = [{"source": name, "truncate_onstart": True} for name in ("R1", "R2")]
     assert run(env.config(tables, retry_base_seconds=0.1)).status == "completed"
-    real, failed = orchestrator.plan_table, []
+    real, failed = planning.plan_table, []
 
     def flaky(source, spec, columns, chunk_rows):
         if spec.source[-1] == "R2" and not failed:
@@ -151,7 +153,7 @@ def test_a_transient_error_planning_the_second_table_under_no_resume_keeps_the_n
             raise TransientError("server closed the connection unexpectedly (injected)")
         return real(source, spec, columns, chunk_rows)
 
-    monkeypatch.setattr(orchestrator, "plan_table", flaky)
+    monkeypatch.setattr(planning, "plan_table", flaky)
     result = run(env.config(tables, no_resume=True, retry_base_seconds=0.1))
 
     assert failed and result.run_id == 2 and result.status == "completed"

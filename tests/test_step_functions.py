@@ -16,7 +16,7 @@ import pytest
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
-from lib import orchestrator, status
+from lib import planning, status
 from lib.errors import ConfigError, FatalError, TransientError
 from lib.step_functions import (
     EXECUTION_OVERHEAD_EVENTS,
@@ -371,7 +371,7 @@ def test_a_transient_error_planning_the_second_table_resumes_the_run_the_retry_s
     _load(aws.env, "P1", 1000)
     _load(aws.env, "P2", 1000)
     aws.configure([_table("P1"), _table("P2")])
-    real = orchestrator.plan_table
+    real = planning.plan_table
     failed = []
 
     def flaky(source, spec, columns, chunk_rows):
@@ -380,7 +380,7 @@ def test_a_transient_error_planning_the_second_table_resumes_the_run_the_retry_s
             raise TransientError("server closed the connection unexpectedly (injected)")
         return real(source, spec, columns, chunk_rows)
 
-    monkeypatch.setattr(orchestrator, "plan_table", flaky)
+    monkeypatch.setattr(planning, "plan_table", flaky)
     execution = aws.start(workers=2, no_resume=True)
     result = aws.wait(execution)
 

@@ -96,7 +96,7 @@ def test_a_target_type_without_binary_encoding_falls_back_per_column(env) -> Non
     assert rows == [(1, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "10.1.2.3", "1 day 02:00:00", 7), (2, None, "::1", "03:00:00", None)]
     notes = env.pg_value("SELECT plan_notes::text FROM migration_status.migration_table_status")
     assert "column U (uuid) has no binary Arrow encoding" in notes and "column N" not in notes
-    assert env.pg_value("SELECT to_regclass('pg_temp.migration_text_staging')") is None  # dropped at commit
+    assert env.pg_value("SELECT to_regclass('pg_temp.migration_stage')") is None  # dropped at commit
 
 
 def test_a_value_that_fails_the_fallback_cast_fails_only_its_chunk(env) -> None:

@@ -1,0 +1,163 @@
+"""How a table's rows meet its target, decided once when the table is planned and stored in the ledger.
+
+- copy: the target is new, truncated (truncate_onstart) or empty: plain binary COPY into the table.
+- insert_missing: insert_only_mode (the default) into a target that holds rows, a catch-up: staged, then
+  INSERT … ON CONFLICT (key) DO NOTHING.
+- merge: insert_only_mode=false (or a watermark) into a target that holds rows: staged, then
+  INSERT … ON CONFLICT (key) DO UPDATE … WHERE … IS DISTINCT FROM.
+- swap: load_mode swap onto an existing table: plain COPY into a shadow table, swapped in after it
+  reconciles (lib/swap.py).
+
+The key of insert_missing and merge is the target's primary key, its only unique index, or the unique
+index on `merge_key`. Everything a mode needs to resume (mode, key, destination, watermark window) is
+stored with the table's plan and never recomputed.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from lib import postgres_target as pg
+from lib import swap
+from lib.config import TableSpec
+from lib.errors import FatalError
+from lib.typemap import Column
+from lib.watermark import Window
+
+
+@dataclass(frozen=True)
+class TableLoad:
+    mode: str  # copy | insert_missing | merge | swap
+    destination: tuple[str, str]  # where chunks are written: the target, or its shadow
+    key: tuple[str, ...] = ()  # target key columns of insert_missing and merge
+    window: Window | None = None
+
+    @property
+    def staged(self) -> bool:
+        return self.mode in ("insert_missing", "merge")
+
+    def ledger_fields(self) -> dict[str, Any]:
+        w = self.window
+        return {
+            "load_mode": self.mode, "merge_key": json.dumps(list(self.key)) if self.key else None,
+            "destination_table": ".".join(self.destination), "destination": json.dumps(list(self.destination)),
+            "watermark_column": w.column if w else None, "watermark_lo": w.lo if w else None,
+            "watermark_hi": w.hi if w else None, "watermark_lo_from": w.lo_from if w else None,
+        }
+
+    @classmethod
+    def from_ledger(cls, row: dict[str, Any], target: tuple[str, str], watermark_kind: str | None) -> TableLoad:
+        window = None
+        if row.get("watermark_column"):
+            window = Window(row["watermark_column"], watermark_kind or "numeric", row["watermark_lo"],
+                            row["watermark_hi"], row["watermark_lo_from"])
+        destination = tuple(row["destination"]) if row.get("destination") else target
+        return cls(row.get("load_mode") or "copy", destination, tuple(row.get("merge_key") or ()), window)  # type: ignore[arg-type]
+
+
+def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column], run_id: int,
+            source_key: Callable[[], list[str]], notes: list[str],
+            window: Window | None) -> tuple[TableLoad, dict[str, str] | None, list[str]]:
+    """Inside the planning transaction: create, truncate, check or shadow the target and choose the mode.
+
+    Returns the load, the existing target's column types by source column (None for a new table), and
+    the key to build after the load (target column names; a new table only).
+    """
+    if not pg.table_exists(conn, spec.target):
+        pg.ensure_table(conn, spec.target, columns)
+        key = _key_to_build(spec, columns, source_key)
+        if spec.load_mode == "swap":
+            notes.append(f"target {spec.target_name} did not exist: loaded in place, there is nothing to protect")
+        return TableLoad("copy", spec.target, (), window), None, key
+    types = pg.ensure_table(conn, spec.target, columns)
+    if spec.load_mode == "swap":
+        swap.refuse_if_blocked(conn, spec.target)
+        shadow = swap.create_shadow(conn, spec.target, run_id, spec.name)
+        notes.append(f"loaded into shadow table {'.'.join(shadow)}; swapped in for {spec.target_name} only after it "
+                     f"reconciles, keeping the old table as {swap.backup_name(spec.target[1], run_id)}")
+        return TableLoad("swap", shadow, (), window), types, []
+    if spec.truncate_onstart:
+        pg.truncate(conn, spec.target)
+        notes.append(f"target {spec.target_name} truncated (truncate_onstart) when this run was planned")
+        return TableLoad("copy", spec.target, (), window), types, []
+    holds_rows = pg.has_rows(conn, spec.target)
+    if not holds_rows and not spec.merges:
+        return TableLoad("copy", spec.target, (), window), types, []
+    key = target_key(conn, spec, columns, holds_rows)
+    if not holds_rows:
+        notes.append(f"target {spec.target_name} is empty: copied with plain COPY; later runs merge on ({', '.join(key)})")
+        return TableLoad("copy", spec.target, (), window), types, []
+    mode = "merge" if spec.merges else "insert_missing"
+    what = ("rows whose key exists are updated where a value differs" if spec.merges
+            else "rows whose key exists are skipped (catch-up)")
+    notes.append(f"target {spec.target_name} holds rows: {mode} on ({', '.join(key)}); {what}")
+    return TableLoad(mode, spec.target, key, window), types, []
+
+
+def target_key(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column], holds_rows: bool) -> tuple[str, ...]:
+    """The target key that ON CONFLICT uses, or a FatalError saying what to add."""
+    keys = pg.unique_keys(conn, spec.target)
+    if spec.merge_key:
+        wanted = tuple(pg.target_column_name(c) for c in spec.merge_key)
+        for _, key in keys:
+            if set(key) == set(wanted):
+                return wanted
+        index = ", ".join(f'"{c}"' for c in wanted)
+        raise FatalError(
+            f"merge_key ({', '.join(wanted)}) of {spec.name} has no primary key or unique index on target "
+            f"{spec.target_name}, and ON CONFLICT needs one: CREATE UNIQUE INDEX ON {spec.target_name} ({index})")
+    if keys and keys[0][0]:
+        return keys[0][1]
+    if len(keys) == 1:
+        return keys[0][1]
+    reason = "holds rows" if holds_rows else "is merged into"
+    if keys:
+        raise FatalError(
+            f"target {spec.target_name} {reason} and has no primary key but several unique indexes "
+            f"({'; '.join(', '.join(k) for _, k in keys)}): choose one with merge_key")
+    raise FatalError(
+        f"target {spec.target_name} {reason} and has no primary key or unique index, so rows that already exist "
+        f"cannot be recognised. Add merge_key (with a unique index on it), give the target a primary key, "
+        f"or set truncate_onstart to reload it")
+
+
+def _key_to_build(spec: TableSpec, columns: list[Column], source_key: Callable[[], list[str]]) -> list[str]:
+    """A new target's key, built after the load: merge_key, else the source's primary key. A table that later
+    runs will merge into must have one."""
+    names = {c.name for c in columns}
+    key = list(spec.merge_key) if spec.merge_key else (
+        [c for c in source_key() if c in names] if spec.build_primary_key or spec.repeatable else [])
+    if not key and spec.repeatable:
+        raise FatalError(f"{spec.name} is loaded with {'a watermark' if spec.source_watermark else 'merge'}, so later "
+                         "runs update rows by key, but the source has no primary key: set merge_key")
+    return [pg.target_column_name(c) for c in key]
+
+
+def schema_problems(spec: TableSpec, columns: list[Column], target_types: dict[str, str] | None) -> list[str]:
+    """Table options checked against the real columns (the config alone cannot): all of them at once."""
+    from lib.watermark import TARGET_TYPES, kind_of
+
+    by_name = {c.name: c for c in columns}
+    problems = [f"merge_key column {c} is not a column of {spec.name}" for c in spec.merge_key if c not in by_name]
+    if spec.source_watermark:
+        column = by_name.get(spec.source_watermark)
+        if column is None:
+            problems.append(f"source_watermark {spec.source_watermark} is not a column of {spec.name}")
+        elif kind_of(column) is None:
+            problems.append(f"source_watermark {spec.source_watermark} is {column.source_type}, which cannot order "
+                            "changes: use a NUMBER, DATE or TIMESTAMP column")
+        elif target_types is not None:
+            wanted = spec.target_watermark or pg.target_column_name(spec.source_watermark)
+            found = target_types.get(wanted)
+            kind = kind_of(column)
+            if found is None:
+                problems.append(f"target_watermark {wanted} is not a column of target {spec.target_name}")
+            elif kind and found.split("(")[0] not in TARGET_TYPES[kind]:
+                problems.append(f"target_watermark {wanted} is {found} in {spec.target_name}, which cannot be compared "
+                                f"with source_watermark {spec.source_watermark} ({column.source_type})")
+    return problems
