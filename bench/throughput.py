@@ -16,7 +16,12 @@ then measures, each phase timed alone:
   (c) write     Arrow batches already in memory → postgres_target.copy_batches, one transaction per
                 250k-row chunk, with 1 and 2 connections (threads);
   (d) read      SnowflakeSource.read over all 250k-row ID ranges, batches consumed and dropped, with
-                1 thread (and 2, to show whether the stand-in scales).
+                1 thread (and 2, to show whether the stand-in scales);
+  (e) merge     the merge loader (TEMP stage + INSERT ... ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT
+                FROM) of a fifth of the rows into the full table with its primary key, one connection, 250k-row
+                chunks: half of them new keys, half existing keys with a changed AMOUNT; and the catch-up
+                loader (ON CONFLICT DO NOTHING) of the same rows. Their reference is the plain COPY
+                (copy_batches) of the same rows into an empty table, measured just before.
 
 Bytes are the Arrow in-memory bytes (RecordBatch.nbytes) of the rows as the Snowflake connector
 hands them over, measured once in (d); MiB/s everywhere divides that same number by the seconds.
@@ -50,10 +55,12 @@ from typing import Any
 import psutil
 import psycopg
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from lib import postgres_target as pg
 from lib import status
 from lib.config import Settings, load_config
+from lib.loaders import CopyLoader, KeyedLoader
 from lib.log import get_logger
 from lib.models import Bounds
 from lib.orchestrator import RunResult
@@ -350,6 +357,74 @@ class Bench:
 
         return in_threads(connections, writer)
 
+    # (e)
+    def merge_rows(self, chunks: Chunks) -> tuple[Chunks, Chunks, Chunks, list[Bounds]]:
+        """A fifth of the rows as 250k-row chunks: the first half with new keys (ID + rows), the second half
+        the last existing keys, as they are and with AMOUNT changed. Returns (new, same, changed, bounds of
+        new + same/changed chunks)."""
+        per_half = max(len(chunks) // 10, 1)
+        fresh = [[b.set_column(0, "ID", pc.add(b.column(0), self.rows)) for b in chunk] for chunk in chunks[:per_half]]
+        amount = [c.name for c in self.columns].index("AMOUNT")
+        same = chunks[-per_half:]
+        changed = [[b.set_column(amount, "AMOUNT", pc.add(b.column(amount), pa.scalar(1, b.column(amount).type)))
+                    for b in chunk] for chunk in same]
+        bounds = self.chunk_bounds()
+        shifted = [Bounds("range", "ID", "numeric", str(int(b.lo or 0) + self.rows), str(int(b.hi or 0) + self.rows))
+                   for b in bounds[:per_half]]
+        return fresh, same, changed, shifted + bounds[-per_half:]
+
+    def keyed_write(self, db: str, chunks: Chunks, bounds: list[Bounds], target: tuple[str, str],
+                    update: bool | None) -> int:
+        """One connection, one transaction per chunk: plain COPY (update None) or the keyed loader."""
+        loader = CopyLoader(target) if update is None else KeyedLoader(target, ("id",), update)
+        rows = 0
+        with self.pg_conn(db) as conn:
+            for chunk, chunk_bounds in zip(chunks, bounds, strict=True):
+                with conn.transaction():
+                    rows += loader.write(conn, self.columns, chunk, chunk_bounds).rows
+        return rows
+
+    def merge_phases(self, db: str, chunks: Chunks) -> None:
+        fresh, same, changed, bounds = self.merge_rows(chunks)
+        rows = sum(b.num_rows for chunk in fresh + same for b in chunk)
+        new_rows = sum(b.num_rows for chunk in fresh for b in chunk)
+        first_changed = self.rows - (rows - new_rows)
+        with self.pg_conn(db) as conn:
+            conn.execute("ALTER TABLE public.src ADD PRIMARY KEY (id)")
+            conn.execute("CREATE TABLE public.src_copy (LIKE public.src)")
+            conn.execute("CREATE TABLE public.src_keyed (LIKE public.src INCLUDING INDEXES)")
+            conn.execute("CHECKPOINT")
+
+        def reset() -> None:  # the target as before the previous phase: without its new keys
+            with self.pg_conn(db) as conn:
+                conn.execute("DELETE FROM public.src WHERE id > %s", (self.rows,))
+                conn.execute("VACUUM ANALYZE public.src")
+                conn.execute("CHECKPOINT")
+
+        plain = self.measure("(e) plain COPY of the merge rows, 1 connection",
+                             lambda: self.keyed_write(db, fresh + changed, bounds, ("public", "src_copy"), None),
+                             note="reference of (e): copy_batches into an empty table without indexes")
+        keyed = self.measure("(e) plain COPY into an empty keyed table, 1 connection",
+                             lambda: self.keyed_write(db, fresh + changed, bounds, ("public", "src_keyed"), None),
+                             note="copy_batches into an empty table with the same primary key")
+        phases = (("merge, overlap unchanged", same, True), ("merge, overlap changed", changed, True),
+                  ("catch-up (ON CONFLICT DO NOTHING)", changed, False))
+        for n, (label, overlap, update) in enumerate(phases):
+            if n:
+                reset()
+            result = self.measure(f"(e) {label}, 1 connection",
+                                  lambda o=overlap, u=update: self.keyed_write(db, fresh + o, bounds, TARGET, u),
+                                  note=f"{rows:,} rows ({new_rows:,} new keys) into {self.rows:,} keyed rows")
+            result.note += (f"; {result.seconds / plain.seconds:.2f}x the plain COPY, "
+                            f"{result.seconds / keyed.seconds:.2f}x the keyed COPY")
+            if n == 1:  # put the changed amounts back for the catch-up phase
+                with self.pg_conn(db) as conn:
+                    conn.execute("UPDATE public.src SET amount = amount - 1 WHERE id > %s AND id <= %s",
+                                 (first_changed, self.rows))
+        with self.pg_conn(db) as conn:
+            if pg.row_count(conn, TARGET) != self.rows + new_rows:
+                raise RuntimeError("the merge phases lost or duplicated rows")
+
     def target_rows(self, db: str) -> int:
         with self.pg_conn(db) as conn:
             return pg.row_count(conn, TARGET)
@@ -456,6 +531,7 @@ class Bench:
                          note="in-memory batches → copy_batches, 1 transaction per chunk")
             if self.target_rows(db) != self.rows:
                 raise RuntimeError("write path lost rows")
+        self.merge_phases(db, chunks)
         chunks.clear()
         with self.pg_conn() as conn:
             conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
@@ -463,7 +539,7 @@ class Bench:
         limit = results["a1"].rows_per_s
         for result in self.results:
             result.vs_limit = round(result.rows_per_s / limit, 3)
-        order = ("(a)", "(b)", "(c)", "(d)")
+        order = ("(a)", "(b)", "(c)", "(d)", "(e)")
         self.results.sort(key=lambda r: order.index(r.phase[:3]))  # stable: measurement order within a letter
         return {
             "rows": self.rows, "chunk_rows": CHUNK_ROWS, "batch_size": BATCH_SIZE,

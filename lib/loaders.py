@@ -12,7 +12,9 @@ import psycopg
 import pyarrow as pa
 
 from lib import postgres_target as pg
+from lib.errors import TransientError
 from lib.load_modes import TableLoad
+from lib.models import Bounds
 from lib.typemap import Column
 
 
@@ -25,7 +27,8 @@ class Written:
 
 
 class Loader(Protocol):
-    def write(self, conn: psycopg.Connection[Any], columns: list[Column], batches: Iterable[pa.RecordBatch]) -> Written: ...
+    def write(self, conn: psycopg.Connection[Any], columns: list[Column], batches: Iterable[pa.RecordBatch],
+              bounds: Bounds | None = None) -> Written: ...
 
 
 @dataclass(frozen=True)
@@ -34,7 +37,8 @@ class CopyLoader:
 
     destination: tuple[str, str]
 
-    def write(self, conn: psycopg.Connection[Any], columns: list[Column], batches: Iterable[pa.RecordBatch]) -> Written:
+    def write(self, conn: psycopg.Connection[Any], columns: list[Column], batches: Iterable[pa.RecordBatch],
+              bounds: Bounds | None = None) -> Written:
         rows, nbytes = pg.copy_batches(conn, self.destination, columns, batches)
         return Written(rows, nbytes, rows, 0)
 
@@ -42,17 +46,39 @@ class CopyLoader:
 @dataclass(frozen=True)
 class KeyedLoader:
     """insert_missing and merge: COPY into a TEMP ... ON COMMIT DROP stage, then one INSERT ... ON CONFLICT
-    on the key, so rows already in the target are skipped, or updated only where a value differs."""
+    on the key, so rows already in the target are skipped, or updated only where a value differs.
+
+    A chunk cut on the key column whose key range holds no target row at all (a catch-up's new keys) is
+    copied straight into the target instead, without the stage: every row of it is new. Should another
+    writer insert into that range meanwhile, the COPY hits the key, rolls back, and the retry sees the
+    rows and goes through the stage."""
 
     destination: tuple[str, str]
     key: tuple[str, ...]
     update: bool
 
-    def write(self, conn: psycopg.Connection[Any], columns: list[Column], batches: Iterable[pa.RecordBatch]) -> Written:
+    def write(self, conn: psycopg.Connection[Any], columns: list[Column], batches: Iterable[pa.RecordBatch],
+              bounds: Bounds | None = None) -> Written:
+        if self._range_is_new(conn, columns, bounds):
+            try:
+                rows, nbytes = pg.copy_batches(conn, self.destination, columns, batches)
+            except psycopg.errors.UniqueViolation as exc:
+                raise TransientError(f"rows appeared in the key range {bounds.describe() if bounds else ''} while it "
+                                     "was copied directly: the next attempt merges it through the stage") from exc
+            return Written(rows, nbytes, rows, 0)
         stage = pg.create_stage(conn, self.destination, columns)
         rows, nbytes = pg.copy_into(conn, stage, columns, batches)
         inserted, updated = pg.insert_from_stage(conn, self.destination, columns, stage, self.key, self.update)
         return Written(rows, nbytes, inserted, updated)
+
+
+    def _range_is_new(self, conn: psycopg.Connection[Any], columns: list[Column], bounds: Bounds | None) -> bool:
+        if bounds is None or bounds.kind != "range" or bounds.key_kind != "numeric" or len(self.key) != 1:
+            return False
+        column = next((c for c in columns if pg.target_column_name(c.name) == self.key[0]), None)
+        if column is None or column.name != bounds.column:
+            return False
+        return not pg.has_rows_in_range(conn, self.destination, self.key[0], column.pg_type, bounds.lo, bounds.hi)
 
 
 def loader_for(load: TableLoad) -> Loader:

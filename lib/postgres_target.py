@@ -111,6 +111,21 @@ def has_primary_key(conn: psycopg.Connection[Any], target: tuple[str, str]) -> b
     return row is not None
 
 
+def has_rows_in_range(conn: psycopg.Connection[Any], target: tuple[str, str], column: str, pg_type: str,
+                      lo: str | None, hi: str | None) -> bool:
+    """Does the target hold a row with `lo <= column < hi` (either end open)? An index probe, with the bounds
+    cast to the column's own type so its index is used."""
+    conditions = [sql.SQL("{} IS NOT NULL").format(sql.Identifier(column))]
+    params = []
+    for value, operator in ((lo, ">="), (hi, "<")):
+        if value is not None:
+            conditions.append(sql.SQL("{} {} %s::{}").format(sql.Identifier(column), sql.SQL(operator), sql.SQL(pg_type)))
+            params.append(value)
+    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
+        table_ident(target), sql.SQL(" AND ").join(conditions)), params).fetchone()
+    return bool(row and row[0])
+
+
 def unique_keys(conn: psycopg.Connection[Any], target: tuple[str, str]) -> list[tuple[bool, tuple[str, ...]]]:
     """(is primary key, columns) of every valid, non-partial unique index on plain columns, primary key first:
     the keys ON CONFLICT can use."""

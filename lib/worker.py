@@ -184,7 +184,7 @@ class Worker:
         try:
             with keeper, conn.transaction():
                 moving = _ticking(self._measured(_with_fault_points(batches)), progress)
-                written = loader_for(load).write(conn, columns, moving)
+                written = loader_for(load).write(conn, columns, moving, chunk.bounds)
                 status.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated)
                 faults.maybe_crash("before_commit")
         finally:

@@ -7,6 +7,7 @@ import importlib
 import io
 import json
 import time
+import uuid
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -97,7 +98,8 @@ class Machine:
 
     def start(self, **execution_input: Any) -> str:
         payload = {"source_name": "test", "loop_wait_seconds": 0, **execution_input}
-        return self.sfn.start_execution(stateMachineArn=self.arn, input=json.dumps(payload))["executionArn"]
+        return self.sfn.start_execution(stateMachineArn=self.arn, name=f"test-{uuid.uuid4().hex[:12]}",
+                                        input=json.dumps(payload))["executionArn"]
 
     def wait(self, execution_arn: str, timeout: float = 180) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -398,3 +400,29 @@ def test_the_work_function_has_reserved_concurrency() -> None:
     reserved = template["Resources"]["WorkFunction"]["Properties"]["ReservedConcurrentExecutions"]
     assert reserved == {"Ref": "WorkReservedConcurrency"}
     assert template["Parameters"]["WorkReservedConcurrency"]["Default"] >= 1
+
+
+def test_the_state_machine_runs_watermark_merges_and_swap_reloads_unchanged(aws) -> None:
+    aws.env.sf_execute(
+        "CREATE TABLE W (ID NUMBER(18,0) PRIMARY KEY, V VARCHAR, TS TIMESTAMP_NTZ)",
+        "INSERT INTO W SELECT SEQ8(), 'v', DATEADD(second, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ) "
+        "FROM TABLE(GENERATOR(ROWCOUNT => 2000))",
+    )
+    _load(aws.env, "S", 1500)
+    with aws.env.pg() as conn:
+        conn.execute("CREATE TABLE public.s (id bigint PRIMARY KEY, v text)")
+        conn.execute("INSERT INTO public.s SELECT g, 'old' FROM generate_series(1, 10) g")
+    aws.configure([{**_table("W"), "source_watermark": "TS"}, {**_table("S"), "load_mode": "swap"}])
+
+    assert aws.wait(aws.start(workers=2))["status"] == "SUCCEEDED"
+    aws.env.sf_execute("UPDATE W SET V = 'changed', TS = '2025-01-01' WHERE ID < 20")
+    assert aws.wait(aws.start(workers=2))["status"] == "SUCCEEDED"
+
+    assert aws.env.pg_value("SELECT count(*) FROM public.w WHERE v = 'changed'") == 20
+    loads = aws.env.pg_rows(f"SELECT run_id, table_name, load_mode, rows_read, rows_updated FROM {status.SCHEMA}.table_loads "
+                            "ORDER BY run_id, table_name")
+    assert [(r[0], r[1].split(".")[-1], r[2], r[3], r[4]) for r in loads] == [
+        (1, "S", "swap", 1500, 0), (1, "W", "copy", 2000, 0), (2, "S", "swap", 1500, 0), (2, "W", "merge", 20, 20)]
+    _assert_copied(aws.env, "S", 1500)
+    assert aws.env.pg_value("SELECT count(*) FROM public.s__backup_1") == 10
+    assert aws.env.pg_value("SELECT count(*) FROM public.s__backup_2") == 1500
