@@ -141,6 +141,8 @@ def print_summary(run_id: int, run_status: str, tables: list[dict[str, Any]], se
                 how += f", window {window['column']} > {window['lo']} and <= {window['hi']}"
             print(f"  {t['table']}: {how}: {t['rows_copied']:,} read, {t['rows_inserted']:,} inserted, "
                   f"{t['rows_updated']:,} updated")
+        if t.get("values_changed"):
+            print(f"  {t['table']}: {t['values_changed']:,} value(s) changed by nul_bytes (see the chunks' notes)")
         if t.get("error"):
             print(f"  ! {t['table']}: {t['error']}")
 

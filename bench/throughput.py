@@ -67,6 +67,7 @@ from lib.orchestrator import RunResult
 from lib.orchestrator import run as run_engine
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column, columns_from_description
+from lib.wire import Wire
 from scripts.local_stack import LocalStack
 
 DATABASE, SCHEMA, TABLE = "BENCH", "PUBLIC", "SRC"
@@ -312,16 +313,16 @@ class Bench:
         folder.mkdir(mode=0o755, exist_ok=True)
         for p in (self.dir, folder):
             p.chmod(0o755)
-        schema = pg.wire_schema(self.columns)
         paths = []
         for part in range(parts):
             path = folder / f"src-{parts}-{part}.bin"
-            encoder = pg._encoder(schema, self.columns)
+            wire = Wire(self.columns)
+            encoder = wire.encoder()
             with open(path, "wb") as f:
                 f.write(encoder.write_header())
                 for chunk in chunks[part::parts]:
                     for batch in chunk:
-                        f.write(encoder.write_batch(pg.to_wire(batch, self.columns, schema)))
+                        f.write(encoder.write_batch(wire.normalize(batch)))
                 f.write(encoder.finish())
             path.chmod(0o644)
             paths.append(path)
@@ -381,7 +382,7 @@ class Bench:
         with self.pg_conn(db) as conn:
             for chunk, chunk_bounds in zip(chunks, bounds, strict=True):
                 with conn.transaction():
-                    rows += loader.write(conn, self.columns, chunk, chunk_bounds).rows
+                    rows += loader.write(conn, Wire(self.columns), chunk, chunk_bounds).rows
         return rows
 
     def merge_phases(self, db: str, chunks: Chunks) -> None:

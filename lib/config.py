@@ -12,6 +12,7 @@ import hashlib
 import json
 import os
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from lib.connections import POSTGRES_KEYS, SECRET_KEYS, SNOWFLAKE_KEYS, postgres
 from lib.errors import ConfigError
 from lib.identifiers import split_qualified
 from lib.retry import RetryPolicy
+from lib.wire import nul_policy_problem
 
 DEFAULT_CONFIG_PATH = Path(__file__).resolve().parent.parent / "config.json"
 
@@ -47,6 +49,7 @@ class Settings:
     snowflake_statement_timeout_seconds: int = 3600  # Snowflake STATEMENT_TIMEOUT_IN_SECONDS (0: the account's)
     max_target_connections: int = 64  # all workers' PostgreSQL connections together (threads x 2 each)
     keep_backups: int = 2  # swap mode: backups of each target that `cleanup` keeps
+    nul_bytes: str = "fail"  # NUL bytes in text: fail | strip | replace:<char> (per table too)
 
 
 @dataclass(frozen=True)
@@ -83,8 +86,9 @@ SETTING_BOUNDS: dict[str, Bound] = {
     "max_target_connections": Bound(int, 2, 100_000, "an integer of at least 2"),
     "keep_backups": Bound(int, 0, 1000, "an integer from 0 to 1,000"),
 }
+TEXT_SETTINGS = {"nul_bytes": nul_policy_problem}  # settings that are words, each with its own check
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
-assert set(SETTING_BOUNDS) == set(SETTING_NAMES)
+assert set(SETTING_BOUNDS) | set(TEXT_SETTINGS) == set(SETTING_NAMES)
 
 # Strings accepted for a boolean override (execution input may come from tools that only write strings).
 TRUE_STRINGS, FALSE_STRINGS = frozenset({"true"}), frozenset({"false"})
@@ -92,7 +96,7 @@ TRUE_STRINGS, FALSE_STRINGS = frozenset({"true"}), frozenset({"false"})
 TABLE_OPTIONS = {
     "source", "target", "chunking_columns", "chunking_column_types", "source_filter",
     "truncate_onstart", "insert_only_mode", "chunk_rows", "build_primary_key",
-    "load_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag",
+    "load_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag", "nul_bytes",
 }
 LOAD_MODES = ("in_place", "swap")
 
@@ -123,6 +127,14 @@ class TableSpec:
     source_watermark: str | None = None  # incremental: only rows with lo < this column <= hi
     target_watermark: str | None = None  # the target column holding it (default: the source column's name)
     watermark_lag: float = 0  # start each window this much below the last high-water mark (seconds or units)
+    nul_bytes: str | None = None  # fail | strip | replace:<char>; None: the setting's default
+    entry: str | None = None  # the ledger name when one source table feeds several targets
+
+    @property
+    def name(self) -> str:
+        """The table's name in the ledger: the source table as the user sees it, followed by its target when
+        the same source table is configured more than once (e.g. a full and a filtered copy)."""
+        return self.entry or ".".join(self.source)
 
     @property
     def merges(self) -> bool:
@@ -132,11 +144,6 @@ class TableSpec:
     def repeatable(self) -> bool:
         """A completed run of such a table is not 'nothing to do': running it again brings new changes."""
         return self.merges or self.source_watermark is not None
-
-    @property
-    def name(self) -> str:
-        """The table's name in the ledger: the source table as the user sees it."""
-        return ".".join(self.source)
 
     @property
     def target_name(self) -> str:
@@ -159,6 +166,9 @@ class SourceConfig:
 
     def chunk_rows(self, table: TableSpec) -> int:
         return table.chunk_rows or self.settings.chunk_rows
+
+    def nul_bytes(self, table: TableSpec) -> str:
+        return table.nul_bytes or self.settings.nul_bytes
 
     def snowflake_connect_args(self) -> dict[str, Any]:
         """Connector kwargs: the resolved `snowflake` block plus the settings the engine always sets."""
@@ -337,7 +347,12 @@ def _parse_settings(raw: Any, where: str, problems: list[str], base: Settings) -
         if key == "$comment":
             continue
         bound = SETTING_BOUNDS.get(key)
-        if bound is None:
+        if key in TEXT_SETTINGS:
+            if problem := TEXT_SETTINGS[key](value):
+                problems.append(f"{where}.{problem}")
+            else:
+                values[key] = value
+        elif bound is None:
             problems.append(f"{where}: unknown setting {key!r}{_suggest(key, SETTING_NAMES)}")
         elif not bound.check(value):
             problems.append(f"{where}.{key} must be {bound.what}, got {value!r}")
@@ -399,7 +414,8 @@ def _parse_tables(
             problems.append(f"{label}: target {spec.target_name} is also the target of {seen_targets[spec.target_name]}")
         seen_targets[spec.target_name] = label
         tables.append(spec)
-    return tables
+    sources = Counter(t.source for t in tables)
+    return [replace(t, entry=f"{'.'.join(t.source)} → {t.target_name}") if sources[t.source] > 1 else t for t in tables]
 
 
 def _parse_table(
@@ -491,6 +507,9 @@ def _parse_table(
         if value is not None and (not isinstance(value, str) or not value.strip()):
             problems.append(f"{label}: {key} must be a column name")
         watermarks[key] = value if isinstance(value, str) and value.strip() else None
+    nul_bytes = item.get("nul_bytes")
+    if nul_bytes is not None and (problem := nul_policy_problem(nul_bytes)):
+        problems.append(f"{label}: {problem}")
     lag = item.get("watermark_lag", 0)
     if isinstance(lag, bool) or not isinstance(lag, (int, float)) or lag < 0:
         problems.append(f"{label}: watermark_lag must be a number of at least 0 (seconds for a date or timestamp "
@@ -517,6 +536,7 @@ def _parse_table(
         source_watermark=_column_name(watermarks["source_watermark"]) if watermarks["source_watermark"] else None,
         target_watermark=watermarks["target_watermark"],
         watermark_lag=lag if isinstance(lag, (int, float)) and lag >= 0 else 0,
+        nul_bytes=nul_bytes,
     )
     problems.extend(f"{label}: {p}" for p in combination_problems(spec, explicit_insert_only=insert_only is not None))
     return None if len(problems) > before else spec

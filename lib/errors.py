@@ -103,8 +103,8 @@ def is_transient(exc: BaseException) -> bool:
         return _pg_transient(exc)
     if isinstance(exc, sf_errors.Error):
         return _sf_transient(exc)
-    if isinstance(exc, pa.ArrowInvalid):
-        return False  # a value that does not fit the target type
+    if isinstance(exc, (pa.ArrowException, MemoryError)):
+        return False  # data that cannot be converted, or no memory for it: a retry meets the same
     if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, EOFError)):
         return True
     return isinstance(exc, OSError) and exc.errno in _NET_ERRNOS
@@ -140,17 +140,35 @@ def classify(exc: BaseException, context: str = "") -> MigrationError:
     return error
 
 
-# Values the target column type cannot hold.
+def with_context(error: MigrationError, context: str) -> MigrationError:
+    """The same kind of error, its message led by `context` (which chunk of which table) unless it says it."""
+    if context in str(error) or isinstance(error, ConfigError):
+        return error
+    wrapped = type(error)(f"{context}: {error}")
+    wrapped.__cause__ = error.__cause__ or error
+    return wrapped
+
+
+# Values the target column type cannot hold, as PostgreSQL reports them.
 _DOES_NOT_FIT = (
     pg_errors.NumericValueOutOfRange, pg_errors.StringDataRightTruncation, pg_errors.InvalidTextRepresentation,
-    pg_errors.InvalidDatetimeFormat, pg_errors.DatetimeFieldOverflow, pa.ArrowInvalid,
+    pg_errors.InvalidDatetimeFormat, pg_errors.DatetimeFieldOverflow, pg_errors.CharacterNotInRepertoire,
+    pg_errors.UntranslatableCharacter, pg_errors.InvalidBinaryRepresentation,
 )
 
 
 def _describe(exc: BaseException) -> str:
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, _DOES_NOT_FIT):
-        return f"value does not fit the target column type ({type(exc).__name__}: {exc})"
+        hint = ("; a NUL byte? set nul_bytes to strip or replace:<char>"
+                if isinstance(exc, (pg_errors.CharacterNotInRepertoire, pg_errors.UntranslatableCharacter)) else "")
+        return f"value does not fit the target column type ({type(exc).__name__}: {exc}){hint}"
     if isinstance(exc, pg_errors.InsufficientPrivilege):
         return f"permission denied in PostgreSQL: {exc}"
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+    if isinstance(exc, (MemoryError, pa.ArrowMemoryError)):
+        return (f"out of memory while reading or encoding a batch ({type(exc).__name__}: {first}): lower batch_size "
+                "or parallel_threads, or raise the memory available")
+    if isinstance(exc, pa.ArrowException):
+        return (f"the Arrow data of the source could not be read or converted ({type(exc).__name__}: {first}); "
+                "not a limit of the target column types")
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

@@ -16,6 +16,7 @@ from lib.errors import TransientError
 from lib.load_modes import TableLoad
 from lib.models import Bounds
 from lib.typemap import Column
+from lib.wire import Wire
 
 
 @dataclass(frozen=True)
@@ -27,7 +28,7 @@ class Written:
 
 
 class Loader(Protocol):
-    def write(self, conn: psycopg.Connection[Any], columns: list[Column], batches: Iterable[pa.RecordBatch],
+    def write(self, conn: psycopg.Connection[Any], wire: Wire, batches: Iterable[pa.RecordBatch],
               bounds: Bounds | None = None) -> Written: ...
 
 
@@ -37,9 +38,9 @@ class CopyLoader:
 
     destination: tuple[str, str]
 
-    def write(self, conn: psycopg.Connection[Any], columns: list[Column], batches: Iterable[pa.RecordBatch],
+    def write(self, conn: psycopg.Connection[Any], wire: Wire, batches: Iterable[pa.RecordBatch],
               bounds: Bounds | None = None) -> Written:
-        rows, nbytes = pg.copy_batches(conn, self.destination, columns, batches)
+        rows, nbytes = pg.copy_batches(conn, self.destination, wire, batches)
         return Written(rows, nbytes, rows, 0)
 
 
@@ -57,17 +58,18 @@ class KeyedLoader:
     key: tuple[str, ...]
     update: bool
 
-    def write(self, conn: psycopg.Connection[Any], columns: list[Column], batches: Iterable[pa.RecordBatch],
+    def write(self, conn: psycopg.Connection[Any], wire: Wire, batches: Iterable[pa.RecordBatch],
               bounds: Bounds | None = None) -> Written:
+        columns = wire.columns
         if self._range_is_new(conn, columns, bounds):
             try:
-                rows, nbytes = pg.copy_batches(conn, self.destination, columns, batches)
+                rows, nbytes = pg.copy_batches(conn, self.destination, wire, batches)
             except psycopg.errors.UniqueViolation as exc:
                 raise TransientError(f"rows appeared in the key range {bounds.describe() if bounds else ''} while it "
                                      "was copied directly: the next attempt merges it through the stage") from exc
             return Written(rows, nbytes, rows, 0)
         stage = pg.create_stage(conn, self.destination, columns)
-        rows, nbytes = pg.copy_into(conn, stage, columns, batches)
+        rows, nbytes = pg.copy_into(conn, stage, wire, batches)
         inserted, updated = pg.insert_from_stage(conn, self.destination, columns, stage, self.key, self.update)
         return Written(rows, nbytes, inserted, updated)
 

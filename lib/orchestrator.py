@@ -368,6 +368,9 @@ def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, A
         loads = {r[0]: r[1:] for r in conn.execute(
             f"SELECT table_name, load_mode, merge_key, watermark_column, watermark_lo, watermark_hi, rows_inserted, "
             f"rows_updated FROM {status.SCHEMA}.table_loads WHERE run_id = %s", (run_id,)).fetchall()}
+        changed = dict(conn.execute(
+            f"SELECT table_name, sum(values_changed) FROM {status.SCHEMA}.migration_chunk_status "
+            "WHERE run_id = %s AND status = 'done' GROUP BY 1", (run_id,)).fetchall())
     out = []
     for t in tables:
         name = t["table_name"]
@@ -383,5 +386,6 @@ def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, A
             "reconcile": t["reconcile_status"], "rows_per_s": rows_s, "mb_per_s": mb_s, "error": t["error"],
             "load_mode": mode, "merge_key": key, "rows_inserted": int(inserted or 0), "rows_updated": int(updated or 0),
             "window": {"column": wm_column, "lo": wm_lo, "hi": wm_hi} if wm_column else None,
+            "values_changed": int(changed.get(name) or 0),
         })
     return out

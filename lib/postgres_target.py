@@ -9,16 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import pgpq
-import pgpq.encoders as pgpq_encoders
-import pgpq.schema as pgpq_schema
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
 from psycopg import sql
 
 from lib.errors import FatalError, classify
 from lib.typemap import Column
+from lib.wire import Wire, target_column_name  # target_column_name: the one source→target name rule
 
 
 def connect(args: dict[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
@@ -51,12 +48,6 @@ def target_column_types(conn: psycopg.Connection[Any], target: tuple[str, str]) 
         (sql.Identifier(*target).as_string(conn),),
     ).fetchall()
     return {r[0]: r[1] for r in rows}
-
-
-def target_column_name(source_name: str) -> str:
-    """PostgreSQL column name: Snowflake's upper-case default becomes lower case, anything else
-    (mixed case, spaces, quotes) keeps its exact spelling."""
-    return source_name.lower() if source_name == source_name.upper() else source_name
 
 
 def target_column_names(columns: list[Column]) -> list[str]:
@@ -149,59 +140,31 @@ def truncate(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
     conn.execute(sql.SQL("TRUNCATE TABLE {}").format(table_ident(target)))
 
 
-def wire_schema(columns: list[Column]) -> pa.Schema:
-    return pa.schema([pa.field(n, c.wire) for n, c in zip(target_column_names(columns), columns, strict=True)])
-
-
-def to_wire(batch: pa.RecordBatch, columns: list[Column], schema: pa.Schema) -> pa.RecordBatch:
-    """Cast each source column to its wire type; a value that does not fit raises ArrowInvalid."""
-    arrays = []
-    for i, field in enumerate(schema):
-        array = batch.column(i)
-        if array.type != field.type:
-            options = pc.CastOptions(target_type=field.type, allow_time_truncate=True)
-            try:
-                array = pc.cast(array, options=options)
-            except pa.ArrowInvalid as exc:
-                raise pa.ArrowInvalid(f"column {columns[i].name} ({columns[i].pg_type}): {exc}") from exc
-        arrays.append(array)
-    return pa.RecordBatch.from_arrays(arrays, schema=schema)
-
-
-def _encoder(schema: pa.Schema, columns: list[Column]) -> pgpq.ArrowToPostgresBinaryEncoder:
-    encoders = {}
-    for field, column in zip(schema, columns, strict=True):
-        if column.is_json:
-            encoders[field.name] = pgpq_encoders.StringEncoderBuilder.new_with_output(field, pgpq_schema.Jsonb())
-        else:
-            encoders[field.name] = pgpq.ArrowToPostgresBinaryEncoder.infer_encoder(field)
-    return pgpq.ArrowToPostgresBinaryEncoder.new_with_encoders(schema, encoders)
-
-
 def copy_batches(
     conn: psycopg.Connection[Any],
     target: tuple[str, str],
-    columns: list[Column],
+    wire: Wire | list[Column],
     batches: Iterable[pa.RecordBatch],
 ) -> tuple[int, int]:
     """COPY the batches into the target inside the caller's transaction. Returns (rows, bytes).
 
     Straight into the table, unless a column has no binary encoding: then through a staging table."""
-    if not any(c.via_text for c in columns):
-        return copy_into(conn, table_ident(target), columns, batches)
-    stage = create_stage(conn, target, columns)
-    rows, written = copy_into(conn, stage, columns, batches)
-    insert_from_stage(conn, target, columns, stage)
+    wire = wire if isinstance(wire, Wire) else Wire(wire)
+    if not any(c.via_text for c in wire.columns):
+        return copy_into(conn, table_ident(target), wire, batches)
+    stage = create_stage(conn, target, wire.columns)
+    rows, written = copy_into(conn, stage, wire, batches)
+    insert_from_stage(conn, target, wire.columns, stage)
     return rows, written
 
 
-def copy_into(conn: psycopg.Connection[Any], destination: sql.Composable, columns: list[Column],
+def copy_into(conn: psycopg.Connection[Any], destination: sql.Composable, wire: Wire,
               batches: Iterable[pa.RecordBatch]) -> tuple[int, int]:
-    """Binary COPY of the batches into `destination` (a table or a stage). Returns (rows, bytes)."""
-    schema = wire_schema(columns)
-    encoder = _encoder(schema, columns)
+    """Binary COPY of the batches, normalised to the wire, into `destination` (a table or a stage).
+    Returns (rows, bytes)."""
+    encoder = wire.encoder()
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
-        destination, sql.SQL(", ").join(sql.Identifier(f.name) for f in schema)
+        destination, sql.SQL(", ").join(sql.Identifier(f.name) for f in wire.schema)
     )
     rows = written = 0
     with conn.cursor() as cur, cur.copy(statement) as copy:
@@ -209,7 +172,7 @@ def copy_into(conn: psycopg.Connection[Any], destination: sql.Composable, column
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            payload = encoder.write_batch(to_wire(batch, columns, schema))
+            payload = encoder.write_batch(wire.normalize(batch))
             copy.write(payload)
             rows += batch.num_rows
             written += len(payload)

@@ -187,7 +187,9 @@ class SnowflakeSource:
             cur = self.connection().cursor()
             self._reading = cur
             run(cur, sql, params)
-            for part in cur.fetch_arrow_batches():
+            # microseconds in every batch: otherwise the connector picks the unit per batch (nanoseconds, or
+            # microseconds for years outside 1677-2262) and cannot combine one result chunk's batches
+            for part in cur.fetch_arrow_batches(force_microsecond_precision=True):
                 batches = part.to_batches(max_chunksize=batch_size) if isinstance(part, pa.Table) else [part]
                 yield from batches
         except GeneratorExit:

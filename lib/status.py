@@ -242,7 +242,8 @@ def release_liveness_lock(conn: psycopg.Connection[Any], chunk: ClaimedChunk) ->
 
 
 def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nbytes: int,
-              inserted: int | None = None, updated: int | None = None) -> None:
+              inserted: int | None = None, updated: int | None = None, notes: list[str] | None = None,
+              values_changed: int = 0) -> None:
     """Inside the chunk's transaction: mark done only if the run is still running and we still hold the fence.
 
     The run row is share-locked until the chunk commits, so a run cannot be abandoned (and its target
@@ -257,9 +258,10 @@ def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nby
         )
     cur = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'done', rows_copied = %s, bytes_copied = %s, "
-        "rows_inserted = %s, rows_updated = %s, completed_at = clock_timestamp(), lease_expires_at = NULL, error = NULL "
-        "WHERE chunk_id = %s AND fence = %s AND status = 'running'",
-        (rows, nbytes, rows if inserted is None else inserted, updated or 0, chunk.chunk_id, chunk.fence),
+        "rows_inserted = %s, rows_updated = %s, notes = %s, values_changed = %s, completed_at = clock_timestamp(), "
+        "lease_expires_at = NULL, error = NULL WHERE chunk_id = %s AND fence = %s AND status = 'running'",
+        (rows, nbytes, rows if inserted is None else inserted, updated or 0, json.dumps(notes or []), values_changed,
+         chunk.chunk_id, chunk.fence),
     )
     if cur.rowcount != 1:
         raise FenceLostError(

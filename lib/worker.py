@@ -19,7 +19,7 @@ from lib import faults, status
 from lib import postgres_target as pg
 from lib.budget import fit_threads
 from lib.config import SourceConfig, TableSpec
-from lib.errors import FenceLostError, MigrationError, TransientError, classify
+from lib.errors import FenceLostError, MigrationError, TransientError, classify, with_context
 from lib.lease import LeaseKeeper, LeaseLostError, Progress
 from lib.load_modes import TableLoad
 from lib.loaders import Written, loader_for
@@ -29,6 +29,7 @@ from lib.prefetch import Prefetcher
 from lib.retry import call_with_retry
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column
+from lib.wire import Wire
 
 
 @dataclass
@@ -144,7 +145,7 @@ class Worker:
             self._reset_pg()
             return
         except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
-            error = classify(exc, where)
+            error = with_context(classify(exc, where), where)
             transient = isinstance(error, TransientError)
             retry_in = self.plan.config.retry_policy().delay(chunk.attempts) if transient else None
             # Record before letting go of the connection: closing it drops the liveness lock, and
@@ -184,8 +185,10 @@ class Worker:
         try:
             with keeper, conn.transaction():
                 moving = _ticking(self._measured(_with_fault_points(batches)), progress)
-                written = loader_for(load).write(conn, columns, moving, chunk.bounds)
-                status.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated)
+                wire = Wire(columns, key=chunk.bounds.column, nul_bytes=self.plan.config.nul_bytes(spec))
+                written = loader_for(load).write(conn, wire, moving, chunk.bounds)
+                status.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated,
+                                 wire.notes(), sum(wire.nul_values_changed.values()))
                 faults.maybe_crash("before_commit")
         finally:
             if not batches.close():

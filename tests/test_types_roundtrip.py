@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
+from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 from lib.orchestrator import run
@@ -123,3 +126,82 @@ def test_timestamp_precision_and_offsets_behave_as_the_readme_says(env) -> None:
     type_map = " ".join((ROOT / "README.md").read_text().split("## Configuration reference")[1].split())
     assert "keeps the instant, not the offset" in type_map
     assert "nanoseconds are truncated to microseconds" in type_map
+
+
+EXTREME_DDL = """CREATE TABLE EXT (ID NUMBER(18,0), TS TIMESTAMP_NTZ(9), D DATE, TZ TIMESTAMP_TZ(9), LTZ TIMESTAMP_LTZ(9),
+    T TIME(9), N NUMBER(38,10), F FLOAT, V VARIANT, B BINARY)"""
+# (ID, column, Snowflake literal) scattered over several Arrow batches of one chunk; every other value is NULL
+EXTREMES_BY_ID = [
+    (5, "TS", "'0001-01-01 00:00:00'::TIMESTAMP_NTZ(9)"), (2100, "TS", "'9999-12-31 23:59:59.999999'::TIMESTAMP_NTZ(9)"),
+    (2200, "TS", "'1677-09-21 00:12:43.145224'::TIMESTAMP_NTZ(9)"), (4500, "TS", "'2262-04-11 23:47:16.854775'::TIMESTAMP_NTZ(9)"),
+    (4600, "TS", "'2024-02-29 12:00:00.123456789'::TIMESTAMP_NTZ(9)"), (6, "D", "'0001-01-01'::DATE"),
+    (4700, "D", "'9999-12-31'::DATE"), (7, "TZ", "'1000-06-15 12:00:00+00:00'::TIMESTAMP_TZ(9)"),
+    (4800, "TZ", "'9999-12-30 23:59:59.999999+00:00'::TIMESTAMP_TZ(9)"), (8, "LTZ", "'2024-07-01 09:30:00.25'::TIMESTAMP_LTZ(9)"),
+    (9, "T", "'23:59:59.999999999'::TIME(9)"), (4900, "T", "'00:00:00'::TIME(9)"),
+    (10, "N", "'12345678901234567890123456.1234567891'::NUMBER(38,10)"),
+    (5000, "N", "'-99999999999999999999999999.9999999999'::NUMBER(38,10)"),
+    (11, "F", "'NaN'::FLOAT"), (12, "F", "'inf'::FLOAT"), (13, "F", "'-inf'::FLOAT"), (14, "F", "'-0.0'::FLOAT"),
+    (5100, "F", "1.7976931348623157e308::FLOAT"), (5200, "F", "5e-324::FLOAT"),
+    (15, "V", "PARSE_JSON('{\"big\": 18446744073709551616, \"neg\": -92233720368547758080, \"list\": [1, [2, {}]]}')"),
+    (5300, "V", "PARSE_JSON('[9223372036854775808, 1e400]')"),
+    (16, "B", "TO_BINARY(REPEAT('AB', 4194304), 'HEX')"),  # 8 MiB in one value
+]
+
+
+def test_extreme_values_mixed_with_nulls_in_the_batches_of_one_chunk_arrive_exactly(env) -> None:
+    """Dates far outside 1677-2262 beside NULLs made the connector's batches of one result differ in type
+    (timestamp[us] beside timestamp[ns]) and failed the chunk on every attempt."""
+    env.sf_execute(EXTREME_DDL, "INSERT INTO EXT (ID) SELECT SEQ8() FROM TABLE(GENERATOR(ROWCOUNT => 6000))",
+                   *(f"UPDATE EXT SET {column} = {literal} WHERE ID = {row}" for row, column, literal in EXTREMES_BY_ID))
+    result = run(env.config([{"source": "EXT", "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}],
+                            chunk_rows=10_000, batch_size=1000))
+    assert result.status == "completed", result.tables
+    assert env.pg_value("SELECT max(rows_copied) FROM migration_status.migration_chunk_status") == 6000  # one chunk
+    columns = ["TS", "D", "TZ", "LTZ", "T", "N", "F", "V", "B"]
+    with env.sf() as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT ID, {', '.join(columns)} FROM EXT WHERE ID IN ({', '.join(str(r) for r, _, _ in EXTREMES_BY_ID)})")
+        source = {int(r[0]): dict(zip(columns, r[1:], strict=True)) for r in cur.fetchall()}
+    target = {r[0]: dict(zip(columns, r[1:], strict=True)) for r in env.pg_rows(
+        "SELECT id, ts, d, tz, ltz, t, n, f, v, b FROM public.ext WHERE id = ANY(%s)", ([r for r, _, _ in EXTREMES_BY_ID],))}
+    for row, column, literal in EXTREMES_BY_ID:
+        want, got = source[row][column], target[row][column]
+        if column == "F":
+            same = (math.isnan(want) and math.isnan(got)) or (want == got and math.copysign(1, want) == math.copysign(1, got))
+            assert same, (row, want, got)
+        elif column == "V":
+            assert json.loads(want, parse_float=Decimal) == got, (row, want, got)  # exact, 1e400 included
+        elif column == "B":
+            assert bytes(got) == bytes(want) and len(got) == 4 * 2**20 * 1, row
+        elif column == "TS" and row == 4600:
+            assert got == datetime(2024, 2, 29, 12, 0, 0, 123456), "nanoseconds are truncated to microseconds"
+        elif column == "T" and row == 9:
+            assert str(got) == "23:59:59.999999"
+        else:
+            assert got == want, (row, column, literal, want, got)
+    assert env.pg_value("SELECT count(*) FROM public.ext WHERE ts IS NULL AND d IS NULL AND n IS NULL") == 6000 - 9
+    assert env.pg_value("SELECT v::text FROM public.ext WHERE id = 15") == (
+        '{"big": 18446744073709551616, "neg": -92233720368547758080, "list": [1, [2, {}]]}')
+
+
+def test_nul_bytes_fail_their_chunk_by_name_unless_the_table_strips_or_replaces_them(env) -> None:
+    from tests.helpers import cli
+
+    env.sf_execute("CREATE TABLE NULS AS SELECT SEQ8()::NUMBER(18,0) AS ID, "
+                   "IFF(SEQ8() IN (7, 1500), 'bad' || CHR(0) || 'value', 'fine ' || SEQ8()) AS NOTE "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 2000))")
+    table = {"source": "NULS", "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
+    failing = run(env.config([table], chunk_rows=1000))
+    assert failing.status == "completed_with_errors"
+    errors = [r[0] for r in env.pg_rows("SELECT error FROM migration_status.migration_chunk_status WHERE status = 'failed'")]
+    assert len(errors) == 2 and all("column NOTE (text)" in e and "holds a NUL byte" in e for e in errors)
+    assert any("row with ID = 7" in e for e in errors) and any("row with ID = 1500" in e for e in errors)
+
+    path = env.write_config([{**table, "nul_bytes": "replace:?", "target": "nuls_fixed"}], defaults={"chunk_rows": 1000})
+    fixed = cli(env.env, path)
+    assert fixed.returncode == 0, fixed.stdout + fixed.stderr
+    assert env.pg_rows("SELECT note FROM public.nuls_fixed WHERE id IN (7, 1500)") == [("bad?value",)] * 2
+    notes = env.pg_rows("SELECT notes::text, values_changed FROM migration_status.migration_chunk_status "
+                        "WHERE run_id = 2 AND values_changed > 0 ORDER BY chunk_no")
+    assert [n[1] for n in notes] == [1, 1] and "column NOTE had NUL bytes, replaced by '?'" in notes[0][0]
+    shown = cli(env.env, path, "status").stdout
+    assert "2 value(s) changed by nul_bytes" in shown
