@@ -6,6 +6,7 @@
     python migrate.py plan --source demo            print the chunk plan, copy nothing
     python migrate.py status --source demo          the latest run of this config
     python migrate.py reconcile --source demo       re-count source and target now, store the result
+    python migrate.py verify --source demo [--sample F] [--repair]  compare content checksums per chunk
     python migrate.py cleanup --source demo [--yes] ledger rows of abandoned runs past the retention
     python migrate.py abandon --source demo --run-id N [--yes]  give a run up: it is never resumed and
                                                     releases the target tables it was loading
@@ -30,7 +31,7 @@ EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="migrate.py", description="Resumable Snowflake → PostgreSQL migration")
     sub = parser.add_subparsers(dest="command")
-    for name in ("run", "plan", "status", "reconcile", "cleanup", "abandon", "rollback"):
+    for name in ("run", "plan", "status", "reconcile", "verify", "cleanup", "abandon", "rollback"):
         # SUPPRESS: flags given before the sub-command are not reset by the sub-parser's defaults
         p = sub.add_parser(name, argument_default=argparse.SUPPRESS)
         _common(p)
@@ -40,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "cleanup":
             p.add_argument("--older-than-days", type=float, default=30.0, help="retention (default 30 days)")
             p.add_argument("--yes", action="store_true", default=False, help="really delete")
+        if name == "verify":
+            p.add_argument("--sample", type=float, default=None, help="verify a random fraction of the chunks (0-1)")
+            p.add_argument("--repair", action="store_true", default=False,
+                           help="copy every differing chunk again (in one transaction each), then verify again")
+            p.add_argument("--run-id", type=int, help="a specific run (default: the latest of this config)")
         if name == "rollback":
             p.add_argument("--yes", action="store_true", default=False, help="roll back every selected table")
         if name == "abandon":
@@ -58,8 +64,11 @@ def _common(p: argparse.ArgumentParser) -> None:
     # every setting that a Step Functions execution may override is a flag too
     for name in SETTING_NAMES:
         default = getattr(Settings(), name)
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), dest=name,
-                       help=f"override the {name} setting (default {default})")
+        kind: Any = type(default)
+        if isinstance(default, bool):
+            kind = str  # "true" or "false", parsed with the config's one boolean rule
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, dest=name,
+                       help=f"override the {name} setting (default {str(default).lower() if isinstance(default, bool) else default})")
     # table options an execution may override, for every selected table
     p.add_argument("--load-mode", choices=LOAD_MODES, dest="load_mode",
                    help="in_place (default) or swap: load a shadow table and swap it in, keeping a backup")
@@ -91,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_cleanup(config, args.older_than_days, args.yes)
         if command == "reconcile":
             return cmd_reconcile(config, bool(args.json))
+        if command == "verify":
+            return cmd_verify(config, getattr(args, "sample", None), getattr(args, "repair", False),
+                              getattr(args, "run_id", None), bool(args.json))
         if command == "abandon":
             return cmd_abandon(config, args.run_id, args.yes)
         if command == "rollback":
@@ -320,6 +332,53 @@ def cmd_rollback(config: SourceConfig, yes: bool) -> int:
     return EXIT_OK
 
 
+def cmd_verify(config: SourceConfig, sample: float | None, repair: bool, run_id: int | None, as_json: bool) -> int:
+    """Checksum every done chunk (or a sample) on both sides; with --repair, copy the differing ones again."""
+    from lib import ledger_schema, status
+    from lib import postgres_target as pg
+    from lib.verify import verify_and_repair
+
+    if sample is not None and not 0 < sample <= 1:
+        print("--sample must be a fraction above 0 and at most 1", file=sys.stderr)
+        return EXIT_CONFIG
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        ledger_schema.apply_migrations(conn)
+        if run_id is None:
+            latest = status.find_latest_run(conn, config.fingerprint())
+            if latest is None:
+                print("no run of this config yet: nothing to verify")
+                return EXIT_ERRORS
+            run_id = latest.run_id
+    threads = config.settings.parallel_threads or 2
+    first, after, refused = verify_and_repair(config, run_id, {t.name for t in config.tables}, sample, repair, threads)
+    final = after if after is not None else first
+    if as_json:
+        print(json.dumps({"run_id": run_id, "verified": [r.__dict__ for r in first],
+                          "after_repair": None if after is None else [r.__dict__ for r in after],
+                          "not_repairable": refused}, indent=2, default=str))
+    else:
+        _print_verification(run_id, first, "verified")
+        if after is not None:
+            _print_verification(run_id, after, "after repair")
+        for line in refused:
+            print(f"  ! {line}")
+    return EXIT_OK if all(r.clean for r in final) and not refused else EXIT_ERRORS
+
+
+def _print_verification(run_id: int, results: list[Any], label: str) -> None:
+    headers = ["table", "chunks checked", "matched", "differing", "errors", "compared for NULLs only"]
+    rows = [[r.table + (" (whole table)" if r.whole_table else ""), str(r.checked), str(r.matched),
+             ", ".join("table" if c is None else str(c) for c in r.differing) or "-", str(len(r.errors)),
+             ", ".join(r.nulls_only) or "-"] for r in results]
+    widths = [max(len(x) for x in col) for col in zip(headers, *rows, strict=False)]
+    print(f"run {run_id}: {label}")
+    for line in [headers, *rows]:
+        print("  " + "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
+    for r in results:
+        for error in r.errors[:5]:
+            print(f"  ! {r.table}: {error}")
+
+
 def cmd_abandon(config: SourceConfig, run_id: int, yes: bool) -> int:
     """Give a run of this source up: it is never resumed, its workers can no longer commit, and the
     target tables it was loading can be loaded by another run. Rows it already copied stay."""
@@ -364,7 +423,8 @@ def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
             print("no run of this config yet: nothing to reconcile")
             return EXIT_ERRORS
         counts = status.chunk_counts(conn, latest.run_id)
-        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
+        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(),
+                                 status.run_snapshot(conn, latest.run_id))
         results = []
         try:
             for name, (spec, _, load) in table_loads(conn, config, latest.run_id).items():

@@ -50,6 +50,8 @@ class Settings:
     max_target_connections: int = 64  # all workers' PostgreSQL connections together (threads x 2 each)
     keep_backups: int = 2  # swap mode: backups of each target that `cleanup` keeps
     nul_bytes: str = "fail"  # NUL bytes in text: fail | strip | replace:<char> (per table too)
+    snapshot: bool = False  # read every table AT(TIMESTAMP => the run's start): one point in time
+    verify: bool = False  # after reconciliation, compare content checksums of every chunk (lib/verify.py)
 
 
 @dataclass(frozen=True)
@@ -87,8 +89,9 @@ SETTING_BOUNDS: dict[str, Bound] = {
     "keep_backups": Bound(int, 0, 1000, "an integer from 0 to 1,000"),
 }
 TEXT_SETTINGS = {"nul_bytes": nul_policy_problem}  # settings that are words, each with its own check
+BOOL_SETTINGS = {"snapshot", "verify"}
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
-assert set(SETTING_BOUNDS) | set(TEXT_SETTINGS) == set(SETTING_NAMES)
+assert set(SETTING_BOUNDS) | set(TEXT_SETTINGS) | BOOL_SETTINGS == set(SETTING_NAMES)
 
 # Strings accepted for a boolean override (execution input may come from tools that only write strings).
 TRUE_STRINGS, FALSE_STRINGS = frozenset({"true"}), frozenset({"false"})
@@ -347,7 +350,13 @@ def _parse_settings(raw: Any, where: str, problems: list[str], base: Settings) -
         if key == "$comment":
             continue
         bound = SETTING_BOUNDS.get(key)
-        if key in TEXT_SETTINGS:
+        if key in BOOL_SETTINGS:
+            parsed = parse_bool(value)
+            if parsed is None:
+                problems.append(f"{where}.{key} must be true or false, got {value!r}")
+            else:
+                values[key] = parsed
+        elif key in TEXT_SETTINGS:
             if problem := TEXT_SETTINGS[key](value):
                 problems.append(f"{where}.{problem}")
             else:

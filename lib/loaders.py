@@ -10,9 +10,10 @@ from typing import Any, Protocol
 
 import psycopg
 import pyarrow as pa
+from psycopg import sql
 
 from lib import postgres_target as pg
-from lib.errors import TransientError
+from lib.errors import FatalError, TransientError
 from lib.load_modes import TableLoad
 from lib.models import Bounds
 from lib.typemap import Column
@@ -42,6 +43,24 @@ class CopyLoader:
               bounds: Bounds | None = None) -> Written:
         rows, nbytes = pg.copy_batches(conn, self.destination, wire, batches)
         return Written(rows, nbytes, rows, 0)
+
+
+@dataclass(frozen=True)
+class RepairLoader:
+    """verify --repair of a copy or swap load: the chunk's key range is emptied in the target and copied
+    again, in the chunk's one transaction, so a crash leaves the old rows or the new ones, never half."""
+
+    destination: tuple[str, str]
+
+    def write(self, conn: psycopg.Connection[Any], wire: Wire, batches: Iterable[pa.RecordBatch],
+              bounds: Bounds | None = None) -> Written:
+        selected = pg.chunk_predicate(bounds, wire.columns) if bounds is not None else None
+        if selected is None:
+            raise FatalError("a hash chunk cannot be selected in PostgreSQL, so it cannot be repaired chunk-wise: "
+                             "reload the table (load_mode swap)")
+        predicate, params = selected
+        conn.execute(sql.SQL("DELETE FROM {} WHERE {}").format(sql.Identifier(*self.destination), predicate), params)
+        return CopyLoader(self.destination).write(conn, wire, batches, bounds)
 
 
 @dataclass(frozen=True)
@@ -83,7 +102,8 @@ class KeyedLoader:
         return not pg.has_rows_in_range(conn, self.destination, self.key[0], column.pg_type, bounds.lo, bounds.hi)
 
 
-def loader_for(load: TableLoad) -> Loader:
+def loader_for(load: TableLoad, repair: bool = False) -> Loader:
+    """The table's loader; for a repair, keyed loads merge (fixing changed values), the others replace."""
     if load.staged:
-        return KeyedLoader(load.destination, load.key, update=load.mode == "merge")
-    return CopyLoader(load.destination)
+        return KeyedLoader(load.destination, load.key, update=load.mode == "merge" or repair)
+    return RepairLoader(load.destination) if repair else CopyLoader(load.destination)

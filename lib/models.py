@@ -89,3 +89,4 @@ class ClaimedChunk:
     expected_rows: int
     fence: int
     attempts: int
+    repair: bool = False  # verify --repair: the chunk's key range is emptied in the target, then copied again

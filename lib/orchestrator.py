@@ -54,6 +54,14 @@ class RunResult:
     counters: dict[str, int] = field(default_factory=dict)
 
 
+def _snowflake_now(config: SourceConfig) -> str:
+    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
+    try:
+        return source.now()
+    finally:
+        source.close()
+
+
 def _hash_lock_key(conn: psycopg.Connection[Any], config_hash: str) -> int:
     row = conn.execute("SELECT hashtextextended(%s, 7)", (config_hash,)).fetchone()
     assert row is not None
@@ -110,12 +118,13 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
                 if retried:
                     message += f"; {retried} failed chunk(s) get new attempts"
             else:
+                metadata = {"source_names": [config.name], "config": config.redacted(), "start_token": start_token}
+                if config.settings.snapshot:
+                    metadata["snapshot_at"] = _snowflake_now(config)
                 with conn.transaction():  # abandoning the old run and creating the new one: all or nothing
                     if superseded:
                         status.abandon_run(conn, *superseded)
-                    run_id = status.create_run(conn, config_hash, config.name, {
-                        "source_names": [config.name], "config": config.redacted(), "start_token": start_token,
-                    })
+                    run_id = status.create_run(conn, config_hash, config.name, metadata)
                 mode, message = "fresh", f"started run {run_id}"
             log.info(message, **ctx(run_id=run_id))
             plan_missing_tables(conn, config, run_id)
@@ -128,8 +137,9 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
     """What the workers need of every planned table: its scope, columns and stored load mode."""
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         loads = table_loads(conn, config, run_id)
+        snapshot_at = status.run_snapshot(conn, run_id)
     tables = {name: (scoped_spec(spec, load.window), columns, load) for name, (spec, columns, load) in loads.items()}
-    return WorkPlan(config, run_id, tables, deadline=deadline)
+    return WorkPlan(config, run_id, tables, deadline=deadline, snapshot_at=snapshot_at)
 
 
 def table_loads(conn: psycopg.Connection[Any], config: SourceConfig,
@@ -224,7 +234,7 @@ def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
         counts = status.chunk_counts(conn, run_id)
         states = {r["table_name"]: r["status"] for r in status.table_rows(conn, run_id)}
         loads = table_loads(conn, config, run_id)
-        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
+        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), status.run_snapshot(conn, run_id))
         try:
             for name, (spec, _, load) in loads.items():
                 chunks = counts.get(name, NO_CHUNKS)  # an empty watermark window has no chunks
@@ -256,7 +266,7 @@ def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, lo
             if step is None:
                 return False
             conn.execute("SET LOCAL statement_timeout = 0")  # an index build on a big table may take hours
-            if load.mode == "swap":
+            if load.mode == "swap" and load.destination != spec.target:  # (after the swap: a repair's post-load)
                 what = f"swapping {'.'.join(load.destination)} in for {spec.target_name}"
                 backup = swap.swap_in(conn, spec.target, load.destination, run_id, spec.name)
                 log.info("swapped in: the old table is kept as %s", ".".join(backup), **ctx(run_id=run_id, table=spec.name))
@@ -277,6 +287,19 @@ def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, lo
         log.info("primary key (%s) built in %.1fs", ", ".join(step.primary_key), time.monotonic() - started,
                  **ctx(run_id=run_id, table=spec.name))
     return True
+
+
+def verify_finished_tables(config: SourceConfig, run_id: int) -> list[Any]:
+    """settings.verify: content checksums of every completed table's chunks; a table that differs is failed."""
+    from lib.verify import record_differences, verify_run
+
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        completed = {t["table_name"] for t in status.table_rows(conn, run_id) if t["status"] == "completed"}
+    if not completed:
+        return []
+    results = verify_run(config, run_id, completed, None, config.settings.parallel_threads or 2)
+    record_differences(config, run_id, results)
+    return results
 
 
 def finalize_run(config: SourceConfig, run_id: int, interrupted: bool = False, error: str | None = None) -> str:
@@ -327,6 +350,8 @@ def run(config: SourceConfig) -> RunResult:
             with ProgressMonitor(config.postgres_connect_args(), start.run_id):
                 work(plan, threads)
         retried(lambda: reconcile_finished_tables(config, start.run_id), "reconciling")
+        if config.settings.verify:
+            verify_finished_tables(config, start.run_id)
     except KeyboardInterrupt:
         interrupted = True
         raise

@@ -44,7 +44,7 @@ def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run
     todo = [t for t in config.tables if t.name not in planned]
     if not todo:
         return
-    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
+    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), status.run_snapshot(conn, run_id))
     try:
         for spec in todo:
             try:
@@ -63,6 +63,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
               spec: TableSpec) -> None:
     described = source.describe(spec.source)
     columns = columns_from_description(described)
+    snapshot_notes = _check_retention(source, spec, config) if source.snapshot_at else []
     for name in pg.target_column_names(columns):
         if problem := pg_identifier_problem(name):
             raise FatalError(f"target column {problem}")
@@ -76,6 +77,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         plan = TablePlan("window", [], f"nothing above the last {window.column} ({window.lo}): no rows to read")
     else:
         plan = plan_table(source, scoped, columns, config.chunk_rows(spec))
+    plan.notes.extend(snapshot_notes)
     if window is not None:
         plan.notes.append(f"window {window.column} > {window.lo} (from the {window.lo_from}) and <= {window.hi}"
                           if window.lo is not None else f"first window: {window.column} <= {window.hi}, and NULLs")
@@ -111,6 +113,25 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     )
     for note in plan.notes:
         log.info("plan note: %s", note, **ctx(run_id=run_id, table=spec.name))
+
+
+def _check_retention(source: SnowflakeSource, spec: TableSpec, config: SourceConfig) -> list[str]:
+    """A point-in-time run needs the table's history for as long as the run may last (resume_max_age)."""
+    days = source.retention_days(spec.source)
+    hours = config.settings.resume_max_age
+    if days == 0:
+        raise FatalError(f"{spec.name} has no Time Travel (DATA_RETENTION_TIME_IN_DAYS = 0), so it cannot be read at "
+                         f"the run's snapshot {source.snapshot_at}: raise its retention, or set snapshot to false")
+    if days is None:
+        note = f"snapshot {source.snapshot_at}: the table's Time Travel retention is unknown (SHOW TABLES did not say)"
+    elif days * 24 < hours:
+        note = (f"snapshot {source.snapshot_at}: Time Travel keeps {days} day(s) ({days * 24} h) of {spec.name}, but the "
+                f"run may be resumed for {hours:g} h (resume_max_age): chunks read after {days * 24} h would fail. Raise "
+                "DATA_RETENTION_TIME_IN_DAYS (up to 90 on Enterprise) or CLONE the table AT the snapshot first")
+    else:
+        return [f"snapshot {source.snapshot_at}: read AT(TIMESTAMP); Time Travel keeps {days} day(s) of {spec.name}"]
+    log.warning("%s", note, **ctx(table=spec.name))
+    return [note]
 
 
 def _window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],

@@ -14,6 +14,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from lib.errors import FatalError, classify
+from lib.models import Bounds
 from lib.typemap import Column
 from lib.wire import Wire, target_column_name  # target_column_name: the one source→target name rule
 
@@ -115,6 +116,28 @@ def has_rows_in_range(conn: psycopg.Connection[Any], target: tuple[str, str], co
     row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
         table_ident(target), sql.SQL(" AND ").join(conditions)), params).fetchone()
     return bool(row and row[0])
+
+
+def chunk_predicate(bounds: Bounds, columns: list[Column]) -> tuple[sql.Composable, list[Any]] | None:
+    """The chunk's rows in the target, or None when PostgreSQL cannot select them (hash chunks)."""
+    if bounds.kind == "all":
+        return sql.SQL("TRUE"), []
+    if bounds.kind == "hash" or bounds.column is None:
+        return None
+    column = next(c for c in columns if c.name == bounds.column)
+    name = sql.Identifier(target_column_name(column.name))
+    if bounds.kind == "null":
+        return sql.SQL("{} IS NULL").format(name), []
+    key = {"date": sql.SQL("({})::date").format(name),
+           "hour": sql.SQL("date_trunc('hour', {})").format(name)}.get(bounds.key_kind or "", name)
+    cast = {"date": "date", "hour": "timestamp"}.get(bounds.key_kind or "", column.pg_type)
+    parts: list[sql.Composable] = [sql.SQL("{} IS NOT NULL").format(name)]
+    params: list[Any] = []
+    for value, operator in ((bounds.lo, ">="), (bounds.hi, "<")):
+        if value is not None:
+            parts.append(sql.SQL("{} {} %s::{}").format(key, sql.SQL(operator), sql.SQL(cast)))
+            params.append(value)
+    return sql.SQL(" AND ").join(parts), params
 
 
 def unique_keys(conn: psycopg.Connection[Any], target: tuple[str, str]) -> list[tuple[bool, tuple[str, ...]]]:

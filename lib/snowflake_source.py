@@ -9,6 +9,7 @@ that is not a placeholder is written `%%` (quote_snowflake and `raw_sql` do it),
 from __future__ import annotations
 
 import contextlib
+import re
 import threading
 from collections.abc import Iterator
 from datetime import date, datetime
@@ -28,9 +29,15 @@ from lib.typemap import Column, columns_from_description
 
 
 class SnowflakeSource:
-    def __init__(self, connect_args: dict[str, Any], retry: RetryPolicy | None = None) -> None:
+    """A Snowflake session for one worker or step. With `snapshot_at` (a UTC timestamp text), every read of
+    table data (stats, chunks, counts, checksums) is `AT(TIMESTAMP => ...)`: one consistent point in time."""
+
+    def __init__(self, connect_args: dict[str, Any], retry: RetryPolicy | None = None,
+                 snapshot_at: str | None = None) -> None:
         self._args = {**connect_args, **SNOWFLAKE_FORCED}
         self._retry = retry or RetryPolicy()
+        self.snapshot_at = snapshot_at
+        self.on_connect: list[str] = []  # statements every new session runs first (e.g. a temporary UDF)
         self._conn: snowflake.connector.SnowflakeConnection | None = None
         self._reading: Any = None  # the cursor of the read in progress, for cancel()
 
@@ -38,9 +45,44 @@ class SnowflakeSource:
         if self._conn is None or self._conn.is_closed():
             try:
                 self._conn = snowflake.connector.connect(**self._args)
+                with self._conn.cursor() as cur:
+                    for statement in self.on_connect:
+                        cur.execute(statement)
             except Exception as exc:
                 raise classify(exc, "connecting to Snowflake") from exc
         return self._conn
+
+    def table_sql(self, table: tuple[str, ...]) -> str:
+        """The table in a FROM clause: at the run's snapshot, if it has one."""
+        if self.snapshot_at is None:
+            return snowflake_name(table)
+        return f"{snowflake_name(table)} AT(TIMESTAMP => '{_timestamp_literal(self.snapshot_at)}'::TIMESTAMP_TZ)"
+
+    def now(self) -> str:
+        """Snowflake's current time in UTC, to the microsecond: a run's snapshot."""
+        value = self.scalar("SELECT TO_VARCHAR(CONVERT_TIMEZONE('UTC', CURRENT_TIMESTAMP()), "
+                            "'YYYY-MM-DD HH24:MI:SS.FF6')", "reading Snowflake's clock")
+        return f"{value}+00:00"
+
+    def retention_days(self, table: tuple[str, ...]) -> int | None:
+        """The table's Time Travel retention (SHOW TABLES' retention_time), or None if it does not say."""
+        db, schema, name = table
+
+        def once() -> int | None:
+            with self.connection().cursor() as cur:
+                run(cur, f"SHOW TABLES LIKE %(name)s IN SCHEMA {quote_snowflake(db)}.{quote_snowflake(schema)}",
+                    {"name": name})  # a pattern: "_" may match more tables, the exact name is picked below
+                return retention_from_show_tables([d[0] for d in cur.description], cur.fetchall(), name)
+
+        return call_with_retry(once, self._retry, f"reading the Time Travel retention of {'.'.join(table)}",
+                               on_retry=self.close)
+
+    def checksum(self, sql: str, params: dict[str, Any] | None, context: str) -> tuple[int, int, int]:
+        """(rows, sum 1, sum 2) of a checksum query (lib/checksum.py); the sums travel as exact text."""
+        rows = self._fetchall(sql, params, context)
+        count, first, second = rows[0]
+        # Snowflake answers exact integers; the stand-in (DuckDB) may print them as "123.0"
+        return int(count), int(Decimal(first)), int(Decimal(second))
 
     def close(self, wait: bool = True) -> None:
         """Close the connection; `wait=False` closes it in a daemon thread (a read on it may be stuck)."""
@@ -94,13 +136,13 @@ class SnowflakeSource:
         return described
 
     def count(self, table: tuple[str, ...], source_filter: str | None) -> int:
-        sql = f"SELECT COUNT(*) FROM {snowflake_name(table)}{_where(source_filter)}"
+        sql = f"SELECT COUNT(*) FROM {self.table_sql(table)}{_where(source_filter)}"
         return int(self._fetchall(sql, None, f"counting {'.'.join(table)}")[0][0])
 
     def day_counts(self, table: tuple[str, ...], column: str, source_filter: str | None) -> list[DayCount]:
         """ONE aggregated query: rows per day (NULL keys as day None)."""
         col = quote_snowflake(column)
-        sql = f"SELECT DATE({col}) AS d, COUNT(*) FROM {snowflake_name(table)}{_where(source_filter)} GROUP BY 1"
+        sql = f"SELECT DATE({col}) AS d, COUNT(*) FROM {self.table_sql(table)}{_where(source_filter)} GROUP BY 1"
         rows = self._fetchall(sql, None, f"counting rows per day of {'.'.join(table)}.{column}")
         return [DayCount(_as_date(r[0]), int(r[1])) for r in rows]
 
@@ -112,7 +154,7 @@ class SnowflakeSource:
         extra = f" AND ({raw_sql(source_filter)})" if source_filter else ""
         placeholders = ", ".join(f"TO_DATE(%(d{i})s)" for i in range(len(days)))
         sql = (
-            f"SELECT DATE_TRUNC('HOUR', {col}) AS h, COUNT(*) FROM {snowflake_name(table)} "
+            f"SELECT DATE_TRUNC('HOUR', {col}) AS h, COUNT(*) FROM {self.table_sql(table)} "
             f"WHERE DATE({col}) IN ({placeholders}){extra} GROUP BY 1"
         )
         params = {f"d{i}": d.isoformat() for i, d in enumerate(days)}
@@ -124,7 +166,7 @@ class SnowflakeSource:
     ) -> dict[int, int]:
         """ONE aggregated query: rows per hash remainder."""
         sql = (
-            f"SELECT {hash_expression(columns, '%(m)s')} AS r, COUNT(*) FROM {snowflake_name(table)}"
+            f"SELECT {hash_expression(columns, '%(m)s')} AS r, COUNT(*) FROM {self.table_sql(table)}"
             f"{_where(source_filter)} GROUP BY 1"
         )
         rows = self._fetchall(sql, {"m": modulus}, f"counting rows per hash class of {'.'.join(table)}")
@@ -145,7 +187,7 @@ class SnowflakeSource:
         is the number of the bucket's rows below its highest key, which lets a heavy value stand alone.
         """
         col = quote_snowflake(column)
-        name = snowflake_name(table)
+        name = self.table_sql(table)
         extra = f" AND ({raw_sql(source_filter)})" if source_filter else ""
         sql = (
             f"SELECT b, MIN(k), MAX(k), COUNT(*), MIN(r), MAX(r) FROM ("
@@ -180,7 +222,7 @@ class SnowflakeSource:
         if source_filter:
             predicate = f"({predicate}) AND ({raw_sql(source_filter)})"
         select = ", ".join(quote_snowflake(c.name) for c in columns)
-        sql = f"SELECT {select} FROM {snowflake_name(table)} WHERE {predicate}"
+        sql = f"SELECT {select} FROM {self.table_sql(table)} WHERE {predicate}"
         context = f"reading {'.'.join(table)} where {bounds.describe()}"
         cur = None
         try:
@@ -217,6 +259,23 @@ class SnowflakeSource:
                     cur.connection._cancel_query(cur.query or "", cur._request_id)
 
         threading.Thread(target=abort, name="snowflake-cancel", daemon=True).start()
+
+
+def retention_from_show_tables(columns: list[str], rows: list[tuple[Any, ...]], name: str) -> int | None:
+    """The retention_time (days) of table `name` in a SHOW TABLES answer, or None if it does not say."""
+    names = [c.lower() for c in columns]
+    for row in rows:
+        found = dict(zip(names, row, strict=False))
+        if found.get("name") == name and found.get("retention_time") not in (None, ""):
+            return int(found["retention_time"])
+    return None
+
+
+def _timestamp_literal(text: str) -> str:
+    """A snapshot timestamp, checked to be one before it goes into SQL."""
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,9})?[+-]\d{2}:\d{2}", text):
+        raise FatalError(f"the run's snapshot {text!r} is not a timestamp")
+    return text
 
 
 def chunk_predicate(bounds: Bounds) -> tuple[str, dict[str, Any]]:

@@ -93,6 +93,13 @@ def create_run(conn: psycopg.Connection[Any], config_hash: str, source_name: str
     return int(row[0])
 
 
+def run_snapshot(conn: psycopg.Connection[Any], run_id: int) -> str | None:
+    """The Snowflake timestamp every read of this run is taken at (settings.snapshot), if it has one."""
+    row = conn.execute(f"SELECT metadata ->> 'snapshot_at' FROM {SCHEMA}.migration_runs WHERE run_id = %s",
+                       (run_id,)).fetchone()
+    return row[0] if row else None
+
+
 def set_run_status(conn: psycopg.Connection[Any], run_id: int, status: str, error: str | None = None) -> None:
     conn.execute(
         f"UPDATE {SCHEMA}.migration_runs SET status = %s, error = %s, updated_at = now(), "
@@ -224,7 +231,8 @@ def claim_chunk(
             f"UPDATE {SCHEMA}.migration_chunk_status c SET status = 'running', fence = c.fence + 1, "
             "attempts = c.attempts + 1, worker = %(worker)s, started_at = clock_timestamp(), "
             "lease_expires_at = now() + make_interval(secs => %(lease)s) FROM next WHERE c.chunk_id = next.chunk_id "
-            "RETURNING c.chunk_id, c.run_id, c.table_name, c.chunk_no, c.bounds, c.expected_rows, c.fence, c.attempts",
+            "RETURNING c.chunk_id, c.run_id, c.table_name, c.chunk_no, c.bounds, c.expected_rows, c.fence, c.attempts, "
+            "c.repair",
             params,
         ).fetchone()
         if row is None:
@@ -233,7 +241,7 @@ def claim_chunk(
         # and then the chunk merely looks alive until its lease expires.
         conn.execute(f"SELECT pg_try_advisory_lock(%s, {LIVENESS_KEY.format(chunk='%s', fence='%s')})",
                      (CHUNK_LOCK_CLASS, row[0], row[6]))
-    return ClaimedChunk(row[0], row[1], row[2], row[3], Bounds.from_json(row[4]), row[5], row[6], row[7])
+    return ClaimedChunk(row[0], row[1], row[2], row[3], Bounds.from_json(row[4]), row[5], row[6], row[7], row[8])
 
 
 def release_liveness_lock(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> None:
@@ -258,7 +266,8 @@ def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nby
         )
     cur = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'done', rows_copied = %s, bytes_copied = %s, "
-        "rows_inserted = %s, rows_updated = %s, notes = %s, values_changed = %s, completed_at = clock_timestamp(), "
+        "rows_inserted = %s, rows_updated = %s, notes = %s, values_changed = %s, repair = false, "
+        "completed_at = clock_timestamp(), "
         "lease_expires_at = NULL, error = NULL WHERE chunk_id = %s AND fence = %s AND status = 'running'",
         (rows, nbytes, rows if inserted is None else inserted, updated or 0, json.dumps(notes or []), values_changed,
          chunk.chunk_id, chunk.fence),

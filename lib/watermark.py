@@ -24,7 +24,7 @@ import psycopg
 from psycopg import sql
 
 from lib.errors import FatalError
-from lib.identifiers import quote_snowflake, quote_snowflake_raw, snowflake_name
+from lib.identifiers import quote_snowflake, quote_snowflake_raw
 from lib.snowflake_source import raw_sql
 from lib.typemap import Column
 
@@ -87,7 +87,7 @@ def source_max(source: Any, table: tuple[str, ...], column: str, kind: str, sour
         "timestamptz": f"TO_VARCHAR(CONVERT_TIMEZONE('UTC', MAX({col})), 'YYYY-MM-DD HH24:MI:SS.FF9')",
     }[kind]
     where = f" WHERE ({raw_sql(source_filter)})" if source_filter else ""
-    return source.scalar(f"SELECT {expression} FROM {snowflake_name(table)}{where}",
+    return source.scalar(f"SELECT {expression} FROM {source.table_sql(table)}{where}",
                          f"reading the largest {column} of {'.'.join(table)}")
 
 
@@ -123,7 +123,7 @@ def lowered(kind: str, value: str, lag: float) -> str:
 def null_note(source: Any, table: tuple[str, ...], column: str, source_filter: str | None) -> str | None:
     """A plan note when rows have no watermark: incremental loads cannot see them."""
     where = f" AND ({raw_sql(source_filter)})" if source_filter else ""
-    count = int(source.scalar(f"SELECT COUNT(*) FROM {snowflake_name(table)} WHERE {quote_snowflake(column)} IS NULL{where}",
+    count = int(source.scalar(f"SELECT COUNT(*) FROM {source.table_sql(table)} WHERE {quote_snowflake(column)} IS NULL{where}",
                               f"counting rows of {'.'.join(table)} without {column}") or 0)
     if not count:
         return None

@@ -50,6 +50,7 @@ class WorkPlan:
     tables: dict[str, tuple[TableSpec, list[Column], TableLoad]]  # spec scoped to its window, columns, load mode
     stop: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() after which no new chunk is claimed
+    snapshot_at: str | None = None  # every read at this Snowflake timestamp (settings.snapshot)
     threads: int = 1  # workers allowed to claim; lowered when measured batches are bigger than estimated
     measured_row_bytes: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -186,7 +187,7 @@ class Worker:
             with keeper, conn.transaction():
                 moving = _ticking(self._measured(_with_fault_points(batches)), progress)
                 wire = Wire(columns, key=chunk.bounds.column, nul_bytes=self.plan.config.nul_bytes(spec))
-                written = loader_for(load).write(conn, wire, moving, chunk.bounds)
+                written = loader_for(load, repair=chunk.repair).write(conn, wire, moving, chunk.bounds)
                 status.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated,
                                  wire.notes(), sum(wire.nul_values_changed.values()))
                 faults.maybe_crash("before_commit")
@@ -218,7 +219,8 @@ class Worker:
 
     def _snowflake(self) -> SnowflakeSource:
         if self._source is None:
-            self._source = SnowflakeSource(self.plan.config.snowflake_connect_args(), self.plan.config.retry_policy())
+            self._source = SnowflakeSource(self.plan.config.snowflake_connect_args(), self.plan.config.retry_policy(),
+                                           self.plan.snapshot_at)
         return self._source
 
     def _reset_pg(self) -> None:

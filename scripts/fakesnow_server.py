@@ -1,10 +1,16 @@
 """Run a fakesnow server in the foreground, for the local stack and the tests.
 
-Two project-owned adjustments, both at start-up and neither touching fakesnow's files:
+Project-owned adjustments, all at start-up and none touching fakesnow's files:
 - NULL TIMESTAMP values keep their null mask (fakesnow 0.12.1 builds the timestamp struct without
   one, so NULLs would arrive as 1970-01-01);
 - with --db-path, every session shares one on-disk database, so data survives a server restart
-  without clients having to send fakesnow-specific session parameters.
+  without clients having to send fakesnow-specific session parameters;
+- Snowflake functions verification uses that fakesnow lacks: MD5_NUMBER_LOWER64 (a DuckDB macro with
+  Snowflake's definition: the lower 64 bits of the MD5 digest, big-endian) and the temporary UDF
+  MIGRATION_JSONB_TEXT (lib/jsonb_text.py, registered as a DuckDB function; its CREATE statement is
+  answered without running it);
+- `AT(TIMESTAMP => ...)` (Time Travel) is removed from statements before fakesnow parses them: the
+  stand-in has no history, so a point-in-time read reads the current data.
 
     python -m scripts.fakesnow_server --port 8765 [--db-path DIR] [--ready-file FILE]
 """
@@ -12,12 +18,16 @@ Two project-owned adjustments, both at start-up and neither touching fakesnow's 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
 import json
 import logging
 import os
+import re
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -39,6 +49,75 @@ def _patch_timestamp_nulls() -> None:
         return pa.StructArray.from_arrays(children, fields=fields, mask=ts.is_null())
 
     fakesnow.arrow.timestamp_to_sf_struct = with_null_mask
+
+
+_AT_CLAUSE = re.compile(r"\s+AT\s*\(\s*TIMESTAMP\s*=>\s*'[^']*'::TIMESTAMP_TZ\s*\)", re.IGNORECASE)
+_CREATE_UDF = re.compile(r"^\s*CREATE\s+OR\s+REPLACE\s+TEMPORARY\s+FUNCTION\s+MIGRATION_JSONB_TEXT\b", re.IGNORECASE)
+
+
+def stand_in_sql(sql: str) -> str:
+    """What the stand-in runs for a statement the engine sends to Snowflake."""
+    if _CREATE_UDF.match(sql):
+        return "SELECT 'MIGRATION_JSONB_TEXT is built into the stand-in' AS status"
+    return _AT_CLAUSE.sub("", sql)
+
+
+def _patch_functions() -> None:
+    """Every DuckDB connection fakesnow opens gets the functions verification calls."""
+    import duckdb
+    import fakesnow.instance
+
+    from lib.jsonb_text import UDF_NAME, jsonb_text
+
+    original = fakesnow.instance.FakeSnow.connect
+
+    def connect(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        conn = original(self, *args, **kwargs)
+        duck = conn._duck_conn  # fakesnow keeps no public handle on it
+        duck.execute("CREATE OR REPLACE TEMP MACRO m_d5_number_lower64(s) AS "
+                     "CAST(CAST(('0x' || substr(md5(s), 17, 16)) AS UBIGINT) AS HUGEINT)")
+        with contextlib.suppress(duckdb.CatalogException):  # the cursors of one DuckDB database share it
+            duck.create_function(UDF_NAME, jsonb_text, ["VARCHAR"], "VARCHAR", null_handling="special")
+        return conn
+
+    fakesnow.instance.FakeSnow.connect = connect
+
+
+class _RewriteStatements:
+    """ASGI middleware: the statement of each query request passes through stand_in_sql."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or not scope["path"].startswith("/queries/v1/query-request"):
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body"):
+                break
+        body = b"".join(chunks)
+        headers = dict(scope["headers"])
+        zipped = headers.get(b"content-encoding") == b"gzip"
+        data = json.loads(gzip.decompress(body) if zipped else body)
+        data["sqlText"] = stand_in_sql(data["sqlText"])
+        body = json.dumps(data).encode()
+        body = gzip.compress(body) if zipped else body
+        scope = {**scope, "headers": [(k, str(len(body)).encode() if k == b"content-length" else v)
+                                      for k, v in scope["headers"]]}
+        sent = False
+
+        async def replay() -> dict[str, Any]:
+            nonlocal sent
+            if sent:
+                return await receive()
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
 
 
 def _exit_when_gone(pid: int) -> None:
@@ -65,6 +144,7 @@ def main() -> None:
         _exit_when_gone(args.exit_with)
 
     _patch_timestamp_nulls()
+    _patch_functions()
     import fakesnow.server
     import uvicorn
     from fakesnow.instance import FakeSnow
@@ -74,7 +154,7 @@ def main() -> None:
         fakesnow.server.shared_fs = FakeSnow(db_path=args.db_path)
     logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
 
-    config = uvicorn.Config(fakesnow.server.app, host=args.host, port=args.port, log_level="warning")
+    config = uvicorn.Config(_RewriteStatements(fakesnow.server.app), host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)
     if args.ready_file:
         ready = Path(args.ready_file)

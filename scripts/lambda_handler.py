@@ -21,7 +21,15 @@ from lib import status
 from lib.budget import fit_connections
 from lib.config import SourceConfig, load_config
 from lib.log import get_logger
-from lib.orchestrator import finalize_run, reconcile_finished_tables, start_run, thread_count, work, work_plan
+from lib.orchestrator import (
+    finalize_run,
+    reconcile_finished_tables,
+    start_run,
+    thread_count,
+    verify_finished_tables,
+    work,
+    work_plan,
+)
 from lib.step_functions import (
     DISTRIBUTED_ABOVE,
     HISTORY_LIMIT,
@@ -71,6 +79,7 @@ def plan(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "threads_per_slot": threads,
         "distributed": slots > DISTRIBUTED_ABOVE,
         "max_loops": max_loops,
+        "verify": config.settings.verify,
         "loop_wait_seconds": execution["loop_wait_seconds"],
         # a continued execution must resume this run, never start over
         "continue_input": {**overrides, **execution, "no_resume": False,
@@ -108,6 +117,14 @@ def check(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 def reconcile(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     config = _config(event)
     return {"reconciled": reconcile_finished_tables(config, int(event["run_id"]))}
+
+
+def verify(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """settings.verify: content checksums of every completed table; a table that differs is failed."""
+    config = _config(event)
+    results = verify_finished_tables(config, int(event["run_id"]))
+    return {"tables": len(results), "chunks_checked": sum(r.checked for r in results),
+            "differing": {r.table: [c if c is not None else "table" for c in r.differing] for r in results if r.differing}}
 
 
 def finalize(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

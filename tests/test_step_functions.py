@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 ASL = ROOT / "aws" / "step_functions" / "migration.asl.json"
 FUNCTIONS = {
     "PlanFunctionArn": "plan", "WorkFunctionArn": "work_slot", "CheckFunctionArn": "check",
-    "ReconcileFunctionArn": "reconcile", "FinalizeFunctionArn": "finalize",
+    "ReconcileFunctionArn": "reconcile", "VerifyFunctionArn": "verify", "FinalizeFunctionArn": "finalize",
     "FailureFunctionArn": "record_failure", "ContinueFunctionArn": "continue_as_new",
 }
 REGION = "us-east-1"
@@ -426,3 +426,13 @@ def test_the_state_machine_runs_watermark_merges_and_swap_reloads_unchanged(aws)
     _assert_copied(aws.env, "S", 1500)
     assert aws.env.pg_value("SELECT count(*) FROM public.s__backup_1") == 10
     assert aws.env.pg_value("SELECT count(*) FROM public.s__backup_2") == 1500
+
+
+def test_the_verify_state_checks_content_when_the_config_asks_for_it(aws) -> None:
+    _load(aws.env, "V", 2000)
+    aws.configure([_table("V")], verify=True)
+    execution = aws.start(workers=2)
+    assert aws.wait(execution)["status"] == "SUCCEEDED"
+    assert aws.entered(execution, "Verify") == 1
+    chunks = aws.env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.migration_chunk_status")
+    assert aws.env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.verification WHERE result = 'match'") == chunks

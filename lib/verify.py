@@ -1,0 +1,266 @@
+"""Verification: every done chunk's content checksum (lib/checksum.py), computed inside Snowflake and inside
+PostgreSQL, compared and stored in `migration_status.chunk_checksums`; and the repair of the chunks
+that differ.
+
+- A chunk is selected on both sides by its own bounds. Tables chunked by hash (no key range PostgreSQL
+  can select) are compared as a whole, and cannot be repaired chunk-wise.
+- The source side applies the table's `source_filter` when the target holds exactly those rows (copy and
+  swap loads); catch-up, merge and watermark targets are replicas of the whole source table, compared
+  without it. With a run snapshot (settings.snapshot), the source is read at that point in time.
+- Both sessions work in UTC.
+- `repair`: each differing chunk is reset (pending, `repair`) and copied again by the usual workers,
+  fenced like any chunk: copy and swap loads empty the chunk's key range first, keyed loads merge. The
+  table and the run reopen until the repaired chunks are done, reconciled and verified again.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg
+
+from lib import checksum, status
+from lib import postgres_target as pg
+from lib.config import SourceConfig, TableSpec
+from lib.errors import MigrationError, classify
+from lib.jsonb_text import snowflake_udf_ddl
+from lib.load_modes import TableLoad
+from lib.log import ctx, get_logger
+from lib.models import Bounds
+from lib.snowflake_source import SnowflakeSource, chunk_predicate, raw_sql
+from lib.typemap import Column
+
+log = get_logger()
+
+
+@dataclass
+class TableVerification:
+    table: str
+    checked: int = 0
+    matched: int = 0
+    differing: list[int | None] = field(default_factory=list)  # chunk numbers; None: the whole table
+    errors: list[str] = field(default_factory=list)
+    nulls_only: list[str] = field(default_factory=list)
+    whole_table: bool = False  # hash chunks: compared as one
+
+    @property
+    def clean(self) -> bool:
+        return not self.differing and not self.errors
+
+
+@dataclass(frozen=True)
+class _Check:
+    spec: TableSpec
+    columns: list[Column]
+    load: TableLoad
+    chunk_no: int | None
+    bounds: Bounds  # Bounds("all") for a whole-table check
+
+
+class _Sessions(threading.local):
+    source: SnowflakeSource | None = None
+    target: psycopg.Connection[Any] | None = None
+
+
+def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None, sample: float | None = None,
+               threads: int = 2, seed: int | None = None) -> list[TableVerification]:
+    """Checksum the done chunks of the run (all, or a random `sample` fraction), store and return the verdicts."""
+    from lib.orchestrator import table_loads
+
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        loads = table_loads(conn, config, run_id)
+        snapshot_at = status.run_snapshot(conn, run_id)
+        done = _done_chunks(conn, run_id)
+    draw = random.Random(seed)
+    checks: list[_Check] = []
+    results: dict[str, TableVerification] = {}
+    for name, (spec, columns, load) in loads.items():
+        if tables is not None and name not in tables:
+            continue
+        chunks = done.get(name, [])
+        result = results[name] = TableVerification(name)
+        result.nulls_only = [f.describe() for f in checksum.fields(columns) if not f.values]
+        if not chunks:
+            continue
+        if any(pg.chunk_predicate(b, columns) is None for _, b in chunks):
+            result.whole_table = True
+            checks.append(_Check(spec, columns, load, None, Bounds("all")))
+            continue
+        if sample is not None and sample < 1:
+            chunks = draw.sample(chunks, max(1, round(len(chunks) * sample)))
+        checks.extend(_Check(spec, columns, load, no, bounds) for no, bounds in sorted(chunks, key=lambda c: c[0]))
+
+    sessions = _Sessions()
+    opened: list[Any] = []
+    lock = threading.Lock()
+
+    def check(item: _Check) -> tuple[_Check, str, str | None]:
+        with _sessions(config, snapshot_at, sessions, opened, lock) as (source, target):
+            try:
+                verdict = _compare(source, target, run_id, item, snapshot_at)
+                return item, verdict, None
+            except Exception as exc:  # noqa: BLE001 - stored as this chunk's error; the others go on
+                error = str(classify(exc, f"verifying {item.spec.name} chunk {item.chunk_no}"))
+                sessions.target = None  # a fresh connection for the next check
+                with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+                    _store(conn, run_id, item, None, None, "error", snapshot_at, error)
+                return item, "error", error
+
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
+            for item, verdict, error in pool.map(check, checks):
+                result = results[item.spec.name]
+                result.checked += 1
+                if verdict == "match":
+                    result.matched += 1
+                elif verdict == "differ":
+                    result.differing.append(item.chunk_no)
+                else:
+                    result.errors.append(f"chunk {item.chunk_no}: {error}")
+    finally:
+        for resource in opened:
+            resource.close()
+    for result in results.values():
+        level = log.info if result.clean else log.error
+        level("verified %d chunk(s): %d match, %d differ, %d error(s)%s", result.checked, result.matched,
+              len(result.differing), len(result.errors),
+              f"; compared for NULLs only: {', '.join(result.nulls_only)}" if result.nulls_only else "",
+              **ctx(run_id=run_id, table=result.table))
+    return list(results.values())
+
+
+@contextmanager
+def _sessions(config: SourceConfig, snapshot_at: str | None, sessions: _Sessions, opened: list[Any],
+              lock: threading.Lock) -> Iterator[tuple[SnowflakeSource, psycopg.Connection[Any]]]:
+    """This thread's Snowflake session (with the jsonb-text UDF) and PostgreSQL connection (in UTC)."""
+    if sessions.source is None:
+        source = SnowflakeSource({**config.snowflake_connect_args(), "session_parameters": {
+            **(config.snowflake_connect_args().get("session_parameters") or {}), "TIMEZONE": "UTC"}},
+            config.retry_policy(), snapshot_at)
+        source.on_connect.append(snowflake_udf_ddl())
+        sessions.source = source
+        with lock:
+            opened.append(source)
+    if sessions.target is None or sessions.target.closed:
+        target = pg.connect(config.postgres_connect_args(), autocommit=True)
+        target.execute("SET TIME ZONE 'UTC'")
+        target.execute("SET statement_timeout = 0")  # a whole-table checksum may take long
+        sessions.target = target
+        with lock:
+            opened.append(target)
+    yield sessions.source, sessions.target
+
+
+def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: int, item: _Check,
+             snapshot_at: str | None) -> str:
+    fields = checksum.fields(item.columns)
+    where, params = chunk_predicate(item.bounds)
+    scope = item.spec.source_filter if item.load.mode in ("copy", "swap") and not item.spec.source_watermark else None
+    if scope:
+        where = f"({where}) AND ({raw_sql(scope)})"
+    where_label = f"{item.spec.name} chunk {item.chunk_no}" if item.chunk_no is not None else item.spec.name
+    theirs = source.checksum(checksum.snowflake_query(fields, source.table_sql(item.spec.source), where), params,
+                             f"checksumming {where_label} in Snowflake")
+    selected = pg.chunk_predicate(item.bounds, item.columns)
+    assert selected is not None
+    predicate, pg_params = selected
+    destination = item.load.destination if item.load.mode != "swap" else item.spec.target
+    row = target.execute(checksum.postgres_query(fields, destination, predicate), pg_params).fetchone()
+    assert row is not None
+    ours = (int(row[0]), int(row[1]), int(row[2]))
+    verdict = "match" if theirs == ours else "differ"
+    _store(target, run_id, item, theirs, ours, verdict, snapshot_at, None, fields)
+    return verdict
+
+
+def _store(conn: psycopg.Connection[Any], run_id: int, item: _Check, theirs: tuple[int, int, int] | None,
+           ours: tuple[int, int, int] | None, verdict: str, snapshot_at: str | None, error: str | None,
+           fields: list[checksum.Field] | None = None) -> None:
+    fields = fields or checksum.fields(item.columns)
+    conn.execute(
+        f"INSERT INTO {status.SCHEMA}.chunk_checksums (run_id, table_name, chunk_no, source_rows, source_sum1, "
+        "source_sum2, target_rows, target_sum1, target_sum2, result, compared, nulls_only, snapshot_at, error) "
+        "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (run_id, item.spec.name, item.chunk_no, *(theirs or (None, None, None)), *(ours or (None, None, None)), verdict,
+         json.dumps([f.column.name for f in fields if f.values]), json.dumps([f.describe() for f in fields if not f.values]),
+         snapshot_at, error))
+
+
+def _done_chunks(conn: psycopg.Connection[Any], run_id: int) -> dict[str, list[tuple[int, Bounds]]]:
+    rows = conn.execute(f"SELECT table_name, chunk_no, bounds FROM {status.SCHEMA}.migration_chunk_status "
+                        "WHERE run_id = %s AND status = 'done' ORDER BY table_name, chunk_no", (run_id,)).fetchall()
+    out: dict[str, list[tuple[int, Bounds]]] = {}
+    for name, chunk_no, bounds in rows:
+        out.setdefault(name, []).append((chunk_no, Bounds.from_json(bounds)))
+    return out
+
+
+def schedule_repairs(config: SourceConfig, run_id: int, results: list[TableVerification]) -> list[str]:
+    """Reset every differing chunk for repair, and reopen its table and the run. Returns what cannot be
+    repaired chunk-wise (whole-table comparisons)."""
+    refused = []
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn, conn.transaction():
+        for result in results:
+            chunks = [c for c in result.differing if c is not None]
+            if None in result.differing:
+                refused.append(f"{result.table}: chunked by hash, so no key range selects a chunk in PostgreSQL: "
+                               "it cannot be repaired chunk-wise; reload it (load_mode swap)")
+            if not chunks:
+                continue
+            conn.execute(
+                f"UPDATE {status.SCHEMA}.migration_chunk_status SET status = 'pending', repair = true, attempts = 0, "
+                "retry_at = NULL, lease_expires_at = NULL WHERE run_id = %s AND table_name = %s AND chunk_no = ANY(%s)",
+                (run_id, result.table, chunks))
+            conn.execute(
+                f"UPDATE {status.SCHEMA}.migration_table_status SET status = 'running', reconcile_status = 'pending', "
+                "completed_at = NULL WHERE run_id = %s AND table_name = %s", (run_id, result.table))
+        if any(r.differing and any(c is not None for c in r.differing) for r in results):
+            status.set_run_status(conn, run_id, "running")
+    return refused
+
+
+def record_differences(config: SourceConfig, run_id: int, results: list[TableVerification]) -> None:
+    """After a run's own verification (settings.verify): a table whose content differs is failed, with what to do."""
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        for result in results:
+            if result.clean:
+                continue
+            error = (f"verification: {len(result.differing)} chunk(s) differ "
+                     f"({', '.join('whole table' if c is None else str(c) for c in result.differing[:10])})"
+                     + (f", {len(result.errors)} could not be checked ({result.errors[0]})" if result.errors else "")
+                     + "; see migration_status.verification, repair with: migrate.py verify --repair")
+            conn.execute(f"UPDATE {status.SCHEMA}.migration_table_status SET status = 'failed', error = %s "
+                         "WHERE run_id = %s AND table_name = %s", (error, run_id, result.table))
+
+
+def verify_and_repair(config: SourceConfig, run_id: int, tables: set[str] | None, sample: float | None,
+                      repair: bool, threads: int) -> tuple[list[TableVerification], list[TableVerification] | None,
+                                                           list[str]]:
+    """Verify; with `repair`, copy the differing chunks again and verify those tables again.
+    Returns (first results, results after repair or None, what could not be repaired)."""
+    from lib.orchestrator import finalize_run, reconcile_finished_tables, thread_count, work, work_plan
+
+    first = verify_run(config, run_id, tables, sample, threads)
+    if not repair or all(r.clean for r in first):
+        return first, None, []
+    refused = schedule_repairs(config, run_id, first)
+    plan = work_plan(config, run_id)
+    stats = work(plan, thread_count(config, plan))
+    if stats.errors:
+        log.error("repair copies failed: %s", "; ".join(stats.errors[:3]), **ctx(run_id=run_id))
+    reconcile_finished_tables(config, run_id)
+    finalize_run(config, run_id)
+    repaired = {r.table for r in first if r.differing}
+    try:
+        again = verify_run(config, run_id, repaired, None, threads)
+    except MigrationError as exc:
+        log.error("verifying the repairs failed: %s", exc, **ctx(run_id=run_id))
+        raise
+    return first, again, refused

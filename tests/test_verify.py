@@ -1,0 +1,130 @@
+"""verify: content checksums of every chunk computed inside Snowflake and PostgreSQL from one canonical form;
+differences found in exactly the chunk that holds them; --repair copies that chunk again."""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from lib import status
+from lib.orchestrator import run
+from scripts.demo_data import ALL_TYPES_DDL, all_types_insert
+from tests.helpers import cli
+from tests.test_types_roundtrip import EXTREMES
+
+ALL_TYPES = [{"source": '"AllTypes"', "target": 'public."AllTypes"', "chunking_columns": ["ID"],
+              "chunking_column_types": ["numeric"]}]
+
+
+def _copied(env, rows: int = 3000):
+    env.sf_execute(ALL_TYPES_DDL, all_types_insert(rows), EXTREMES)
+    path = env.write_config(ALL_TYPES, defaults={"chunk_rows": 500})
+    copied = cli(env.env, path)
+    assert copied.returncode == 0, copied.stdout + copied.stderr
+    return path
+
+
+def test_a_correct_copy_of_every_mapped_type_verifies_clean(env) -> None:
+    path = _copied(env)
+    verified = cli(env.env, path, "verify")
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    results = env.pg_rows(f"SELECT result, count(*) FROM {status.SCHEMA}.chunk_checksums GROUP BY 1")
+    chunks = env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.migration_chunk_status")
+    assert results == [("match", chunks)]
+    assert "RATIO (FLOAT: NULLs only)" in verified.stdout
+
+
+ROW = 1234  # the altered row; chunks of 500 rows put it in one chunk of several
+ALTERATIONS = {
+    "a decimal's last digit": ('UPDATE public."AllTypes" SET amount = amount + 0.01 WHERE id = %s', True),
+    "a timestamp by one microsecond": ("UPDATE public.\"AllTypes\" SET created = created + interval '1 microsecond' "
+                                       "WHERE id = %s", True),
+    "one character of a string": ("UPDATE public.\"AllTypes\" SET name = 'X' || substr(name, 2) WHERE id = %s "
+                                  "AND name <> 'X' || substr(name, 2)", True),
+    "a NULL turned into an empty string": ("UPDATE public.\"AllTypes\" SET code = '' WHERE id = "
+                                           "(SELECT min(id) FROM public.\"AllTypes\" WHERE code IS NULL AND id >= %s)", True),
+    "a JSON key order change": ("UPDATE public.\"AllTypes\" SET doc = ('{' || (SELECT string_agg(format('%%s: %%s', "
+                                "to_jsonb(k), v), ', ' ORDER BY k DESC) FROM jsonb_each(doc) AS e(k, v)) || '}')::jsonb "
+                                "WHERE id = %s AND doc IS NOT NULL", False),
+}
+
+
+def _chunk_of(env, row_id: int) -> int:
+    return env.pg_value(
+        f"SELECT chunk_no FROM {status.SCHEMA}.migration_chunk_status WHERE bounds->>'kind' = 'range' "
+        "AND (bounds->>'lo' IS NULL OR (bounds->>'lo')::numeric <= %s) AND (bounds->>'hi' IS NULL OR %s < (bounds->>'hi')::numeric)",
+        (row_id, row_id))
+
+
+@pytest.mark.parametrize("alteration", list(ALTERATIONS))
+def test_an_altered_value_is_found_in_exactly_its_chunk_and_repaired(env, alteration) -> None:
+    path = _copied(env)
+    statement, is_difference = ALTERATIONS[alteration]
+    with env.pg() as conn:
+        altered = conn.execute(statement + " RETURNING id", (ROW,)).fetchall()
+    assert len(altered) == 1
+
+    found = cli(env.env, path, "verify")
+
+    differing = [r[0] for r in env.pg_rows(f"SELECT chunk_no FROM {status.SCHEMA}.verification WHERE result = 'differ'")]
+    if not is_difference:  # jsonb keeps no key order: the same document, whatever order it was written in
+        assert found.returncode == 0 and differing == [], found.stdout
+        return
+    assert found.returncode == 1, found.stdout
+    assert differing == [_chunk_of(env, altered[0][0])], found.stdout
+
+    repaired = cli(env.env, path, "verify", "--repair")
+
+    assert repaired.returncode == 0, repaired.stdout + repaired.stderr
+    assert "after repair" in repaired.stdout
+    assert cli(env.env, path, "verify").returncode == 0
+    assert env.pg_value(f"SELECT status FROM {status.SCHEMA}.migration_runs") == "completed"
+    assert env.pg_value("SELECT count(*) FROM public.\"AllTypes\"") == env.pg_value(
+        "SELECT count(DISTINCT id) FROM public.\"AllTypes\"") == 3001
+
+
+def test_a_crash_during_a_repair_leaves_the_chunk_old_or_new_never_half(env) -> None:
+    path = _copied(env)
+    with env.pg() as conn:
+        conn.execute('UPDATE public."AllTypes" SET amount = amount + 0.01 WHERE id = %s', (ROW,))
+    chunk = _chunk_of(env, ROW)
+    before = env.pg_rows('SELECT id, amount FROM public."AllTypes" ORDER BY id')
+
+    killed = cli({**env.env, "MIGRATION_FAULTS": "before_commit@1"}, path, "verify", "--repair")
+
+    assert killed.returncode == -signal.SIGKILL
+    assert env.pg_rows('SELECT id, amount FROM public."AllTypes" ORDER BY id') == before  # the old rows, all of them
+    state = env.pg_rows(f"SELECT status, repair FROM {status.SCHEMA}.migration_chunk_status WHERE chunk_no = %s", (chunk,))
+    assert state in ([("running", True)], [("pending", True)])  # claimed by the killed worker, or not yet
+    resumed = cli(env.env, path)  # a plain run resumes the repair like any pending chunk
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert cli(env.env, path, "verify").returncode == 0
+
+
+def test_a_sample_checks_a_fraction_of_the_chunks(env) -> None:
+    path = _copied(env)
+    sampled = cli(env.env, path, "verify", "--sample", "0.25")
+    assert sampled.returncode == 0, sampled.stdout
+    assert env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.chunk_checksums") == 2  # 8 chunks x 0.25
+
+
+def test_a_table_chunked_by_hash_is_verified_whole_and_not_repaired_chunk_wise(env) -> None:
+    env.sf_execute("CREATE TABLE NOKEY AS SELECT 'v' || SEQ8() AS V, MOD(SEQ8(), 7)::NUMBER(9,0) AS N "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 3000))")
+    path = env.write_config([{"source": "NOKEY"}], defaults={"chunk_rows": 500})
+    assert cli(env.env, path).returncode == 0
+    assert cli(env.env, path, "verify").returncode == 0
+    assert env.pg_rows(f"SELECT chunk_no, result FROM {status.SCHEMA}.chunk_checksums") == [(None, "match")]
+    with env.pg() as conn:
+        conn.execute("UPDATE public.nokey SET n = n + 1 WHERE v = 'v7'")
+    repaired = cli(env.env, path, "verify", "--repair")
+    assert repaired.returncode == 1
+    assert "cannot be repaired chunk-wise" in repaired.stdout
+
+
+def test_verify_after_a_run_when_the_config_asks_for_it(env) -> None:
+    env.sf_execute(ALL_TYPES_DDL, all_types_insert(1000))
+    result = run(env.config(ALL_TYPES, chunk_rows=500, verify=True))
+    assert result.status == "completed", result.tables
+    assert env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.verification WHERE result = 'match'") == 3
