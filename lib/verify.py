@@ -70,8 +70,10 @@ class _Sessions(threading.local):
 
 
 def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None, sample: float | None = None,
-               threads: int = 2, seed: int | None = None) -> list[TableVerification]:
-    """Checksum the done chunks of the run (all, or a random `sample` fraction), store and return the verdicts."""
+               threads: int = 2, seed: int | None = None,
+               only: dict[str, set[int | None]] | None = None) -> list[TableVerification]:
+    """Checksum the done chunks of the run (all, a random `sample` fraction, or `only` these chunks per table),
+    store and return the verdicts."""
     from lib.orchestrator import table_loads
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
@@ -93,6 +95,8 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
             result.whole_table = True
             checks.append(_Check(spec, columns, load, None, Bounds("all")))
             continue
+        if only is not None:
+            chunks = [c for c in chunks if c[0] in only.get(name, set())]
         if sample is not None and sample < 1:
             chunks = draw.sample(chunks, max(1, round(len(chunks) * sample)))
         checks.extend(_Check(spec, columns, load, no, bounds) for no, bounds in sorted(chunks, key=lambda c: c[0]))
@@ -257,9 +261,9 @@ def verify_and_repair(config: SourceConfig, run_id: int, tables: set[str] | None
         log.error("repair copies failed: %s", "; ".join(stats.errors[:3]), **ctx(run_id=run_id))
     reconcile_finished_tables(config, run_id)
     finalize_run(config, run_id)
-    repaired = {r.table for r in first if r.differing}
+    repaired = {r.table: set(r.differing) for r in first if any(c is not None for c in r.differing)}
     try:
-        again = verify_run(config, run_id, repaired, None, threads)
+        again = verify_run(config, run_id, set(repaired), None, threads, only=repaired)
     except MigrationError as exc:
         log.error("verifying the repairs failed: %s", exc, **ctx(run_id=run_id))
         raise
