@@ -2,6 +2,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+# Each pytest worker starts its own fakesnow + PostgreSQL; two fit a 2-CPU CI runner.
+TEST_WORKERS ?= 2
 STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
 
 .PHONY: venv demo stack-up stack-down stack-status test lint lint-aws plan clean golden
@@ -50,7 +52,7 @@ lint-aws: venv node_modules/.installed
 ## test: the whole suite against real components (fakesnow server, embedded PostgreSQL)
 test: venv lint lint-aws
 	@mkdir -p .pytest_tmp
-	PYTEST_DEBUG_TEMPROOT=$(CURDIR)/.pytest_tmp $(PY) -m pytest -q
+	PYTEST_DEBUG_TEMPROOT=$(CURDIR)/.pytest_tmp $(PY) -m pytest -q -n $(TEST_WORKERS)
 
 ## bench-plan: planning queries and seconds per strategy on a 10M-row fakesnow table (PLAN_BENCH_ROWS=200000 for a smoke run)
 .PHONY: bench-plan
