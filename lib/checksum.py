@@ -91,29 +91,45 @@ def fields(columns: list[Column]) -> list[Field]:
     return out
 
 
-def _snowflake_field(f: Field) -> str:
-    name = quote_snowflake(f.column.name)
-    text = f"LENGTH({f.snowflake}) || ':' || {f.snowflake}" if f.framed else f.snowflake
-    return f"IFF({name} IS NULL, '~', {text})"
+# Each field's text is computed once, in an inner SELECT (as F0, F1, ...), and framed in the outer one:
+# written inline, a framed text (a JSON UDF call, a jsonb cast) would be computed twice, for its length
+# and for itself. The canonical text is NULL exactly when the column is.
+def _snowflake_text(f: Field) -> str:
+    return f.snowflake if f.framed else f"IFF({quote_snowflake(f.column.name)} IS NULL, '~', {f.snowflake})"
 
 
-def _postgres_field(f: Field) -> sql.Composable:
+def _snowflake_framed(i: int, f: Field) -> str:
+    return f"IFF(F{i} IS NULL, '~', LENGTH(F{i}) || ':' || F{i})" if f.framed else f"F{i}"
+
+
+def _postgres_text(f: Field) -> sql.Composable:
+    if f.framed:
+        return f.postgres
     name = sql.Identifier(target_column_name(f.column.name))
-    text = sql.SQL("length({0}) || ':' || {0}").format(f.postgres) if f.framed else f.postgres
-    return sql.SQL("CASE WHEN {} IS NULL THEN '~' ELSE {} END").format(name, text)
+    return sql.SQL("CASE WHEN {} IS NULL THEN '~' ELSE {} END").format(name, f.postgres)
+
+
+def _postgres_framed(i: int, f: Field) -> sql.Composable:
+    name = sql.Identifier(f"f{i}")
+    return sql.SQL("CASE WHEN {0} IS NULL THEN '~' ELSE length({0}) || ':' || {0} END").format(name) if f.framed else name
 
 
 def snowflake_query(fields_: list[Field], table_sql: str, where: str) -> str:
     """count, sum of the low 30 bits, sum of the next 30 bits of each row's hash (as text: exact)."""
-    row = " || '|' || ".join(_snowflake_field(f) for f in fields_)
+    texts = ", ".join(f"{_snowflake_text(f)} AS F{i}" for i, f in enumerate(fields_))
+    row = " || '|' || ".join(_snowflake_framed(i, f) for i, f in enumerate(fields_))
     return (f"SELECT COUNT(*), TO_VARCHAR(COALESCE(SUM(BITAND(h, {SLICE})), 0)), "
             f"TO_VARCHAR(COALESCE(SUM(BITAND(BITSHIFTRIGHT(h, 30), {SLICE})), 0)) "
-            f"FROM (SELECT MD5_NUMBER_LOWER64({row}) AS h FROM {table_sql} WHERE {where}) AS hashed")
+            f"FROM (SELECT MD5_NUMBER_LOWER64({row}) AS h FROM (SELECT {texts} FROM {table_sql} WHERE {where}) AS canonical) "
+            f"AS hashed")
 
 
 def postgres_query(fields_: list[Field], table: tuple[str, str], where: sql.Composable) -> sql.Composable:
-    row = sql.SQL(" || '|' || ").join(_postgres_field(f) for f in fields_)
+    texts = sql.SQL(", ").join(sql.SQL("{} AS {}").format(_postgres_text(f), sql.Identifier(f"f{i}"))
+                               for i, f in enumerate(fields_))
+    row = sql.SQL(" || '|' || ").join(_postgres_framed(i, f) for i, f in enumerate(fields_))
     return sql.SQL(
         "SELECT count(*), coalesce(sum(h & {0}), 0)::text, coalesce(sum((h >> 30) & {0}), 0)::text FROM "
-        "(SELECT ('x' || substr(md5({1}), 17, 16))::bit(64)::bigint AS h FROM {2} WHERE {3}) AS hashed"
-    ).format(sql.Literal(SLICE), row, sql.Identifier(*table), where)
+        "(SELECT ('x' || substr(md5({1}), 17, 16))::bit(64)::bigint AS h FROM (SELECT {2} FROM {3} WHERE {4}) AS canonical) "
+        "AS hashed"
+    ).format(sql.Literal(SLICE), row, texts, sql.Identifier(*table), where)

@@ -12,6 +12,7 @@ the source text is therefore never a difference; a changed value is.
 from __future__ import annotations
 
 import json
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -25,12 +26,9 @@ class _Number(str):
 def jsonb_text(document: str | None) -> str | None:
     if document is None:
         return None
-    value = json.loads(document, parse_int=_Number, parse_float=_Number, object_pairs_hook=_last_wins)
-    return _render(value)
-
-
-def _last_wins(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    return dict(pairs)
+    # integers parse exactly as int; other numbers stay the text they were written as; of equal keys the
+    # last wins, as in jsonb (and in json.loads' dicts)
+    return _render(json.loads(document, parse_float=_Number))
 
 
 def _render(value: Any) -> str:
@@ -43,11 +41,15 @@ def _render(value: Any) -> str:
         return numeric_text(value)
     if isinstance(value, str):
         return _string(value)
-    return {True: "true", False: "false", None: "null"}[value]
+    if value is True or value is False or value is None:
+        return {True: "true", False: "false", None: "null"}[value]
+    return str(value)  # an int, exact at any size
 
 
 def numeric_text(token: str) -> str:
     """A JSON number as PostgreSQL's numeric prints it: digits after the point = max(0, written - exponent)."""
+    if _INTEGER.fullmatch(token):  # the common case, printed as written (JSON has no leading zeros)
+        return "0" if token == "-0" else token
     number = Decimal(token)
     _, digits, exponent = number.as_tuple()
     assert isinstance(exponent, int)
@@ -59,6 +61,8 @@ def numeric_text(token: str) -> str:
 
 
 def _string(text: str) -> str:
+    if not _NEEDS_ESCAPE.search(text):
+        return f'"{text}"'
     out = ['"']
     for ch in text:
         if ch == '"':
@@ -75,6 +79,8 @@ def _string(text: str) -> str:
     return "".join(out)
 
 
+_INTEGER = re.compile(r"-?[0-9]+")
+_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 _ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 # The same algorithm for Snowflake (a temporary JavaScript UDF; JavaScript's numbers would lose digits, so

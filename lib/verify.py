@@ -170,13 +170,16 @@ def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: i
     if scope:
         where = f"({where}) AND ({raw_sql(scope)})"
     where_label = f"{item.spec.name} chunk {item.chunk_no}" if item.chunk_no is not None else item.spec.name
-    theirs = source.checksum(checksum.snowflake_query(fields, source.table_sql(item.spec.source), where), params,
-                             f"checksumming {where_label} in Snowflake")
     selected = pg.chunk_predicate(item.bounds, item.columns)
     assert selected is not None
     predicate, pg_params = selected
     destination = item.load.destination if item.load.mode != "swap" else item.spec.target
-    row = target.execute(checksum.postgres_query(fields, destination, predicate), pg_params).fetchone()
+    with ThreadPoolExecutor(max_workers=1) as snowflake_side:  # both databases compute at the same time
+        pending = snowflake_side.submit(
+            source.checksum, checksum.snowflake_query(fields, source.table_sql(item.spec.source), where), params,
+            f"checksumming {where_label} in Snowflake")
+        row = target.execute(checksum.postgres_query(fields, destination, predicate), pg_params).fetchone()
+        theirs = pending.result()
     assert row is not None
     ours = (int(row[0]), int(row[1]), int(row[2]))
     verdict = "match" if theirs == ours else "differ"
