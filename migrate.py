@@ -164,8 +164,10 @@ def _num(value: Any) -> str:
 
 
 def cmd_plan(config: SourceConfig, as_json: bool) -> int:
+    from lib.budget import MIB, fit_threads, requested_threads
     from lib.plan_view import plan_summary, render_plan
     from lib.planner import plan_table
+    from lib.planning import read_fit
     from lib.snowflake_source import SnowflakeSource
     from lib.typemap import columns_from_description
 
@@ -176,16 +178,25 @@ def cmd_plan(config: SourceConfig, as_json: bool) -> int:
         for spec in config.tables:
             try:
                 columns = columns_from_description(source.describe(spec.source))
-                plan = plan_table(source, spec, columns, config.chunk_rows(spec))
+                fit = read_fit(source, config, spec, columns)
+                plan = plan_table(source, spec, columns, fit.chunk_rows)
+                plan.notes.extend([fit.note] if fit.note else [])
+                shape = fit.shape(config.settings)
+                threads, _ = fit_threads(requested_threads(config.settings.parallel_threads), [shape],
+                                         config.settings.memory_budget_mb)
             except MigrationError as exc:
                 failed = True
                 out.append({"table": spec.name, "error": str(exc)})
                 if not as_json:
                     print(f"{spec.name}: ERROR {exc}")
                 continue
+            memory = (f"{fit.results} results, {fit.row_bytes} bytes a row (sampled); a thread holds "
+                      f"{shape.describe()}; {threads} thread(s) fit memory_budget_mb")
             if not as_json:
                 print(render_plan(spec.name, spec.target_name, plan))
-            out.append({
+                print(f"  memory: {memory}")
+            out.append({"memory": {"source_results": fit.results, "row_bytes": fit.row_bytes,
+                                   "per_thread_mb": round(shape.per_thread() / MIB, 1), "threads": threads},
                 "table": spec.name, "target": spec.target_name, "strategy": plan.strategy, "reason": plan.reason,
                 "chunks": len(plan.chunks), "rows": plan.expected_rows, "queries": plan.queries,
                 "seconds": plan.seconds, **plan_summary(plan), "notes": plan.notes,

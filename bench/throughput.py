@@ -9,24 +9,32 @@ then measures, each phase timed alone:
   (a) limit     server-side `COPY t FROM 'file' (FORMAT BINARY)` of the same rows, encoded once by the
                 engine's own pgpq encoder into files the PostgreSQL server reads itself: one file and one
                 backend (the reference of every "vs (a)"), then two halves by two backends at once;
-  (b) e2e       lib.orchestrator.run (plan + copy + reconcile), chunking on ID, chunk_rows 250k,
-                batch_size 50k, parallel_threads 1, 2 and the Settings default (how many threads that became
-                is read back from the ledger: distinct workers), each into a fresh database;
+  (b) e2e       lib.orchestrator.run (plan + copy + reconcile) in a fresh process of its own (bench/engine_run.py,
+                as a Lambda or migrate.py runs it), chunking on ID, batch_size 50k, parallel_threads 1, 2 and 4
+                (how many threads that became is read back from the ledger: distinct workers), each into a
+                fresh database, twice: with whole results (the stand-in as it is, chunk_rows 250k) and with
+                streamed results (the stand-in answering in 48 MiB result chunks like Snowflake, chunk_rows
+                1M). Each reports its peak RSS beside the memory budget's estimate for its threads and the
+                bound the budget promises (estimate + 300 MiB for the interpreter and libraries);
                 the ledger's chunk timestamps split its seconds into plan, copy and reconcile + finalize;
   (c) write     Arrow batches already in memory → postgres_target.copy_batches, one transaction per
                 250k-row chunk, with 1 and 2 connections (threads);
-  (d) read      SnowflakeSource.read over all 250k-row ID ranges, batches consumed and dropped, with
-                1 thread (and 2, to show whether the stand-in scales);
+  (d) read      SnowflakeSource.read over all ID ranges, batches consumed and dropped, with 1, 2 and 4 threads,
+                whole (250k-row chunks) and streamed (1M-row chunks in 48 MiB parts): the peak of the
+                source reads alone, beside the budget's estimate of the read side;
   (e) merge     the merge loader (TEMP stage + INSERT ... ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT
                 FROM) of a fifth of the rows into the full table with its primary key, one connection, 250k-row
                 chunks: half of them new keys, half existing keys with a changed AMOUNT; and the catch-up
                 loader (ON CONFLICT DO NOTHING) of the same rows. Their reference is the plain COPY
-                (copy_batches) of the same rows into an empty table, measured just before.
+                (copy_batches) of the same rows into an empty table, measured just before;
+  (f) verify    lib.verify.verify_run of the copy made by (b) with whole results and 2 threads: per-chunk
+                checksums computed inside both databases, 2 threads, as a ratio to that copy's seconds.
 
 Bytes are the Arrow in-memory bytes (RecordBatch.nbytes) of the rows as the Snowflake connector
 hands them over, measured once in (d); MiB/s everywhere divides that same number by the seconds.
-Peak RSS is VmHWM, reset before each phase (/proc/PID/clear_refs): this process, and the fakesnow
-server, which is restarted before every phase that reads from it (it keeps every result in memory).
+Peak RSS is VmHWM, reset before each phase (/proc/PID/clear_refs, after malloc_trim): this process (for (b)
+the engine's own process), and the fakesnow server, which is restarted before every phase that reads from it
+(it keeps every result in memory).
 (b) and (d) run first, before this process holds the rows in memory for (a) and (c). CPU seconds
 (user + system) are counted per process: this one, the fakesnow server, all PostgreSQL processes.
 Nothing is asserted about timing.
@@ -37,11 +45,14 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import ctypes
 import json
 import os
 import platform
 import resource
 import shutil
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -59,14 +70,22 @@ import pyarrow.compute as pc
 
 from lib import postgres_target as pg
 from lib import status
+from lib.budget import (
+    COPIES_PER_BATCH,
+    MIB,
+    STREAMED_PART_COPIES,
+    THREAD_OVERHEAD_BYTES,
+    WHOLE_RESULT_COPIES,
+    ReadShape,
+)
 from lib.config import Settings, load_config
+from lib.connections import snowflake_kwargs
 from lib.loaders import CopyLoader, KeyedLoader
 from lib.log import get_logger
 from lib.models import Bounds
-from lib.orchestrator import RunResult
-from lib.orchestrator import run as run_engine
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column, columns_from_description
+from lib.verify import verify_run
 from lib.wire import Wire
 from scripts.local_stack import LocalStack
 
@@ -76,6 +95,10 @@ TARGET = ("public", "src")
 DEFAULT_ROWS = 5_000_000
 CHUNK_ROWS = 250_000
 BATCH_SIZE = 50_000
+STREAMED_CHUNK_ROWS = 1_000_000  # streamed results: a chunk's size no longer decides a thread's memory
+STREAMED_PART_MB = 48  # the stand-in's result chunks: Snowflake's smallest CLIENT_RESULT_CHUNK_SIZE
+MEMORY_THREADS = (1, 2, 4)
+BASE_MB = 300  # what the budget leaves to the interpreter and libraries (issue 13's bound: estimate + 300 MiB)
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "throughput.json"
 
 DDL = f"""
@@ -125,9 +148,19 @@ class Result:
     note: str = ""
     split: dict[str, float] = field(default_factory=dict)  # (b): seconds of plan, copy, reconcile + finalize
     workers: int | None = None  # (b): distinct workers that copied chunks (what parallel_threads became)
+    results: str | None = None  # (b), (d): "whole" or "streamed"
+    estimate_mb: float | None = None  # (b), (d): the memory budget's estimate for the threads used
+    bound_mb: float | None = None  # estimate + BASE_MB: what peak RSS must stay under
 
 
 # --- process memory ---------------------------------------------------------------------------
+def release_freed_memory() -> None:
+    """Return freed heap to the system, so that a phase's peak does not start from an earlier phase's garbage."""
+    pa.default_memory_pool().release_unused()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
 def reset_peak(pid: int) -> None:
     """Reset VmHWM to the current RSS (Linux ≥ 4.0)."""
     with contextlib.suppress(OSError), open(f"/proc/{pid}/clear_refs", "w") as f:
@@ -206,10 +239,11 @@ class Bench:
         self.results: list[Result] = []
 
     # stack helpers
-    def restart_snowflake(self) -> None:
-        """A fresh fakesnow server (same on-disk database): frees the results it keeps in memory."""
+    def restart_snowflake(self, result_chunk_mb: float = 0.0) -> None:
+        """A fresh fakesnow server (same on-disk database): frees the results it keeps in memory. With
+        `result_chunk_mb` it answers in result chunks of that size, as Snowflake does (streamed results)."""
         self.stack.stop_snowflake()
-        self.sf_pid = int(self.stack.start_snowflake(persist=True, tied=True)["pid"])
+        self.sf_pid = int(self.stack.start_snowflake(persist=True, tied=True, result_chunk_mb=result_chunk_mb)["pid"])
 
     def sf_args(self) -> dict[str, Any]:
         env = self.stack.snowflake_env()
@@ -220,8 +254,8 @@ class Bench:
     def pg_conn(self, db: str = "postgres") -> psycopg.Connection[Any]:
         return pg.connect(self.stack.pg_args(db), autocommit=True)
 
-    def chunk_bounds(self) -> list[Bounds]:
-        return [Bounds("range", "ID", "numeric", str(lo), str(lo + CHUNK_ROWS)) for lo in range(1, self.rows + 1, CHUNK_ROWS)]
+    def chunk_bounds(self, chunk_rows: int = CHUNK_ROWS) -> list[Bounds]:
+        return [Bounds("range", "ID", "numeric", str(lo), str(lo + chunk_rows)) for lo in range(1, self.rows + 1, chunk_rows)]
 
     def postmaster_pid(self) -> int:
         return int((self.stack.pgdata / "postmaster.pid").read_text().split()[0])
@@ -229,11 +263,12 @@ class Bench:
     def cpu(self) -> tuple[float, float, float, float]:
         return own_cpu(), tree_cpu(self.sf_pid) if self.sf_pid else 0.0, tree_cpu(self.postmaster_pid()), busy_cpu()
 
-    def measure(self, phase: str, body: Callable[[], int], fakesnow: bool = False, note: str = "") -> Result:
+    def measure(self, phase: str, body: Callable[[], int], fakesnow: bool = False, note: str = "",
+                streamed: bool = False) -> Result:
         """Time `body` (which returns the rows it moved) with peak RSS and CPU seconds per process."""
-        pa.default_memory_pool().release_unused()
+        release_freed_memory()
         if fakesnow:
-            self.restart_snowflake()
+            self.restart_snowflake(STREAMED_PART_MB if streamed else 0.0)
         reset_peak(os.getpid())
         rss_start = rss_mb(os.getpid(), "VmRSS")
         time.sleep(0.5)  # lets backends of earlier connections exit, so their CPU is not counted here
@@ -284,13 +319,15 @@ class Bench:
             source.close()
 
     # (d)
-    def read_path(self, threads: int) -> int:
+    def read_path(self, threads: int, chunk_rows: int = CHUNK_ROWS) -> int:
         """Every chunk read with SnowflakeSource.read by `threads` threads (chunks dealt round robin), batches dropped."""
-        bounds = self.chunk_bounds()
+        bounds = self.chunk_bounds(chunk_rows)
         nbytes = [0] * threads
+        settings = Settings()
+        args = snowflake_kwargs(self.sf_args(), 0, settings.result_prefetch, settings.result_chunk_mb)
 
         def reader(index: int) -> int:
-            source = SnowflakeSource(self.sf_args())
+            source = SnowflakeSource(args)
             rows = 0
             try:
                 for chunk in bounds[index::threads]:
@@ -450,40 +487,91 @@ class Bench:
         path.write_text(json.dumps(config, indent=2))
         return path
 
-    def end_to_end(self, config_path: Path, threads: int | None) -> None:
-        """lib.orchestrator.run into a fresh database; the ledger splits the wall time into plan, copy and the rest."""
-        label = "default" if threads is None else str(threads)
-        db = f"bench_e2e_{label}"
+    def end_to_end(self, config_path: Path, threads: int, streamed: bool, keep: bool = False) -> Result:
+        """The engine in a process of its own into a fresh database; the ledger splits the wall time into plan,
+        copy and the rest; the process reports its peak RSS and the budget's estimate (bench/engine_run.py)."""
+        mode = "streamed" if streamed else "whole"
+        db = f"bench_e2e_{mode}_{threads}"
         self.stack.create_database(db, drop=True)
-        overrides = {} if threads is None else {"parallel_threads": threads}
-        outcome: list[RunResult] = []
+        overrides: dict[str, Any] = {"parallel_threads": threads}
+        if streamed:
+            overrides["chunk_rows"] = STREAMED_CHUNK_ROWS
+        reports: list[dict[str, Any]] = []
         wall: list[float] = []
 
         def body() -> int:
-            os.environ.update(self.stack.env(db))  # the config's ${...}: this fakesnow port, this database
-            config = load_config("bench", overrides, config_path)
+            env = {**os.environ, **self.stack.env(db), "MIGRATION_LOG_LEVEL": "WARNING"}
             wall.append(time.time())
-            outcome.append(run_engine(config))
+            done = subprocess.run([sys.executable, "-m", "bench.engine_run", str(config_path), "bench", json.dumps(overrides)],
+                                  env=env, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                                  check=False)
             wall.append(time.time())
-            if outcome[0].status != "completed":
-                raise RuntimeError(f"engine run ended {outcome[0].status}: {outcome[0].tables}")
-            return int(outcome[0].tables[0]["rows_copied"])
+            if done.returncode != 0:
+                raise RuntimeError(f"engine process failed: {done.stderr[-3000:]}")
+            reports.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            if reports[0]["status"] != "completed":
+                raise RuntimeError(f"engine run ended {reports[0]['status']}: {reports[0]['tables']}")
+            return int(reports[0]["tables"][0]["rows_copied"])
 
-        result = self.measure(f"(b) e2e, threads={label}", body, fakesnow=True)
-        table = outcome[0].tables[0]
+        result = self.measure(f"(b) e2e, {mode} results, threads={threads}", body, fakesnow=True, streamed=streamed)
+        report, table = reports[0], reports[0]["tables"][0]
+        result.rss_mb, result.rss_start_mb = report["peak_mb"], report["started_mb"]
+        result.cpu_bench = round(result.cpu_bench + report["cpu"], 1)
+        result.cpu_other = round(max(result.cpu_other - report["cpu"], 0.0), 1)
+        result.results, result.estimate_mb = report["source_results"], report["estimate_mb"]
+        result.bound_mb = round(report["estimate_mb"] + BASE_MB, 1)
         with self.pg_conn(db) as conn:
-            first, last, workers = conn.execute(
-                f"SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at)), count(DISTINCT worker) "
+            first, last = conn.execute(
+                f"SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at)) "
                 f"FROM {status.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done'",
-                (outcome[0].run_id,),
-            ).fetchone() or (None, None, 0)
+                (report["run_id"],),
+            ).fetchone() or (None, None)
         if first is not None and last is not None:
             result.split = {"plan": round(float(first) - wall[0], 2), "copy": round(float(last) - float(first), 2),
                             "reconcile_finalize": round(wall[1] - float(last), 2)}
         split = " + ".join(f"{k.split('_')[0]} {v:.1f}" for k, v in result.split.items())
-        result.workers = int(workers)
-        result.note = (f"{plural(result.workers, 'worker')} in the ledger, {table['chunks']} chunks; s = {split}; "
-                       f"engine copy window {table['rows_per_s']:,} rows/s")
+        result.workers = int(report["workers"])
+        result.note = (f"{plural(result.workers, 'worker')}, {table['chunks']} chunks of at most "
+                       f"{report['largest_chunk_rows']:,} rows (chunk_rows {overrides.get('chunk_rows', CHUNK_ROWS):,}), "
+                       f"{report['row_bytes']} bytes a row sampled; s = {split}; engine copy window "
+                       f"{table['rows_per_s']:,} rows/s; a thread: {report['per_thread']}")
+        if not keep:
+            with self.pg_conn() as conn:
+                conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
+        return result
+
+    def read_phase(self, threads: int, streamed: bool) -> None:
+        """(d): the source reads alone, with the budget's estimate of what the threads hold for them."""
+        mode, chunk_rows = ("streamed", STREAMED_CHUNK_ROWS) if streamed else ("whole", CHUNK_ROWS)
+        result = self.measure(f"(d) read path, {mode} results, {plural(threads, 'thread')}",
+                              lambda: self.read_path(threads, chunk_rows), fakesnow=True, streamed=streamed,
+                              note=f"SnowflakeSource.read of every {chunk_rows:,}-row chunk, batches dropped")
+        settings = Settings()
+        shape = ReadShape.planned(mode, round(self.nbytes / self.rows), chunk_rows, BATCH_SIZE, settings.result_prefetch,
+                                  settings.result_chunk_mb)
+        result.results = mode
+        result.estimate_mb = round(threads * (shape.read_bytes() + THREAD_OVERHEAD_BYTES) / MIB, 1)
+        result.bound_mb = round(result.estimate_mb + BASE_MB, 1)
+
+    def verify_phase(self, config_path: Path, copied: Result) -> None:
+        """(f): verify_run of the copy (b) left in its database, against that copy's seconds."""
+        db = "bench_e2e_whole_2"
+        with self.pg_conn(db) as conn:
+            run_id = int(conn.execute(f"SELECT max(run_id) FROM {status.SCHEMA}.migration_runs").fetchone()[0])  # type: ignore[index]
+        verdicts: list[Any] = []
+
+        def body() -> int:
+            os.environ.update(self.stack.env(db))  # the config's ${...}: the restarted fakesnow's port, this database
+            config = load_config("bench", {"parallel_threads": 2}, config_path)
+            verdicts.extend(verify_run(config, run_id, threads=2))
+            return self.rows
+
+        result = self.measure("(f) verify, checksums of every chunk, 2 threads", body, fakesnow=True)
+        checked = sum(v.checked for v in verdicts)
+        if not checked or not all(v.clean for v in verdicts):
+            raise RuntimeError(f"verify did not come out clean: {verdicts}")
+        result.note = (f"{checked} chunks checked, all matched; {result.seconds / copied.seconds:.2f}x the copy's "
+                       f"{copied.seconds:.1f} s ((b) whole results, 2 threads)")
         with self.pg_conn() as conn:
             conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
 
@@ -498,13 +586,15 @@ class Bench:
             server_version = str(conn.execute("SHOW server_version").fetchone()[0])  # type: ignore[index]
 
         # Phases with fakesnow first, while this process holds no rows: their RSS is the engine's own.
-        for threads in (1, 2):
-            self.measure(f"(d) read path, {plural(threads, 'thread')}", lambda n=threads: self.read_path(n), fakesnow=True,
-                         note="SnowflakeSource.read of every chunk, batches dropped")
-        print(f"  Arrow bytes of all rows: {self.nbytes:,} ({self.nbytes / self.rows:.0f} per row)", flush=True)
+        for streamed in (False, True):
+            for threads in MEMORY_THREADS:
+                self.read_phase(threads, streamed)
+            if not streamed:
+                print(f"  Arrow bytes of all rows: {self.nbytes:,} ({self.nbytes / self.rows:.0f} per row)", flush=True)
         config_path = self.write_config()
-        for e2e_threads in (1, 2, None):
-            self.end_to_end(config_path, e2e_threads)
+        copies = {(streamed, threads): self.end_to_end(config_path, threads, streamed, keep=(not streamed and threads == 2))
+                  for streamed in (False, True) for threads in MEMORY_THREADS}
+        self.verify_phase(config_path, copies[(False, 2)])
 
         print("reading every chunk into memory and encoding the COPY files ...", flush=True)
         self.restart_snowflake()
@@ -540,7 +630,7 @@ class Bench:
         limit = results["a1"].rows_per_s
         for result in self.results:
             result.vs_limit = round(result.rows_per_s / limit, 3)
-        order = ("(a)", "(b)", "(c)", "(d)", "(e)")
+        order = ("(a)", "(b)", "(c)", "(d)", "(e)", "(f)")
         self.results.sort(key=lambda r: order.index(r.phase[:3]))  # stable: measurement order within a letter
         return {
             "rows": self.rows, "chunk_rows": CHUNK_ROWS, "batch_size": BATCH_SIZE,
@@ -555,12 +645,17 @@ class Bench:
                 "settings_default_parallel_threads": Settings().parallel_threads,
                 "load_average_at_start": load_at_start,
             },
+            "memory_model": {"whole_result_copies": WHOLE_RESULT_COPIES, "streamed_part_copies": STREAMED_PART_COPIES,
+                             "copies_per_batch": COPIES_PER_BATCH, "thread_overhead_mb": THREAD_OVERHEAD_BYTES // MIB,
+                             "base_mb": BASE_MB, "streamed_part_mb": STREAMED_PART_MB,
+                             "streamed_chunk_rows": STREAMED_CHUNK_ROWS},
             "results": [asdict(r) for r in self.results],
         }
 
 
 def print_table(report: dict[str, Any]) -> None:
-    header = ("phase", "seconds", "rows/s", "MiB/s", "vs (a)", "RSS MiB (+phase)", "fakesnow RSS", "CPU s bench/fs/pg/other", "note")
+    header = ("phase", "seconds", "rows/s", "MiB/s", "vs (a)", "RSS MiB (+phase)", "estimate / bound", "fakesnow RSS",
+              "CPU s bench/fs/pg/other", "note")
 
     def rss(r: dict[str, Any]) -> str:
         return "-" if r["rss_mb"] is None else f"{r['rss_mb']:,.0f} (+{r['rss_mb'] - (r['rss_start_mb'] or 0):,.0f})"
@@ -568,6 +663,7 @@ def print_table(report: dict[str, Any]) -> None:
     lines = [header] + [
         (r["phase"], f"{r['seconds']:.1f}", f"{r['rows_per_s']:,.0f}", f"{r['mib_per_s']:.1f}",
          "-" if r["vs_limit"] is None else f"{r['vs_limit']:.2f}x", rss(r),
+         "-" if r["estimate_mb"] is None else f"{r['estimate_mb']:,.0f} / {r['bound_mb']:,.0f}",
          "-" if r["fakesnow_rss_mb"] is None else f"{r['fakesnow_rss_mb']:,.0f}",
          f"{r['cpu_bench']:.1f}/{r['cpu_fakesnow']:.1f}/{r['cpu_postgres']:.1f}/{r['cpu_other']:.1f}", r["note"])
         for r in report["results"]
@@ -582,7 +678,8 @@ def print_table(report: dict[str, Any]) -> None:
           f"({report['arrow_bytes_per_row']:.0f} bytes/row, the bytes behind every MiB/s); "
           f"chunks of {CHUNK_ROWS:,} rows, batches of {BATCH_SIZE:,}; RSS = peak VmHWM per phase (+ above the RSS at its start); "
           "CPU s = user+system seconds of this process / the fakesnow server / all PostgreSQL processes / "
-          "everything else on the machine (other work: noise)")
+          "everything else on the machine (other work: noise); estimate = the memory budget's for the threads used "
+          f"(lib/budget.py), bound = estimate + {BASE_MB} MiB, what the peak RSS must stay under")
 
 
 def main() -> None:

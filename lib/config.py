@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from lib.connections import POSTGRES_KEYS, SECRET_KEYS, SNOWFLAKE_KEYS, postgres_kwargs, snowflake_kwargs
+from lib.budget import source_results_problem
+from lib.connections import POSTGRES_KEYS, SECRET_KEYS, SNOWFLAKE_KEYS, SNOWFLAKE_SETTING_KEYS, postgres_kwargs, snowflake_kwargs
 from lib.errors import ConfigError
 from lib.identifiers import split_qualified
 from lib.retry import RetryPolicy
@@ -52,6 +53,9 @@ class Settings:
     nul_bytes: str = "fail"  # NUL bytes in text: fail | strip | replace:<char> (per table too)
     snapshot: bool = False  # read every table AT(TIMESTAMP => the run's start): one point in time
     verify: bool = False  # after reconciliation, compare content checksums of every chunk (lib/verify.py)
+    source_results: str = "auto"  # how Snowflake answers a chunk: streamed | whole | auto (asks the session)
+    result_prefetch: int = 1  # streamed results: result parts downloaded ahead of the one being read
+    result_chunk_mb: int = 48  # streamed results: CLIENT_RESULT_CHUNK_SIZE asked of Snowflake (48-160)
 
 
 @dataclass(frozen=True)
@@ -87,8 +91,11 @@ SETTING_BOUNDS: dict[str, Bound] = {
     "snowflake_statement_timeout_seconds": Bound(int, 0, 7 * _DAY, "an integer from 0 (the account's) to 604,800 (seconds)"),
     "max_target_connections": Bound(int, 2, 100_000, "an integer of at least 2"),
     "keep_backups": Bound(int, 0, 1000, "an integer from 0 to 1,000"),
+    "result_prefetch": Bound(int, 1, 10, "an integer from 1 to 10 (result parts)"),
+    "result_chunk_mb": Bound(int, 48, 160, "an integer from 48 to 160 (MiB, Snowflake's CLIENT_RESULT_CHUNK_SIZE range)"),
 }
-TEXT_SETTINGS = {"nul_bytes": nul_policy_problem}  # settings that are words, each with its own check
+# settings that are words, each with its own check
+TEXT_SETTINGS = {"nul_bytes": nul_policy_problem, "source_results": source_results_problem}
 BOOL_SETTINGS = {"snapshot", "verify"}
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
 assert set(SETTING_BOUNDS) | set(TEXT_SETTINGS) | BOOL_SETTINGS == set(SETTING_NAMES)
@@ -176,7 +183,8 @@ class SourceConfig:
     def snowflake_connect_args(self) -> dict[str, Any]:
         """Connector kwargs: the resolved `snowflake` block plus the settings the engine always sets."""
         return snowflake_kwargs(_resolve_tree(self.snowflake, self._secret_cache),
-                                self.settings.snowflake_statement_timeout_seconds)
+                                self.settings.snowflake_statement_timeout_seconds, self.settings.result_prefetch,
+                                self.settings.result_chunk_mb)
 
     def postgres_connect_args(self) -> dict[str, Any]:
         """libpq kwargs: the resolved `postgres` block plus the engine's timeouts and keepalives."""
@@ -381,9 +389,14 @@ def _parse_connection(raw: Any, where: str, problems: list[str], required: tuple
     for key, value in raw.items():
         if key == "$comment":
             continue
-        if key not in allowed:
+        if key in SNOWFLAKE_SETTING_KEYS and allowed is SNOWFLAKE_KEYS:
+            problems.append(_owned_by_setting(where, key))
+        elif key not in allowed:
             problems.append(f"{where}: unknown connection setting {key!r}{_suggest(key, allowed)}; "
                             "it would not reach the driver")
+        if key == "session_parameters" and isinstance(value, dict):
+            problems.extend(_owned_by_setting(f"{where}.session_parameters", k) for k in value
+                            if str(k).upper() in SNOWFLAKE_SETTING_KEYS)
         if key in SECRET_KEYS and not _is_reference(value):
             problems.append(
                 f"{where}.{key} must be a reference like ${{ENV_VAR}} or "
@@ -393,6 +406,12 @@ def _parse_connection(raw: Any, where: str, problems: list[str], required: tuple
             if name not in os.environ:
                 problems.append(f"{where}.{key} references ${{{name}}}, which is not set in the environment")
     return {k: v for k, v in raw.items() if k != "$comment"}
+
+
+def _owned_by_setting(where: str, key: str) -> str:
+    setting = SNOWFLAKE_SETTING_KEYS.get(key) or SNOWFLAKE_SETTING_KEYS[key.upper()]
+    return (f"{where}: {key!r} is set by the engine from the setting {setting!r} (in defaults or an override), "
+            "so that the memory budget counts what the connector holds; move it there")
 
 
 def _is_reference(value: Any) -> bool:

@@ -14,7 +14,7 @@ SNOWFLAKE_KEYS = frozenset({
     "account", "user", "password", "host", "port", "protocol", "region", "database", "schema", "warehouse", "role",
     "authenticator", "private_key", "private_key_passphrase", "private_key_file", "private_key_file_pwd", "token",
     "passcode", "passcode_in_password", "login_timeout", "network_timeout", "socket_timeout", "session_parameters",
-    "client_session_keep_alive", "client_session_keep_alive_heartbeat_frequency", "client_prefetch_threads",
+    "client_session_keep_alive", "client_session_keep_alive_heartbeat_frequency",
     "application", "ocsp_fail_open", "validate_default_parameters",
 })
 
@@ -49,12 +49,28 @@ POSTGRES_KEEPALIVES = {
 }
 
 
-def snowflake_kwargs(resolved: dict[str, Any], statement_timeout_seconds: int) -> dict[str, Any]:
-    """Connector kwargs from a resolved `snowflake` block."""
+# Not a connector key: SnowflakeSource takes it out and, on a session whose login reports
+# CLIENT_RESULT_CHUNK_SIZE, sets that parameter with ALTER SESSION (so its presence still tells the
+# server's answer apart from ours).
+RESULT_CHUNK_MB_KEY = "engine_result_chunk_mb"
+
+# Keys the memory budget owns: set from settings, so the budget counts what the connector really does.
+SNOWFLAKE_SETTING_KEYS = {"client_prefetch_threads": "result_prefetch",
+                          "CLIENT_RESULT_CHUNK_SIZE": "result_chunk_mb", "CLIENT_PREFETCH_THREADS": "result_prefetch"}
+
+
+def snowflake_kwargs(resolved: dict[str, Any], statement_timeout_seconds: int, result_prefetch: int = 1,
+                     result_chunk_mb: int = 48) -> dict[str, Any]:
+    """Connector kwargs from a resolved `snowflake` block. Result parts are downloaded `result_prefetch`
+    ahead (the connector's default, 4, would hold five parts per thread) and asked to be at most
+    `result_chunk_mb` (Snowflake's CLIENT_RESULT_CHUNK_SIZE, 160 by default; see RESULT_CHUNK_MB_KEY)."""
     kwargs = dict(resolved)
     session = dict(kwargs.get("session_parameters") or {})
     if statement_timeout_seconds:
         session.setdefault("STATEMENT_TIMEOUT_IN_SECONDS", statement_timeout_seconds)
+    session["CLIENT_PREFETCH_THREADS"] = result_prefetch  # else the login's answer (4) replaces the kwarg
+    kwargs["client_prefetch_threads"] = result_prefetch
+    kwargs[RESULT_CHUNK_MB_KEY] = result_chunk_mb
     if session:
         kwargs["session_parameters"] = session
     _private_key(kwargs)

@@ -73,6 +73,8 @@ class TablePlan:
     queries: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    source_results: str | None = None  # "whole" or "streamed": how Snowflake answers a chunk (lib/budget.py)
+    row_bytes: int | None = None  # Arrow bytes per row, sampled at planning
 
     @property
     def expected_rows(self) -> int:

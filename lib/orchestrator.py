@@ -18,7 +18,15 @@ import psycopg
 
 from lib import faults, ledger_schema, status, swap
 from lib import postgres_target as pg
-from lib.budget import fit_connections, fit_threads
+from lib.budget import (
+    MIB,
+    ReadShape,
+    estimate_bytes,
+    fit_connections,
+    fit_threads,
+    memory_budget_bytes,
+    requested_threads,
+)
 from lib.config import SourceConfig, TableSpec
 from lib.errors import MigrationError, TransientError, classify
 from lib.load_modes import TableLoad
@@ -138,8 +146,16 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         loads = table_loads(conn, config, run_id)
         snapshot_at = status.run_snapshot(conn, run_id)
+        stored_shapes = status.read_shapes(conn, run_id)
     tables = {name: (scoped_spec(spec, load.window), columns, load) for name, (spec, columns, load) in loads.items()}
-    return WorkPlan(config, run_id, tables, deadline=deadline, snapshot_at=snapshot_at)
+    settings = config.settings
+    shapes = {}
+    for name, (_, columns, _) in tables.items():
+        results, row_bytes, largest_chunk = stored_shapes.get(name, (None, None, 0))
+        shapes[name] = ReadShape.planned(results or "whole", row_bytes or estimated_row_bytes(columns),
+                                         max(largest_chunk, 1), settings.batch_size, settings.result_prefetch,
+                                         settings.result_chunk_mb)
+    return WorkPlan(config, run_id, tables, deadline=deadline, snapshot_at=snapshot_at, shapes=shapes)
 
 
 def table_loads(conn: psycopg.Connection[Any], config: SourceConfig,
@@ -164,15 +180,19 @@ def table_loads(conn: psycopg.Connection[Any], config: SourceConfig,
 def thread_count(config: SourceConfig, plan: WorkPlan, at_most: int | None = None) -> int:
     """Threads for this process: parallel_threads (or one per core), within the memory budget, the
     connection cap (max_target_connections) and `at_most` (a Step Functions slot's share of it)."""
-    row_bytes = max((estimated_row_bytes(cols) for _, cols, _ in plan.tables.values()), default=64)
-    requested = config.settings.parallel_threads or os.cpu_count() or 1
-    threads, why = fit_threads(requested, config.settings.batch_size, row_bytes,
-                               config.settings.memory_budget_mb)
+    requested = requested_threads(config.settings.parallel_threads)
+    threads, why = fit_threads(requested, list(plan.shapes.values()), config.settings.memory_budget_mb)
     if why:
         log.warning(why, **ctx(run_id=plan.run_id))
     _, threads, why = fit_connections(1, min(threads, at_most or threads), config.settings.max_target_connections)
     if why:
         log.warning(why, **ctx(run_id=plan.run_id))
+    shapes = list(plan.shapes.values())
+    if shapes:
+        widest = max(shapes, key=ReadShape.per_thread)
+        log.info("memory: %d thread(s) × %s = %.0f MiB at most, of a %.0f MiB budget", threads, widest.describe(),
+                 estimate_bytes(threads, shapes) / MIB, memory_budget_bytes(config.settings.memory_budget_mb) / MIB,
+                 **ctx(run_id=plan.run_id))
     return threads
 
 

@@ -4,20 +4,21 @@ and store all of it in the ledger in one transaction. A stored plan is never rec
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 
 from lib import load_modes, status
 from lib import postgres_target as pg
-from lib.config import SourceConfig, TableSpec, pg_identifier_problem
+from lib.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
+from lib.config import Settings, SourceConfig, TableSpec, pg_identifier_problem
 from lib.errors import FatalError, TransientError, classify
 from lib.log import ctx, get_logger
 from lib.models import TablePlan
 from lib.planner import plan_table
 from lib.snowflake_source import SnowflakeSource
-from lib.typemap import Column, columns_from_description
+from lib.typemap import Column, columns_from_description, estimated_row_bytes
 from lib.watermark import Window, kind_of, ledger_hi, lowered, null_note, scope_filter, source_max, target_max
 
 log = get_logger()
@@ -73,10 +74,14 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
     window = _window(conn, source, spec, columns, run_id) if spec.source_watermark else None
     scoped = replace(spec, source_filter=scope_filter(spec.source_filter, window))
+    fit = read_fit(source, config, scoped, columns)
     if window is not None and window.empty:
         plan = TablePlan("window", [], f"nothing above the last {window.column} ({window.lo}): no rows to read")
     else:
-        plan = plan_table(source, scoped, columns, config.chunk_rows(spec))
+        plan = plan_table(source, scoped, columns, fit.chunk_rows)
+    plan.source_results, plan.row_bytes = fit.results, fit.row_bytes
+    if fit.note:
+        plan.notes.append(fit.note)
     plan.notes.extend(snapshot_notes)
     if window is not None:
         plan.notes.append(f"window {window.column} > {window.lo} (from the {window.lo_from}) and <= {window.hi}"
@@ -113,6 +118,36 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     )
     for note in plan.notes:
         log.info("plan note: %s", note, **ctx(run_id=run_id, table=spec.name))
+
+
+@dataclass(frozen=True)
+class ReadFit:
+    """How a table's chunks will be read and the chunk_rows that fits the memory budget with them."""
+
+    results: str  # "whole" or "streamed"
+    row_bytes: int
+    chunk_rows: int
+    note: str | None  # why chunk_rows was lowered
+
+    def shape(self, settings: Settings) -> ReadShape:
+        return ReadShape.planned(self.results, self.row_bytes, self.chunk_rows, settings.batch_size,
+                                 settings.result_prefetch, settings.result_chunk_mb)
+
+
+def read_fit(source: SnowflakeSource, config: SourceConfig, spec: TableSpec, columns: list[Column]) -> ReadFit:
+    """The source's result mode, the table's Arrow bytes per row measured on a sample of real rows (the column
+    types' estimate when there are none; rows wider than the sample lower the threads while copying), and
+    chunk_rows, lowered when a chunk arrives as one whole result and the threads would not fit the budget."""
+    settings = config.settings
+    results = source.results_mode(settings.source_results)
+    row_bytes = source.sample_row_bytes(spec.source, columns, spec.source_filter) or estimated_row_bytes(columns)
+    chunk_rows, why = config.chunk_rows(spec), None
+    if results == "whole":
+        _, threads, _ = fit_connections(1, requested_threads(settings.parallel_threads), settings.max_target_connections)
+        chunk_rows, why = fit_chunk_rows(chunk_rows, settings.batch_size, row_bytes, threads, settings.memory_budget_mb)
+        if why:
+            log.warning("%s", why, **ctx(table=spec.name))
+    return ReadFit(results, row_bytes, chunk_rows, why)
 
 
 def _check_retention(source: SnowflakeSource, spec: TableSpec, config: SourceConfig) -> list[str]:

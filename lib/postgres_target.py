@@ -199,6 +199,7 @@ def copy_into(conn: psycopg.Connection[Any], destination: sql.Composable, wire: 
             copy.write(payload)
             rows += batch.num_rows
             written += len(payload)
+            del batch, payload  # both released before the next batch is read, not after
         copy.write(encoder.finish())
     return rows, written
 

@@ -33,6 +33,7 @@ class Prefetcher(Iterator[T]):
             for item in self._source:
                 if not self._put(item):
                     return
+                del item  # the queue holds it now; reading the next must not keep this one alive too
             self._put(_DONE)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
             self._put(exc)

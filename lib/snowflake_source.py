@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
@@ -20,12 +20,15 @@ import pyarrow as pa
 import snowflake.connector
 
 from lib.chunking import DayCount, HourCount, KeyBucket
-from lib.connections import SNOWFLAKE_FORCED
+from lib.connections import RESULT_CHUNK_MB_KEY, SNOWFLAKE_FORCED
 from lib.errors import FatalError, classify
 from lib.identifiers import quote_snowflake, snowflake_name
 from lib.models import Bounds
 from lib.retry import RetryPolicy, call_with_retry
 from lib.typemap import Column, columns_from_description
+
+# Rows read at planning to measure a table's Arrow bytes per row for the memory budget
+SAMPLE_ROWS = 1000
 
 
 class SnowflakeSource:
@@ -35,6 +38,8 @@ class SnowflakeSource:
     def __init__(self, connect_args: dict[str, Any], retry: RetryPolicy | None = None,
                  snapshot_at: str | None = None) -> None:
         self._args = {**connect_args, **SNOWFLAKE_FORCED}
+        self._result_chunk_mb = self._args.pop(RESULT_CHUNK_MB_KEY, None)
+        self.reports_result_chunks = False  # the login reported CLIENT_RESULT_CHUNK_SIZE: results stream in parts
         self._retry = retry or RetryPolicy()
         self.snapshot_at = snapshot_at
         self.on_connect: list[str] = []  # statements every new session runs first (e.g. a temporary UDF)
@@ -45,7 +50,14 @@ class SnowflakeSource:
         if self._conn is None or self._conn.is_closed():
             try:
                 self._conn = snowflake.connector.connect(**self._args)
+                if "client_prefetch_threads" in self._args:
+                    self._conn.client_prefetch_threads = self._args["client_prefetch_threads"]
+                # only the server's login answer puts it there: the engine never sends it at login
+                reported = self._conn._session_parameters.get("CLIENT_RESULT_CHUNK_SIZE")
+                self.reports_result_chunks = reported is not None
                 with self._conn.cursor() as cur:
+                    if reported is not None and self._result_chunk_mb and str(reported) != str(self._result_chunk_mb):
+                        cur.execute(f"ALTER SESSION SET CLIENT_RESULT_CHUNK_SIZE = {int(self._result_chunk_mb)}")
                     for statement in self.on_connect:
                         cur.execute(statement)
             except Exception as exc:
@@ -209,6 +221,30 @@ class SnowflakeSource:
         null_rows = sum(int(r[3]) for r in rows if int(r[0]) < 0)
         return buckets, null_rows
 
+    def results_mode(self, setting: str) -> str:
+        """How this source answers a chunk's query: "streamed" (result parts downloaded as they are read) or
+        "whole" (one response holding every row). `auto` asks the session: Snowflake reports its
+        CLIENT_RESULT_CHUNK_SIZE at login; a stand-in that answers in one response does not."""
+        if setting != "auto":
+            return setting
+        self.connection()
+        return "streamed" if self.reports_result_chunks else "whole"
+
+    def sample_row_bytes(self, table: tuple[str, ...], columns: list[Column], source_filter: str | None,
+                         rows: int = SAMPLE_ROWS) -> int | None:
+        """Arrow bytes per row of up to `rows` rows as the connector hands them over, or None if there are none."""
+        select = ", ".join(quote_snowflake(c.name) for c in columns)
+        sql = f"SELECT {select} FROM {self.table_sql(table)}{_where(source_filter)} LIMIT %(n)s"
+
+        def once() -> tuple[int, int]:
+            with self.connection().cursor() as cur:
+                run(cur, sql, {"n": rows})
+                parts = list(cur.fetch_arrow_batches(force_microsecond_precision=True))
+                return sum(p.num_rows for p in parts), sum(p.nbytes for p in parts)
+
+        count, nbytes = call_with_retry(once, self._retry, f"sampling rows of {'.'.join(table)}", on_retry=self.close)
+        return -(-nbytes // count) if count else None
+
     def read(
         self,
         table: tuple[str, ...],
@@ -216,8 +252,11 @@ class SnowflakeSource:
         bounds: Bounds,
         source_filter: str | None,
         batch_size: int,
+        on_part: Callable[[pa.Table | pa.RecordBatch], None] | None = None,
     ) -> Iterator[pa.RecordBatch]:
-        """Stream the chunk's rows as Arrow record batches of at most `batch_size` rows."""
+        """Stream the chunk's rows as Arrow record batches of at most `batch_size` rows. Each result part
+        the connector hands over (a downloaded result chunk, or the whole result) is shown to `on_part`
+        first, so the memory budget sees what a thread really holds."""
         predicate, params = chunk_predicate(bounds)
         if source_filter:
             predicate = f"({predicate}) AND ({raw_sql(source_filter)})"
@@ -231,9 +270,15 @@ class SnowflakeSource:
             run(cur, sql, params)
             # microseconds in every batch: otherwise the connector picks the unit per batch (nanoseconds, or
             # microseconds for years outside 1677-2262) and cannot combine one result chunk's batches
-            for part in cur.fetch_arrow_batches(force_microsecond_precision=True):
+            parts = cur.fetch_arrow_batches(force_microsecond_precision=True)
+            while (part := next(parts, None)) is not None:
+                if on_part is not None:
+                    on_part(part)
                 batches = part.to_batches(max_chunksize=batch_size) if isinstance(part, pa.Table) else [part]
-                yield from batches
+                del part  # the batches keep its buffers only as long as they are in use
+                batches.reverse()
+                while batches:
+                    yield batches.pop()  # no reference left here once the consumer lets the batch go
         except GeneratorExit:
             raise
         except Exception as exc:

@@ -140,17 +140,18 @@ def store_plan(
     conn.execute(
         f"INSERT INTO {SCHEMA}.migration_table_status (run_id, table_name, target_table, status, strategy, "
         f"strategy_reason, planned_chunks, planned_rows, plan_queries, plan_seconds, plan_notes, source_columns, error, "
-        f"{fields}) VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s, NULL, "
+        f"source_results, row_bytes, {fields}) VALUES (%s, %s, %s, 'running', %s, %s, %s, %s, %s, %s, %s, %s, NULL, %s, %s, "
         f"{', '.join(['%s'] * len(LOAD_FIELDS))}) "
         "ON CONFLICT (run_id, table_name) DO UPDATE SET status = 'running', strategy = EXCLUDED.strategy, "
         "strategy_reason = EXCLUDED.strategy_reason, planned_chunks = EXCLUDED.planned_chunks, "
         "planned_rows = EXCLUDED.planned_rows, plan_queries = EXCLUDED.plan_queries, "
         "plan_seconds = EXCLUDED.plan_seconds, plan_notes = EXCLUDED.plan_notes, "
         "source_columns = EXCLUDED.source_columns, error = NULL, started_at = now(), completed_at = NULL, "
+        "source_results = EXCLUDED.source_results, row_bytes = EXCLUDED.row_bytes, "
         + ", ".join(f"{f} = EXCLUDED.{f}" for f in LOAD_FIELDS),
         (run_id, table, target, plan.strategy, plan.reason, len(plan.chunks), plan.expected_rows,
-         plan.queries, plan.seconds, json.dumps(plan.notes), json.dumps(source_columns),
-         *(load.get(f) for f in LOAD_FIELDS)),
+         plan.queries, plan.seconds, json.dumps(plan.notes), json.dumps(source_columns), plan.source_results,
+         plan.row_bytes, *(load.get(f) for f in LOAD_FIELDS)),
     )
     with conn.cursor() as cur:
         cur.executemany(
@@ -356,6 +357,16 @@ def table_load_rows(conn: psycopg.Connection[Any], run_id: int) -> dict[str, dic
         cur.execute(f"SELECT table_name, {', '.join(LOAD_FIELDS)} FROM {SCHEMA}.migration_table_status "
                     "WHERE run_id = %s AND source_columns IS NOT NULL", (run_id,))
         return {r["table_name"]: r for r in cur.fetchall()}
+
+
+def read_shapes(conn: psycopg.Connection[Any], run_id: int) -> dict[str, tuple[str | None, int | None, int]]:
+    """Each planned table's (source_results, row_bytes, rows of its largest chunk), for the memory budget."""
+    rows = conn.execute(
+        f"SELECT t.table_name, t.source_results, t.row_bytes, coalesce(max(c.expected_rows), 0) "
+        f"FROM {SCHEMA}.migration_table_status t LEFT JOIN {SCHEMA}.migration_chunk_status c "
+        "ON c.run_id = t.run_id AND c.table_name = t.table_name "
+        "WHERE t.run_id = %s AND t.source_columns IS NOT NULL GROUP BY 1, 2, 3", (run_id,)).fetchall()
+    return {r[0]: (r[1], r[2], int(r[3])) for r in rows}
 
 
 def table_rows(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import psycopg
@@ -17,7 +17,7 @@ import pyarrow as pa
 
 from lib import faults, status
 from lib import postgres_target as pg
-from lib.budget import fit_threads
+from lib.budget import ReadShape, fit_threads
 from lib.config import SourceConfig, TableSpec
 from lib.errors import FenceLostError, MigrationError, TransientError, classify, with_context
 from lib.lease import LeaseKeeper, LeaseLostError, Progress
@@ -51,27 +51,27 @@ class WorkPlan:
     stop: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() after which no new chunk is claimed
     snapshot_at: str | None = None  # every read at this Snowflake timestamp (settings.snapshot)
-    threads: int = 1  # workers allowed to claim; lowered when measured batches are bigger than estimated
-    measured_row_bytes: int = 0
+    threads: int = 1  # workers allowed to claim; lowered when real result parts or batches outgrow the plan's
+    shapes: dict[str, ReadShape] = field(default_factory=dict)  # per table: what a thread holds (lib/budget.py)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def may_claim(self, worker_index: int = 0) -> bool:
         return (not self.stop.is_set() and worker_index < self.threads
                 and (self.deadline is None or time.monotonic() < self.deadline))
 
-    def observe(self, batch: pa.RecordBatch) -> None:
-        """Measure a real batch; if threads × its size no longer fits the memory budget, fewer threads claim."""
-        if batch.num_rows == 0:
-            return
-        row_bytes = -(-batch.nbytes // batch.num_rows)
+    def observe(self, table: str, part_bytes: int = 0, batch_bytes: int = 0) -> None:
+        """A real result part or batch of `table`: when it is bigger than the plan assumed and the threads no
+        longer fit the memory budget, fewer threads claim chunks (those in flight finish theirs)."""
         with self._lock:
-            if row_bytes <= self.measured_row_bytes:
+            shape = self.shapes.get(table)
+            if shape is None or (part_bytes <= shape.part_bytes and batch_bytes <= shape.batch_bytes):
                 return
-            self.measured_row_bytes = row_bytes
+            self.shapes[table] = replace(shape, part_bytes=max(shape.part_bytes, part_bytes),
+                                         batch_bytes=max(shape.batch_bytes, batch_bytes))
             settings = self.config.settings
-            allowed, why = fit_threads(self.threads, settings.batch_size, row_bytes, settings.memory_budget_mb)
+            allowed, why = fit_threads(self.threads, list(self.shapes.values()), settings.memory_budget_mb)
             if allowed < self.threads:
-                get_logger().warning("measured %d bytes per row: %s", row_bytes, why, **ctx(run_id=self.run_id))
+                get_logger().warning("measured %s: %s", table, why, **ctx(run_id=self.run_id, table=table))
                 self.threads = allowed
 
 
@@ -180,12 +180,13 @@ class Worker:
             source.cancel()
 
         keeper = LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds, progress, give_up)
-        read = source.read(spec.source, columns, chunk.bounds, spec.source_filter, settings.batch_size)
+        read = source.read(spec.source, columns, chunk.bounds, spec.source_filter, settings.batch_size,
+                           on_part=lambda part: self.plan.observe(chunk.table_name, part_bytes=part.nbytes))
         batches = Prefetcher(_ticking(read, progress), abort=keeper.lost,
                              aborted=lambda: LeaseLostError(f"chunk given up: {keeper.lost_reason}"))
         try:
             with keeper, conn.transaction():
-                moving = _ticking(self._measured(_with_fault_points(batches)), progress)
+                moving = _ticking(self._measured(chunk.table_name, _with_fault_points(batches)), progress)
                 wire = Wire(columns, key=chunk.bounds.column, nul_bytes=self.plan.config.nul_bytes(spec))
                 written = loader_for(load, repair=chunk.repair).write(conn, wire, moving, chunk.bounds)
                 status.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated,
@@ -239,17 +240,20 @@ class Worker:
         self._reset_pg()
         self._reset_source()
 
-    def _measured(self, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for i, batch in enumerate(batches):
-            if i == 0:
-                self.plan.observe(batch)
+    def _measured(self, table: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            self.plan.observe(table, batch_bytes=batch.nbytes)
             yield batch
+            del batch
 
 
+# The generators below drop each batch as soon as the consumer asks for the next one: a loop variable
+# would otherwise keep it alive while the next is read, one more batch per thread than the budget counts.
 def _ticking(batches: Iterator[pa.RecordBatch], progress: Progress) -> Iterator[pa.RecordBatch]:
     for batch in batches:
         progress.tick()
         yield batch
+        del batch
     progress.tick()
 
 
@@ -257,4 +261,5 @@ def _with_fault_points(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordB
     for i, batch in enumerate(batches):
         faults.maybe_crash("during_read" if i == 0 else "during_copy")
         yield batch
+        del batch
     faults.maybe_crash("during_copy")

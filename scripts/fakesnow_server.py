@@ -10,14 +10,19 @@ Project-owned adjustments, all at start-up and none touching fakesnow's files:
   MIGRATION_JSONB_TEXT (lib/jsonb_text.py, registered as a DuckDB function; its CREATE statement is
   answered without running it);
 - `AT(TIMESTAMP => ...)` (Time Travel) is removed from statements before fakesnow parses them: the
-  stand-in has no history, so a point-in-time read reads the current data.
+  stand-in has no history, so a point-in-time read reads the current data;
+- with --result-chunk-mb, results answer like Snowflake's large results: the first part inline and the
+  rest as result chunks of about that size, which the connector downloads from this server as it reads
+  them (fakesnow alone answers every query in one response); the login then reports
+  CLIENT_RESULT_CHUNK_SIZE, as Snowflake's does.
 
-    python -m scripts.fakesnow_server --port 8765 [--db-path DIR] [--ready-file FILE]
+    python -m scripts.fakesnow_server --port 8765 [--db-path DIR] [--ready-file FILE] [--result-chunk-mb MB]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import contextlib
 import gzip
 import json
@@ -26,6 +31,7 @@ import os
 import re
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -55,11 +61,23 @@ _AT_CLAUSE = re.compile(r"\s+AT\s*\(\s*TIMESTAMP\s*=>\s*'[^']*'::TIMESTAMP_TZ\s*
 _CREATE_UDF = re.compile(r"^\s*CREATE\s+OR\s+REPLACE\s+TEMPORARY\s+FUNCTION\s+MIGRATION_JSONB_TEXT\b", re.IGNORECASE)
 
 
+_SET_RESULT_CHUNK_SIZE = re.compile(r"^\s*ALTER\s+SESSION\s+SET\s+CLIENT_RESULT_CHUNK_SIZE\s*=\s*\d+\s*$", re.IGNORECASE)
+
+
 def stand_in_sql(sql: str) -> str:
     """What the stand-in runs for a statement the engine sends to Snowflake."""
     if _CREATE_UDF.match(sql):
         return "SELECT 'MIGRATION_JSONB_TEXT is built into the stand-in' AS status"
+    if _SET_RESULT_CHUNK_SIZE.match(sql):  # the part size is the launcher's --result-chunk-mb
+        return "SELECT 'Statement executed successfully.' AS status"
     return _AT_CLAUSE.sub("", sql)
+
+
+def _jsonb_text_vector(documents: pa.Array) -> pa.Array:
+    """MIGRATION_JSONB_TEXT for a vector of values at a time (a per-row Python UDF costs DuckDB far more)."""
+    from lib.jsonb_text import jsonb_text
+
+    return pa.array([jsonb_text(d) for d in documents.to_pylist()], pa.string())
 
 
 def _patch_functions() -> None:
@@ -67,7 +85,7 @@ def _patch_functions() -> None:
     import duckdb
     import fakesnow.instance
 
-    from lib.jsonb_text import UDF_NAME, jsonb_text
+    from lib.jsonb_text import UDF_NAME
 
     original = fakesnow.instance.FakeSnow.connect
 
@@ -77,10 +95,113 @@ def _patch_functions() -> None:
         duck.execute("CREATE OR REPLACE TEMP MACRO m_d5_number_lower64(s) AS "
                      "CAST(CAST(('0x' || substr(md5(s), 17, 16)) AS UBIGINT) AS HUGEINT)")
         with contextlib.suppress(duckdb.CatalogException):  # the cursors of one DuckDB database share it
-            duck.create_function(UDF_NAME, jsonb_text, ["VARCHAR"], "VARCHAR", null_handling="special")
+            duck.create_function(UDF_NAME, _jsonb_text_vector, ["VARCHAR"], "VARCHAR", type="arrow",
+                                 null_handling="special")
         return conn
 
     fakesnow.instance.FakeSnow.connect = connect
+
+
+RESULTS_PATH = "/fakesnow-results/"
+
+
+class ResultChunks:
+    """Large Arrow results cut into an inline first part and result chunks served from RESULTS_PATH."""
+
+    def __init__(self, chunk_bytes: int) -> None:
+        self.chunk_bytes = chunk_bytes
+        self._parts: dict[str, bytes] = {}
+        self._lock = threading.Lock()
+
+    def split(self, data: dict[str, Any], base_url: str) -> None:
+        encoded = data.get("rowsetBase64")
+        if data.get("queryResultFormat") != "arrow" or not encoded or len(encoded) * 3 // 4 <= self.chunk_bytes:
+            return
+        raw = base64.b64decode(encoded)
+        reader = pa.ipc.open_stream(raw)
+        table = reader.read_all()
+        rows = max(1, table.num_rows * self.chunk_bytes // len(raw))
+        inline = max(1, rows // 16)  # like Snowflake's: a small first part in the answer itself
+        starts = range(inline, table.num_rows, rows)
+        data["rowsetBase64"] = base64.b64encode(_ipc(reader.schema, table.slice(0, inline))).decode()
+        data["chunks"] = []
+        for start in starts:
+            part = _ipc(reader.schema, table.slice(start, rows))
+            key = uuid.uuid4().hex
+            with self._lock:
+                self._parts[key] = part
+            data["chunks"].append({"url": f"{base_url}{RESULTS_PATH}{key}", "rowCount": min(rows, table.num_rows - start),
+                                   "uncompressedSize": len(part), "compressedSize": len(part)})
+
+    def take(self, key: str) -> bytes | None:
+        with self._lock:
+            return self._parts.pop(key, None)
+
+
+def _ipc(schema: pa.Schema, table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+async def _respond(send: Any, status: int, body: bytes, content_type: bytes) -> None:
+    await send({"type": "http.response.start", "status": status,
+                "headers": [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
+
+
+class _ServeResultChunks:
+    """ASGI middleware: result chunks are downloaded from RESULTS_PATH; query answers are cut into them,
+    and the login reports CLIENT_RESULT_CHUNK_SIZE."""
+
+    def __init__(self, app: Any, chunks: ResultChunks, chunk_mb: float) -> None:
+        self.app, self.chunks, self.chunk_mb = app, chunks, chunk_mb
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        path = scope.get("path", "") if scope["type"] == "http" else ""
+        if path.startswith(RESULTS_PATH):
+            part = self.chunks.take(path[len(RESULTS_PATH):])
+            if part is None:
+                await _respond(send, 404, b"no such result chunk", b"text/plain")
+            else:
+                await _respond(send, 200, part, b"application/octet-stream")
+            return
+        if not path.startswith(("/queries/v1/query-request", "/session/v1/login-request")):
+            await self.app(scope, receive, send)
+            return
+        started: dict[str, Any] = {}
+        body: list[bytes] = []
+
+        async def capture(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                started.update(message)
+                return
+            body.append(message.get("body", b""))
+            if message.get("more_body"):
+                return
+            answer = json.loads(b"".join(body))
+            data = answer.get("data") or {}
+            if path.startswith("/session"):
+                data.get("parameters", []).append({"name": "CLIENT_RESULT_CHUNK_SIZE", "value": self.chunk_mb})
+            else:
+                host = dict(scope["headers"]).get(b"host", b"127.0.0.1").decode()
+                self.chunks.split(data, f"http://{host}")
+            encoded = json.dumps(answer).encode()
+            headers = [(k, str(len(encoded)).encode() if k == b"content-length" else v) for k, v in started["headers"]]
+            await send({**started, "headers": headers})
+            await send({"type": "http.response.body", "body": encoded})
+
+        await self.app(scope, receive, capture)
 
 
 class _RewriteStatements:
@@ -93,13 +214,7 @@ class _RewriteStatements:
         if scope["type"] != "http" or not scope["path"].startswith("/queries/v1/query-request"):
             await self.app(scope, receive, send)
             return
-        chunks = []
-        while True:
-            message = await receive()
-            chunks.append(message.get("body", b""))
-            if not message.get("more_body"):
-                break
-        body = b"".join(chunks)
+        body = await _read_body(receive)
         headers = dict(scope["headers"])
         zipped = headers.get(b"content-encoding") == b"gzip"
         data = json.loads(gzip.decompress(body) if zipped else body)
@@ -139,6 +254,8 @@ def main() -> None:
     parser.add_argument("--db-path", help="directory for persistent databases (default: in memory)")
     parser.add_argument("--ready-file", help="write the connect kwargs here once the server listens")
     parser.add_argument("--exit-with", type=int, help="exit when the process with this pid is gone (tests)")
+    parser.add_argument("--result-chunk-mb", type=float, default=0.0,
+                        help="answer large results in result chunks of about this many MiB, downloaded separately")
     args = parser.parse_args()
     if args.exit_with:
         _exit_when_gone(args.exit_with)
@@ -154,7 +271,10 @@ def main() -> None:
         fakesnow.server.shared_fs = FakeSnow(db_path=args.db_path)
     logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
 
-    config = uvicorn.Config(_RewriteStatements(fakesnow.server.app), host=args.host, port=args.port, log_level="warning")
+    app: Any = _RewriteStatements(fakesnow.server.app)
+    if args.result_chunk_mb > 0:
+        app = _ServeResultChunks(app, ResultChunks(int(args.result_chunk_mb * 2**20)), args.result_chunk_mb)
+    config = uvicorn.Config(app, host=args.host, port=args.port, log_level="warning")
     server = uvicorn.Server(config)
     if args.ready_file:
         ready = Path(args.ready_file)

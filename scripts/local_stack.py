@@ -89,8 +89,10 @@ class LocalStack:
                 conn.execute(f'CREATE DATABASE "{name}"')
 
     # --- fakesnow ---------------------------------------------------------------------------
-    def start_snowflake(self, persist: bool = True, port: int | None = None, tied: bool = False) -> dict[str, Any]:
-        """Start the fakesnow server; `tied` makes it exit with this process (for tests)."""
+    def start_snowflake(self, persist: bool = True, port: int | None = None, tied: bool = False,
+                        result_chunk_mb: float = 0.0) -> dict[str, Any]:
+        """Start the fakesnow server; `tied` makes it exit with this process (for tests); `result_chunk_mb`
+        makes it answer large results in separately downloaded result chunks, as Snowflake does."""
         state = self._sf_running()
         if state:
             return state
@@ -103,6 +105,8 @@ class LocalStack:
             cmd += ["--db-path", str(self.sf_db)]
         if tied:
             cmd += ["--exit-with", str(os.getpid())]
+        if result_chunk_mb:
+            cmd += ["--result-chunk-mb", str(result_chunk_mb)]
         log = open(self.dir / "fakesnow.log", "ab")  # noqa: SIM115 - handed to the child process
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.monotonic() + 60

@@ -6,7 +6,6 @@ import signal
 import time
 
 from lib import status
-from lib.budget import fit_threads
 from lib.orchestrator import run, start_run, work, work_plan
 from tests.helpers import cli, cli_popen
 
@@ -59,20 +58,3 @@ def test_time_budget_stops_claiming_and_leaves_the_rest_for_the_next_invocation(
     stats = work(plan, 2)
     assert stats.chunks_done == 0 and _states(env) == {"pending": 11}
     assert run(config).status == "completed"
-
-
-def test_threads_are_clamped_to_the_memory_budget_and_the_log_says_why() -> None:
-    assert fit_threads(8, 10_000, 100, budget_mb=1024) == (8, None)
-    threads, why = fit_threads(8, 100_000, 2_000, budget_mb=1024)
-    assert threads == 1 and "lowered from 8 to 1" in why and "batch_size" in why
-
-
-def test_measured_batches_bigger_than_estimated_lower_the_thread_count(env, caplog) -> None:
-    env.sf_execute("CREATE TABLE WIDE AS SELECT SEQ8()::NUMBER(18,0) AS ID, REPEAT('x', 4000) AS BLOBBY "
-                   "FROM TABLE(GENERATOR(ROWCOUNT => 4000))")
-    # estimate from types: ~80 bytes a row; real rows carry 4 kB of text
-    config = env.config([{"source": "WIDE", "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}],
-                        chunk_rows=500, batch_size=500, parallel_threads=4, memory_budget_mb=12)
-    result = run(config)
-    assert result.status == "completed"
-    assert "measured" in caplog.text and "parallel_threads lowered from 4 to" in caplog.text
