@@ -22,6 +22,7 @@ Project-owned adjustments, all at start-up and none touching fakesnow's files:
 from __future__ import annotations
 
 import argparse
+import asyncio
 import base64
 import contextlib
 import gzip
@@ -106,11 +107,15 @@ RESULTS_PATH = "/fakesnow-results/"
 
 
 class ResultChunks:
-    """Large Arrow results cut into an inline first part and result chunks served from RESULTS_PATH."""
+    """Large Arrow results cut into an inline first part and result chunks served from RESULTS_PATH. Like
+    Snowflake's presigned URLs, a part can be downloaded again (the connector retries a slow download)
+    until it expires."""
+
+    EXPIRES_SECONDS = 600
 
     def __init__(self, chunk_bytes: int) -> None:
         self.chunk_bytes = chunk_bytes
-        self._parts: dict[str, bytes] = {}
+        self._parts: dict[str, tuple[float, bytes]] = {}
         self._lock = threading.Lock()
 
     def split(self, data: dict[str, Any], base_url: str) -> None:
@@ -128,14 +133,18 @@ class ResultChunks:
         for start in starts:
             part = _ipc(reader.schema, table.slice(start, rows))
             key = uuid.uuid4().hex
+            now = time.monotonic()
             with self._lock:
-                self._parts[key] = part
+                for old in [k for k, (at, _) in self._parts.items() if now - at > self.EXPIRES_SECONDS]:
+                    del self._parts[old]
+                self._parts[key] = (now, part)
             data["chunks"].append({"url": f"{base_url}{RESULTS_PATH}{key}", "rowCount": min(rows, table.num_rows - start),
                                    "uncompressedSize": len(part), "compressedSize": len(part)})
 
-    def take(self, key: str) -> bytes | None:
+    def get(self, key: str) -> bytes | None:
         with self._lock:
-            return self._parts.pop(key, None)
+            found = self._parts.get(key)
+        return found[1] if found else None
 
 
 def _ipc(schema: pa.Schema, table: pa.Table) -> bytes:
@@ -170,7 +179,7 @@ class _ServeResultChunks:
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         path = scope.get("path", "") if scope["type"] == "http" else ""
         if path.startswith(RESULTS_PATH):
-            part = self.chunks.take(path[len(RESULTS_PATH):])
+            part = self.chunks.get(path[len(RESULTS_PATH):])
             if part is None:
                 await _respond(send, 404, b"no such result chunk", b"text/plain")
             else:
@@ -189,19 +198,23 @@ class _ServeResultChunks:
             body.append(message.get("body", b""))
             if message.get("more_body"):
                 return
-            answer = json.loads(b"".join(body))
-            data = answer.get("data") or {}
-            if path.startswith("/session"):
-                data.get("parameters", []).append({"name": "CLIENT_RESULT_CHUNK_SIZE", "value": self.chunk_mb})
-            else:
-                host = dict(scope["headers"]).get(b"host", b"127.0.0.1").decode()
-                self.chunks.split(data, f"http://{host}")
-            encoded = json.dumps(answer).encode()
+            host = dict(scope["headers"]).get(b"host", b"127.0.0.1").decode()
+            # off the event loop, so downloads of other results go on meanwhile (the connector gives one 7 s)
+            encoded = await asyncio.to_thread(self._rewrite, path, b"".join(body), f"http://{host}")
             headers = [(k, str(len(encoded)).encode() if k == b"content-length" else v) for k, v in started["headers"]]
             await send({**started, "headers": headers})
             await send({"type": "http.response.body", "body": encoded})
 
         await self.app(scope, receive, capture)
+
+    def _rewrite(self, path: str, body: bytes, base_url: str) -> bytes:
+        answer = json.loads(body)
+        data = answer.get("data") or {}
+        if path.startswith("/session"):
+            data.get("parameters", []).append({"name": "CLIENT_RESULT_CHUNK_SIZE", "value": self.chunk_mb})
+        else:
+            self.chunks.split(data, base_url)
+        return json.dumps(answer).encode()
 
 
 class _RewriteStatements:
