@@ -112,9 +112,9 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         if key:
             status.set_primary_key_plan(conn, run_id, spec.name, key)
     log.info(
-        "planned %s: %s load, %s strategy, %d chunks, %d rows expected, %d query in %.2fs (%s)",
-        spec.name, load.mode, plan.strategy, len(plan.chunks), plan.expected_rows, plan.queries, plan.seconds,
-        plan.reason, **ctx(run_id=run_id, table=spec.name),
+        "planned %s: %s load, %s strategy, %d chunks, %d rows expected, %d planning quer%s in %.2fs (%s)",
+        spec.name, load.mode, plan.strategy, len(plan.chunks), plan.expected_rows, plan.queries,
+        "y" if plan.queries == 1 else "ies", plan.seconds, plan.reason, **ctx(run_id=run_id, table=spec.name),
     )
     for note in plan.notes:
         log.info("plan note: %s", note, **ctx(run_id=run_id, table=spec.name))
