@@ -1,4 +1,4 @@
-"""Small helpers shared by tests: run the real CLI as a subprocess."""
+"""Small helpers shared by tests: run the real CLI as a subprocess; make planning fail once."""
 
 from __future__ import annotations
 
@@ -22,3 +22,21 @@ def cli_popen(env: dict[str, str], config: Path, *args: str) -> subprocess.Popen
         [sys.executable, str(ROOT / "migrate.py"), *args, "--source", "test", "--config", str(config)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
+
+
+def fail_planning_once(monkeypatch: Any, table: str) -> list[str]:
+    """Planning `table` (the source table's name) fails once with a transient error, then works again.
+    Returns the list that records the failure."""
+    from lib import planning
+    from lib.errors import TransientError
+
+    real, failed = planning.plan_table, []
+
+    def flaky(source: Any, spec: Any, columns: Any, chunk_rows: int) -> Any:
+        if spec.source[-1] == table and not failed:
+            failed.append(spec.name)
+            raise TransientError("server closed the connection unexpectedly (injected)")
+        return real(source, spec, columns, chunk_rows)
+
+    monkeypatch.setattr(planning, "plan_table", flaky)
+    return failed

@@ -7,9 +7,8 @@ import signal
 import time
 
 from lib import status
-from lib.errors import TransientError
 from lib.orchestrator import run
-from tests.helpers import cli, cli_popen
+from tests.helpers import cli, cli_popen, fail_planning_once
 
 BIG_ROWS = 400_000
 
@@ -139,21 +138,11 @@ def test_non_empty_target_without_a_key_or_truncate_fails_that_table_only(env) -
 
 def test_a_transient_error_planning_the_second_table_under_no_resume_keeps_the_new_run(env, monkeypatch) -> None:
     """The start is retried after the error: the retry must resume the run it created, not abandon it."""
-    from lib import planning
-
     for name in ("R1", "R2"):
         env.sf_execute(f"CREATE TABLE {name} AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 500))")
     tables = [{"source": name, "truncate_onstart": True} for name in ("R1", "R2")]
     assert run(env.config(tables, retry_base_seconds=0.1)).status == "completed"
-    real, failed = planning.plan_table, []
-
-    def flaky(source, spec, columns, chunk_rows):
-        if spec.source[-1] == "R2" and not failed:
-            failed.append(spec.name)
-            raise TransientError("server closed the connection unexpectedly (injected)")
-        return real(source, spec, columns, chunk_rows)
-
-    monkeypatch.setattr(planning, "plan_table", flaky)
+    failed = fail_planning_once(monkeypatch, "R2")
     result = run(env.config(tables, no_resume=True, retry_base_seconds=0.1))
 
     assert failed and result.run_id == 2 and result.status == "completed"

@@ -17,7 +17,7 @@ import pytest
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
-from lib import planning, status
+from lib import status
 from lib.errors import ConfigError, FatalError, TransientError
 from lib.step_functions import (
     EXECUTION_OVERHEAD_EVENTS,
@@ -28,6 +28,7 @@ from lib.step_functions import (
     split_input,
 )
 from scripts import lambda_handler
+from tests.helpers import fail_planning_once
 
 ROOT = Path(__file__).resolve().parent.parent
 ASL = ROOT / "aws" / "step_functions" / "migration.asl.json"
@@ -373,16 +374,7 @@ def test_a_transient_error_planning_the_second_table_resumes_the_run_the_retry_s
     _load(aws.env, "P1", 1000)
     _load(aws.env, "P2", 1000)
     aws.configure([_table("P1"), _table("P2")])
-    real = planning.plan_table
-    failed = []
-
-    def flaky(source, spec, columns, chunk_rows):
-        if spec.source[-1] == "P2" and not failed:
-            failed.append(spec.name)
-            raise TransientError("server closed the connection unexpectedly (injected)")
-        return real(source, spec, columns, chunk_rows)
-
-    monkeypatch.setattr(planning, "plan_table", flaky)
+    failed = fail_planning_once(monkeypatch, "P2")
     execution = aws.start(workers=2, no_resume=True)
     result = aws.wait(execution)
 
