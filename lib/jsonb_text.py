@@ -33,7 +33,7 @@ def jsonb_text(document: str | None) -> str | None:
 
 def _render(value: Any) -> str:
     if isinstance(value, dict):
-        keys = sorted(value, key=lambda k: (len(k.encode()), k.encode()))
+        keys = sorted(value, key=_jsonb_key_order)
         return "{" + ", ".join(f"{_string(k)}: {_render(value[k])}" for k in keys) + "}"
     if isinstance(value, list):
         return "[" + ", ".join(_render(v) for v in value) + "]"
@@ -44,6 +44,11 @@ def _render(value: Any) -> str:
     if value is True or value is False or value is None:
         return {True: "true", False: "false", None: "null"}[value]
     return str(value)  # an int, exact at any size
+
+
+def _jsonb_key_order(key: str) -> tuple[int, bytes]:
+    encoded = key.encode()
+    return len(encoded), encoded
 
 
 def numeric_text(token: str) -> str:
@@ -84,7 +89,8 @@ _NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
 _ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 # The same algorithm for Snowflake (a temporary JavaScript UDF; JavaScript's numbers would lose digits, so
-# numbers are rewritten from their text). Tested against PostgreSQL with node (tests/test_checksum.py).
+# numbers are rewritten from their text; keys live in a Map, so "constructor" or "__proto__" are keys like any
+# other). Run with node against PostgreSQL and the Python form by tests/test_jsonb_text.py.
 JSONB_TEXT_JS = r"""
 var s = DOC, i = 0;
 function ws() { while (i < s.length && " \t\n\r".indexOf(s[i]) >= 0) i++; }
@@ -101,7 +107,6 @@ function quote(t) { var out = '"';
     else if (ch === "\r") out += "\\r"; else if (ch === "\t") out += "\\t";
     else if (code < 32) out += "\\u" + ("000" + code.toString(16)).slice(-4); else out += ch; }
   return out + '"'; }
-function utf8len(t) { return unescape(encodeURIComponent(t)).length; }
 function utf8(t) { return unescape(encodeURIComponent(t)); }
 function num(tok) { var neg = tok[0] === "-"; if (neg) tok = tok.slice(1);
   var e = 0, m = tok, p = tok.search(/[eE]/); if (p >= 0) { e = parseInt(tok.slice(p + 1), 10); m = tok.slice(0, p); }
@@ -113,13 +118,14 @@ function num(tok) { var neg = tok[0] === "-"; if (neg) tok = tok.slice(1);
   var text = intpart + (scale ? "." + frac : "");
   return (neg && /[1-9]/.test(digits) ? "-" : "") + text; }
 function val() { ws(); var c = s[i];
-  if (c === "{") { i++; var keys = {}, names = []; ws();
+  if (c === "{") { i++; var keys = new Map(); ws();
     if (s[i] === "}") { i++; return "{}"; }
-    for (;;) { ws(); var k = str(); ws(); i++; var v = val(); if (!(k in keys)) names.push(k); keys[k] = v; ws();
+    for (;;) { ws(); var k = str(); ws(); i++; keys.set(k, val()); ws();
       if (s[i] === ",") { i++; continue; } i++; break; }
-    names.sort(function (a, b) { var la = utf8len(a), lb = utf8len(b); if (la !== lb) return la - lb;
-      var ua = utf8(a), ub = utf8(b); return ua < ub ? -1 : ua > ub ? 1 : 0; });
-    return "{" + names.map(function (n) { return quote(n) + ": " + keys[n]; }).join(", ") + "}"; }
+    var names = Array.from(keys.keys(), function (n) { return [utf8(n), n]; });
+    names.sort(function (a, b) { if (a[0].length !== b[0].length) return a[0].length - b[0].length;
+      return a[0] < b[0] ? -1 : a[0] > b[0] ? 1 : 0; });
+    return "{" + names.map(function (n) { return quote(n[1]) + ": " + keys.get(n[1]); }).join(", ") + "}"; }
   if (c === "[") { i++; var items = []; ws(); if (s[i] === "]") { i++; return "[]"; }
     for (;;) { items.push(val()); ws(); if (s[i] === ",") { i++; continue; } i++; break; }
     return "[" + items.join(", ") + "]"; }
