@@ -422,10 +422,10 @@ def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
     """Re-count source and target of every configured table of the latest run, store and print it."""
     from lib import ledger_schema, status
     from lib import postgres_target as pg
-    from lib.orchestrator import NO_CHUNKS, finalize_run, finish_table, table_loads
-    from lib.planning import scoped_spec
-    from lib.reconcile import reconcile_table
-    from lib.snowflake_source import SnowflakeSource
+    from lib.orchestrator import finalize_run, reconcile_tables
+
+    def skipped(name: str, chunks: dict[str, int]) -> None:
+        print(f"{name}: still copying ({chunks['pending']} pending, {chunks['running']} running): skipped")
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
@@ -433,20 +433,7 @@ def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
         if latest is None:
             print("no run of this config yet: nothing to reconcile")
             return EXIT_ERRORS
-        counts = status.chunk_counts(conn, latest.run_id)
-        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(),
-                                 status.run_snapshot(conn, latest.run_id))
-        results = []
-        try:
-            for name, (spec, _, load) in table_loads(conn, config, latest.run_id).items():
-                chunks = counts.get(name, NO_CHUNKS)
-                if chunks["pending"] or chunks["running"]:
-                    print(f"{name}: still copying ({chunks['pending']} pending, {chunks['running']} running): skipped")
-                    continue
-                results.append(reconcile_table(source, conn, latest.run_id, scoped_spec(spec, load.window), chunks, load))
-                finish_table(conn, latest.run_id, spec, load)  # a matching table is completed only by its post-load step
-        finally:
-            source.close()
+        results = reconcile_tables(conn, config, latest.run_id, only_running=False, skipped=skipped)
         states = {t["table_name"]: (t["status"], t["error"]) for t in status.table_rows(conn, latest.run_id)}
 
     final = finalize_run(config, latest.run_id)  # a mismatch found now makes a completed run completed_with_errors

@@ -3,8 +3,8 @@
     python -m bench.engine_run CONFIG SOURCE '{"parallel_threads": 2}'
 
 Prints one JSON line: the run's outcome, this process's peak RSS (VmHWM) and its RSS once the engine
-was imported, its CPU seconds, and the memory budget's estimate for the threads the run used, computed
-from the shapes stored in the ledger (lib/budget.py), the same numbers the orchestrator logs.
+was imported, its CPU seconds, and the memory budget's estimate for the threads the run used, from the
+shapes the orchestrator budgets with (work_plan; lib/budget.py).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from lib import postgres_target as pg
 from lib import status
 from lib.budget import MIB, ReadShape, estimate_bytes
 from lib.config import load_config
-from lib.orchestrator import run
+from lib.orchestrator import run, work_plan
 
 
 def vm(key: str) -> float:
@@ -34,14 +34,11 @@ def main() -> None:
     started_mb = vm("VmRSS")
     config = load_config(source, json.loads(raw), Path(config_path))
     result = run(config)
-    settings = config.settings
+    shapes = list(work_plan(config, result.run_id).shapes.values())  # what the orchestrator budgeted with
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         workers = conn.execute(f"SELECT count(DISTINCT worker) FROM {status.SCHEMA}.migration_chunk_status "
                                "WHERE run_id = %s AND status = 'done'", (result.run_id,)).fetchone()[0]  # type: ignore[index]
         stored = list(status.read_shapes(conn, result.run_id).values())
-        shapes = [ReadShape.planned(results or "whole", row_bytes or 1, largest, settings.batch_size,
-                                    settings.result_prefetch, settings.result_chunk_mb)
-                  for results, row_bytes, largest in stored]
     usage = resource.getrusage(resource.RUSAGE_SELF)
     report: dict[str, Any] = {
         "status": result.status, "run_id": result.run_id, "tables": result.tables, "workers": int(workers),

@@ -27,7 +27,7 @@ from lib import swap
 from lib.config import TableSpec
 from lib.errors import FatalError
 from lib.typemap import Column
-from lib.watermark import Window
+from lib.watermark import TARGET_TYPES, Window, kind_of
 
 
 @dataclass(frozen=True)
@@ -68,13 +68,12 @@ def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column
     Returns the load, the existing target's column types by source column (None for a new table), and
     the key to build after the load (target column names; a new table only).
     """
-    if not pg.table_exists(conn, spec.target):
-        pg.ensure_table(conn, spec.target, columns)
+    types = pg.ensure_table(conn, spec.target, columns)
+    if types is None:  # just created
         key = _key_to_build(spec, columns, source_key)
         if spec.load_mode == "swap":
             notes.append(f"target {spec.target_name} did not exist: loaded in place, there is nothing to protect")
         return TableLoad("copy", spec.target, (), window), None, key
-    types = pg.ensure_table(conn, spec.target, columns)
     if spec.load_mode == "swap":
         swap.refuse_if_blocked(conn, spec.target)
         shadow = swap.create_shadow(conn, spec.target, run_id, spec.name)
@@ -88,7 +87,7 @@ def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column
     holds_rows = pg.has_rows(conn, spec.target)
     if not holds_rows and not spec.merges:
         return TableLoad("copy", spec.target, (), window), types, []
-    key = target_key(conn, spec, columns, holds_rows)
+    key = target_key(conn, spec, holds_rows)
     if not holds_rows:
         notes.append(f"target {spec.target_name} is empty: copied with plain COPY; later runs merge on ({', '.join(key)})")
         return TableLoad("copy", spec.target, (), window), types, []
@@ -99,7 +98,7 @@ def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column
     return TableLoad(mode, spec.target, key, window), types, []
 
 
-def target_key(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column], holds_rows: bool) -> tuple[str, ...]:
+def target_key(conn: psycopg.Connection[Any], spec: TableSpec, holds_rows: bool) -> tuple[str, ...]:
     """The target key that ON CONFLICT uses, or a FatalError saying what to add."""
     keys = pg.unique_keys(conn, spec.target)
     if spec.merge_key:
@@ -140,8 +139,6 @@ def _key_to_build(spec: TableSpec, columns: list[Column], source_key: Callable[[
 
 def schema_problems(spec: TableSpec, columns: list[Column], target_types: dict[str, str] | None) -> list[str]:
     """Table options checked against the real columns (the config alone cannot): all of them at once."""
-    from lib.watermark import TARGET_TYPES, kind_of
-
     by_name = {c.name: c for c in columns}
     problems = [f"merge_key column {c} is not a column of {spec.name}" for c in spec.merge_key if c not in by_name]
     if spec.source_watermark:

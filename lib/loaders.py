@@ -99,7 +99,7 @@ class KeyedLoader:
         column = next((c for c in columns if pg.target_column_name(c.name) == self.key[0]), None)
         if column is None or column.name != bounds.column:
             return False
-        return not pg.has_rows_in_range(conn, self.destination, self.key[0], column.pg_type, bounds.lo, bounds.hi)
+        return not pg.has_rows_in_range(conn, self.destination, bounds, columns)
 
 
 def loader_for(load: TableLoad, repair: bool = False) -> Loader:

@@ -33,7 +33,7 @@ from lib.load_modes import TableLoad
 from lib.log import ctx, get_logger
 from lib.planning import plan_missing_tables, refresh_target_types, scoped_spec
 from lib.progress import ProgressMonitor
-from lib.reconcile import reconcile_table
+from lib.reconcile import Reconciliation, reconcile_table
 from lib.retry import call_with_retry
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column, columns_from_description, estimated_row_bytes
@@ -161,15 +161,14 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
 def table_loads(conn: psycopg.Connection[Any], config: SourceConfig,
                 run_id: int) -> dict[str, tuple[TableSpec, list[Column], TableLoad]]:
     """Each planned table of the run: its spec, its stored columns and its stored load mode."""
-    stored = status.table_columns(conn, run_id)
     rows = status.table_load_rows(conn, run_id)
     out = {}
     for spec in config.tables:
-        if spec.name not in stored:
+        row = rows.get(spec.name)
+        if row is None:
             continue
-        columns = columns_from_description(stored[spec.name])
+        columns = columns_from_description(row["source_columns"])
         kinds = {c.name: kind_of(c) for c in columns}
-        row = rows[spec.name]
         load = TableLoad.from_ledger(row, spec.target, kinds.get(row["watermark_column"] or ""))
         if load.mode == "swap" and swap.shadow_of(conn, run_id, spec.name) is None:
             load = replace(load, destination=spec.target)  # swapped in: the shadow is the live table now
@@ -249,27 +248,40 @@ NO_CHUNKS = {"pending": 0, "running": 0, "done": 0, "failed": 0, "rows_copied": 
 def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
     """Reconcile every table of the run whose chunks are all done or failed and that is not yet
     reconciled, then finish every table that waits for its post-load step (also one left by a crash)."""
-    done: list[str] = []
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        counts = status.chunk_counts(conn, run_id)
-        states = {r["table_name"]: r["status"] for r in status.table_rows(conn, run_id)}
-        loads = table_loads(conn, config, run_id)
-        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), status.run_snapshot(conn, run_id))
-        try:
-            for name, (spec, _, load) in loads.items():
-                chunks = counts.get(name, NO_CHUNKS)  # an empty watermark window has no chunks
-                if states.get(name) != "running" or chunks["pending"] or chunks["running"]:
-                    continue
-                rec = reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load)
-                level = log.info if rec.ok else log.error
-                level("reconciled: source %s, target %s%s", rec.source_count, rec.target_count,
-                      "" if rec.ok else f" — {rec.error}", **ctx(run_id=run_id, table=name))
-                done.append(name)
-        finally:
-            source.close()
-        for spec, _, load in loads.values():
-            finish_table(conn, run_id, spec, load)
-    return done
+        results = reconcile_tables(conn, config, run_id, only_running=True)
+    for rec in results:
+        level = log.info if rec.ok else log.error
+        level("reconciled: source %s, target %s%s", rec.source_count, rec.target_count,
+              "" if rec.ok else f" — {rec.error}", **ctx(run_id=run_id, table=rec.table))
+    return [rec.table for rec in results]
+
+
+def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int, only_running: bool,
+                     skipped: Callable[[str, dict[str, int]], None] | None = None) -> list[Reconciliation]:
+    """Count source and target of each table whose chunks are all done or failed (`only_running`: and that
+    is not reconciled yet; `skipped` hears of the others), then finish every table that waits for its
+    post-load step: a matching table is completed only by that step."""
+    counts = status.chunk_counts(conn, run_id)
+    states = {r["table_name"]: r["status"] for r in status.table_rows(conn, run_id)}
+    loads = table_loads(conn, config, run_id)
+    results = []
+    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), status.run_snapshot(conn, run_id))
+    try:
+        for name, (spec, _, load) in loads.items():
+            chunks = counts.get(name, NO_CHUNKS)  # an empty watermark window has no chunks
+            if chunks["pending"] or chunks["running"]:
+                if skipped:
+                    skipped(name, chunks)
+                continue
+            if only_running and states.get(name) != "running":
+                continue
+            results.append(reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load))
+    finally:
+        source.close()
+    for spec, _, load in loads.values():
+        finish_table(conn, run_id, spec, load)
+    return results
 
 
 def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, load: TableLoad) -> bool:
@@ -410,18 +422,12 @@ def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, A
                 secs = max(float(secs or 0), 0.001)
                 speed[name] = (int(rows), round(int(rows) / secs), round(int(nbytes or 0) / secs / 2**20, 1))
         counts = status.chunk_counts(conn, run_id)
-        loads = {r[0]: r[1:] for r in conn.execute(
-            f"SELECT table_name, load_mode, merge_key, watermark_column, watermark_lo, watermark_hi, rows_inserted, "
-            f"rows_updated FROM {status.SCHEMA}.table_loads WHERE run_id = %s", (run_id,)).fetchall()}
-        changed = dict(conn.execute(
-            f"SELECT table_name, sum(values_changed) FROM {status.SCHEMA}.migration_chunk_status "
-            "WHERE run_id = %s AND status = 'done' GROUP BY 1", (run_id,)).fetchall())
     out = []
     for t in tables:
         name = t["table_name"]
         c = counts.get(name, {})
         rows_now, rows_s, mb_s = speed.get(name, (0, 0, 0.0))
-        mode, key, wm_column, wm_lo, wm_hi, inserted, updated = loads.get(name, (None,) * 7)
+        wm_column = t["watermark_column"]
         out.append({
             "table": name, "target": t["target_table"], "status": t["status"], "strategy": t["strategy"],
             "chunks": sum(c.get(k, 0) for k in ("pending", "running", "done", "failed")),
@@ -429,8 +435,9 @@ def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, A
             "rows_copied": c.get("rows_copied", 0), "rows_copied_now": rows_now,
             "source_count": t["source_count"], "target_count": t["target_count"],
             "reconcile": t["reconcile_status"], "rows_per_s": rows_s, "mb_per_s": mb_s, "error": t["error"],
-            "load_mode": mode, "merge_key": key, "rows_inserted": int(inserted or 0), "rows_updated": int(updated or 0),
-            "window": {"column": wm_column, "lo": wm_lo, "hi": wm_hi} if wm_column else None,
-            "values_changed": int(changed.get(name) or 0),
+            "load_mode": t["load_mode"], "merge_key": t["merge_key"], "rows_inserted": c.get("rows_inserted", 0),
+            "rows_updated": c.get("rows_updated", 0),
+            "window": {"column": wm_column, "lo": t["watermark_lo"], "hi": t["watermark_hi"]} if wm_column else None,
+            "values_changed": c.get("values_changed", 0),
         })
     return out

@@ -73,15 +73,14 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     if problems:
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
     window = _window(conn, source, spec, columns, run_id) if spec.source_watermark else None
-    scoped = replace(spec, source_filter=scope_filter(spec.source_filter, window))
-    fit = read_fit(source, config, scoped, columns)
     if window is not None and window.empty:
         plan = TablePlan("window", [], f"nothing above the last {window.column} ({window.lo}): no rows to read")
     else:
+        scoped = scoped_spec(spec, window)
+        fit = read_fit(source, config, scoped, columns)
         plan = plan_table(source, scoped, columns, fit.chunk_rows)
-    plan.source_results, plan.row_bytes = fit.results, fit.row_bytes
-    if fit.note:
-        plan.notes.append(fit.note)
+        plan.source_results, plan.row_bytes = fit.results, fit.row_bytes
+        plan.notes.extend([fit.note] if fit.note else [])
     plan.notes.extend(snapshot_notes)
     if window is not None:
         plan.notes.append(f"window {window.column} > {window.lo} (from the {window.lo_from}) and <= {window.hi}"

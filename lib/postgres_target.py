@@ -103,18 +103,15 @@ def has_primary_key(conn: psycopg.Connection[Any], target: tuple[str, str]) -> b
     return row is not None
 
 
-def has_rows_in_range(conn: psycopg.Connection[Any], target: tuple[str, str], column: str, pg_type: str,
-                      lo: str | None, hi: str | None) -> bool:
-    """Does the target hold a row with `lo <= column < hi` (either end open)? An index probe, with the bounds
-    cast to the column's own type so its index is used."""
-    conditions = [sql.SQL("{} IS NOT NULL").format(sql.Identifier(column))]
-    params = []
-    for value, operator in ((lo, ">="), (hi, "<")):
-        if value is not None:
-            conditions.append(sql.SQL("{} {} %s::{}").format(sql.Identifier(column), sql.SQL(operator), sql.SQL(pg_type)))
-            params.append(value)
-    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(
-        table_ident(target), sql.SQL(" AND ").join(conditions)), params).fetchone()
+def has_rows_in_range(conn: psycopg.Connection[Any], target: tuple[str, str], bounds: Bounds,
+                      columns: list[Column]) -> bool:
+    """Does the target hold a row of this key range (chunk_predicate: the bounds cast to the column's own
+    type, so its index is used)? An index probe."""
+    selected = chunk_predicate(bounds, columns)
+    assert selected is not None, "a key range, not a hash class"
+    where, params = selected
+    row = conn.execute(sql.SQL("SELECT EXISTS (SELECT 1 FROM {} WHERE {})").format(table_ident(target), where),
+                       params).fetchone()
     return bool(row and row[0])
 
 

@@ -308,19 +308,25 @@ def seconds_until_retry(conn: psycopg.Connection[Any], run_id: int) -> float | N
     return None if row is None or row[0] is None else max(float(row[0]), 0.0)
 
 
+DONE_SUMS = ("rows_copied", "rows_inserted", "rows_updated", "values_changed")
+
+
 def chunk_counts(conn: psycopg.Connection[Any], run_id: int) -> dict[str, dict[str, int]]:
-    """Per table: number of chunks in each status, plus rows copied by done chunks."""
+    """Per table: number of chunks in each status, plus the rows copied, inserted and updated and the values
+    changed (NUL bytes) by done chunks."""
+    sums = ", ".join(f"coalesce(sum({c}), 0)" for c in DONE_SUMS)
     rows = conn.execute(
-        f"SELECT table_name, status, count(*), coalesce(sum(rows_copied), 0) FROM {SCHEMA}.migration_chunk_status "
+        f"SELECT table_name, status, count(*), {sums} FROM {SCHEMA}.migration_chunk_status "
         "WHERE run_id = %s GROUP BY 1, 2",
         (run_id,),
     ).fetchall()
     out: dict[str, dict[str, int]] = {}
-    for table, status, n, copied in rows:
-        t = out.setdefault(table, {"pending": 0, "running": 0, "done": 0, "failed": 0, "rows_copied": 0})
+    for table, status, n, *done_sums in rows:
+        t = out.setdefault(table, {"pending": 0, "running": 0, "done": 0, "failed": 0,
+                                   **dict.fromkeys(DONE_SUMS, 0)})
         t[status] = int(n)
         if status == "done":
-            t["rows_copied"] = int(copied)
+            t.update(zip(DONE_SUMS, map(int, done_sums), strict=True))
     return out
 
 
@@ -352,9 +358,9 @@ def table_columns(conn: psycopg.Connection[Any], run_id: int) -> dict[str, list[
 
 
 def table_load_rows(conn: psycopg.Connection[Any], run_id: int) -> dict[str, dict[str, Any]]:
-    """Each planned table's stored load fields (see LOAD_FIELDS)."""
+    """Each planned table's stored columns and load fields (see LOAD_FIELDS)."""
     with conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(f"SELECT table_name, {', '.join(LOAD_FIELDS)} FROM {SCHEMA}.migration_table_status "
+        cur.execute(f"SELECT table_name, source_columns, {', '.join(LOAD_FIELDS)} FROM {SCHEMA}.migration_table_status "
                     "WHERE run_id = %s AND source_columns IS NOT NULL", (run_id,))
         return {r["table_name"]: r for r in cur.fetchall()}
 

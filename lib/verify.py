@@ -34,7 +34,7 @@ from lib.jsonb_text import snowflake_udf_ddl
 from lib.load_modes import TableLoad
 from lib.log import ctx, get_logger
 from lib.models import Bounds
-from lib.snowflake_source import SnowflakeSource, chunk_predicate, raw_sql
+from lib.snowflake_source import SnowflakeSource, and_sql, chunk_predicate
 from lib.typemap import Column
 
 log = get_logger()
@@ -62,6 +62,7 @@ class _Check:
     load: TableLoad
     chunk_no: int | None
     bounds: Bounds  # Bounds("all") for a whole-table check
+    fields: list[checksum.Field]  # the table's canonical texts (lib/checksum.py), built once per table
 
 
 class _Sessions(threading.local):
@@ -88,18 +89,19 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
             continue
         chunks = done.get(name, [])
         result = results[name] = TableVerification(name)
-        result.nulls_only = [f.describe() for f in checksum.fields(columns) if not f.values]
+        fields = checksum.fields(columns)
+        result.nulls_only = [f.describe() for f in fields if not f.values]
         if not chunks:
             continue
         if any(pg.chunk_predicate(b, columns) is None for _, b in chunks):
             result.whole_table = True
-            checks.append(_Check(spec, columns, load, None, Bounds("all")))
+            checks.append(_Check(spec, columns, load, None, Bounds("all"), fields))
             continue
         if only is not None:
             chunks = [c for c in chunks if c[0] in only.get(name, set())]
         if sample is not None and sample < 1:
             chunks = draw.sample(chunks, max(1, round(len(chunks) * sample)))
-        checks.extend(_Check(spec, columns, load, no, bounds) for no, bounds in sorted(chunks, key=lambda c: c[0]))
+        checks.extend(_Check(spec, columns, load, no, bounds, fields) for no, bounds in sorted(chunks, key=lambda c: c[0]))
 
     sessions = _Sessions()
     opened: list[Any] = []
@@ -164,11 +166,11 @@ def _sessions(config: SourceConfig, snapshot_at: str | None, sessions: _Sessions
 
 def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: int, item: _Check,
              snapshot_at: str | None) -> str:
-    fields = checksum.fields(item.columns)
+    fields = item.fields
     where, params = chunk_predicate(item.bounds)
     scope = item.spec.source_filter if item.load.mode in ("copy", "swap") and not item.spec.source_watermark else None
     if scope:
-        where = f"({where}) AND ({raw_sql(scope)})"
+        where = f"({where}){and_sql(scope)}"
     where_label = f"{item.spec.name} chunk {item.chunk_no}" if item.chunk_no is not None else item.spec.name
     selected = pg.chunk_predicate(item.bounds, item.columns)
     assert selected is not None
@@ -183,14 +185,13 @@ def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: i
     assert row is not None
     ours = (int(row[0]), int(row[1]), int(row[2]))
     verdict = "match" if theirs == ours else "differ"
-    _store(target, run_id, item, theirs, ours, verdict, snapshot_at, None, fields)
+    _store(target, run_id, item, theirs, ours, verdict, snapshot_at, None)
     return verdict
 
 
 def _store(conn: psycopg.Connection[Any], run_id: int, item: _Check, theirs: tuple[int, int, int] | None,
-           ours: tuple[int, int, int] | None, verdict: str, snapshot_at: str | None, error: str | None,
-           fields: list[checksum.Field] | None = None) -> None:
-    fields = fields or checksum.fields(item.columns)
+           ours: tuple[int, int, int] | None, verdict: str, snapshot_at: str | None, error: str | None) -> None:
+    fields = item.fields
     conn.execute(
         f"INSERT INTO {status.SCHEMA}.chunk_checksums (run_id, table_name, chunk_no, source_rows, source_sum1, "
         "source_sum2, target_rows, target_sum1, target_sum2, result, compared, nulls_only, snapshot_at, error) "

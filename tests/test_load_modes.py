@@ -229,11 +229,11 @@ def test_a_chunk_whose_key_range_was_empty_falls_back_to_the_stage_when_rows_app
         conn.execute("INSERT INTO public.items VALUES (0, 'kept 0', 0, NULL), (2999, 'written meanwhile', 0, NULL)")
     real, lied = postgres_target.has_rows_in_range, []
 
-    def misses_the_late_row(conn, target, column, pg_type, lo, hi):  # as if 2999 arrived just after the check
-        if hi is None and not lied:
-            lied.append(lo)
+    def misses_the_late_row(conn, target, bounds, columns):  # as if 2999 arrived just after the check
+        if bounds.hi is None and not lied:
+            lied.append(bounds.lo)
             return False
-        return real(conn, target, column, pg_type, lo, hi)
+        return real(conn, target, bounds, columns)
 
     monkeypatch.setattr(postgres_target, "has_rows_in_range", misses_the_late_row)
     result = run(env.config([{"source": "ITEMS", **NUMERIC}], chunk_rows=1000, retry_base_seconds=0.1))
