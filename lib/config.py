@@ -20,7 +20,7 @@ from typing import Any
 from lib.budget import source_results_problem
 from lib.connections import POSTGRES_KEYS, SECRET_KEYS, SNOWFLAKE_KEYS, SNOWFLAKE_SETTING_KEYS, postgres_kwargs, snowflake_kwargs
 from lib.errors import ConfigError
-from lib.identifiers import split_qualified
+from lib.identifiers import PG_MAX_IDENTIFIER_BYTES, split_qualified
 from lib.retry import RetryPolicy
 from lib.wire import nul_policy_problem
 
@@ -116,9 +116,6 @@ TABLE_OVERRIDE_KEYS = {"load_mode", "insert_only_mode"}
 
 # Keys an execution (Step Functions input or CLI flag) may override. Everything else is refused.
 OVERRIDE_KEYS = {"source_name", "tables", "no_resume", *SETTING_NAMES, *TABLE_OVERRIDE_KEYS}
-
-# PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1): two long names could become one.
-PG_MAX_IDENTIFIER_BYTES = 63
 
 
 @dataclass(frozen=True)
@@ -312,17 +309,11 @@ def _parse_overrides(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]
                 out[key] = value
             else:
                 problems.append(f"override 'source_name' must be a source name (a string), got {value!r}")
-        elif key == "no_resume":
+        elif key in ("no_resume", "insert_only_mode"):
             parsed = parse_bool(value)
             if parsed is None:
-                problems.append(f"override 'no_resume' must be true or false (a JSON boolean, or the string "
+                problems.append(f"override {key!r} must be true or false (a JSON boolean, or the string "
                                 f"\"true\" or \"false\"), got {value!r}")
-            else:
-                out[key] = parsed
-        elif key == "insert_only_mode":
-            parsed = parse_bool(value)
-            if parsed is None:
-                problems.append(f"override 'insert_only_mode' must be true or false, got {value!r}")
             else:
                 out[key] = parsed
         elif key == "load_mode":
@@ -604,10 +595,8 @@ def combination_problems(spec: TableSpec, explicit_insert_only: bool = True) -> 
     return problems
 
 
-def _select_tables(tables: list[TableSpec], wanted: Any, problems: list[str]) -> list[TableSpec]:
-    if not isinstance(wanted, list) or not all(isinstance(w, str) for w in wanted):
-        problems.append("override 'tables' must be a list of table names")
-        return tables
+def _select_tables(tables: list[TableSpec], wanted: list[str], problems: list[str]) -> list[TableSpec]:
+    """The configured tables an override names (its type was checked by _parse_overrides)."""
     chosen: list[TableSpec] = []
     for w in wanted:
         try:

@@ -10,6 +10,9 @@ from typing import Literal
 
 Fold = Literal["upper", "lower"]
 
+# PostgreSQL truncates longer identifiers silently (NAMEDATALEN - 1): two long names could become one.
+PG_MAX_IDENTIFIER_BYTES = 63
+
 
 def split_qualified(name: str, fold: Fold) -> tuple[str, ...]:
     """Split `db."My Schema".tbl` into its parts, folding unquoted parts. Raises ValueError."""

@@ -14,7 +14,7 @@ import threading
 from collections.abc import Callable, Iterator
 from datetime import date, datetime
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import snowflake.connector
@@ -26,6 +26,8 @@ from lib.identifiers import quote_snowflake, snowflake_name
 from lib.models import Bounds
 from lib.retry import RetryPolicy, call_with_retry
 from lib.typemap import Column, columns_from_description
+
+T = TypeVar("T")
 
 # Rows read at planning to measure a table's Arrow bytes per row for the memory budget
 SAMPLE_ROWS = 1000
@@ -79,15 +81,10 @@ class SnowflakeSource:
     def retention_days(self, table: tuple[str, ...]) -> int | None:
         """The table's Time Travel retention (SHOW TABLES' retention_time), or None if it does not say."""
         db, schema, name = table
-
-        def once() -> int | None:
-            with self.connection().cursor() as cur:
-                run(cur, f"SHOW TABLES LIKE %(name)s IN SCHEMA {quote_snowflake(db)}.{quote_snowflake(schema)}",
-                    {"name": name})  # a pattern: "_" may match more tables, the exact name is picked below
-                return retention_from_show_tables([d[0] for d in cur.description], cur.fetchall(), name)
-
-        return call_with_retry(once, self._retry, f"reading the Time Travel retention of {'.'.join(table)}",
-                               on_retry=self.close)
+        # a pattern: "_" may match more tables, the exact name is picked from the answer
+        return self._query(f"SHOW TABLES LIKE %(name)s IN SCHEMA {quote_snowflake(db)}.{quote_snowflake(schema)}",
+                           {"name": name}, f"reading the Time Travel retention of {'.'.join(table)}",
+                           lambda cur: retention_from_show_tables([d[0] for d in cur.description], cur.fetchall(), name))
 
     def checksum(self, sql: str, params: dict[str, Any] | None, context: str) -> tuple[int, int, int]:
         """(rows, sum 1, sum 2) of a checksum query (lib/checksum.py); the sums travel as exact text."""
@@ -111,14 +108,18 @@ class SnowflakeSource:
         else:
             threading.Thread(target=close, name="snowflake-close", daemon=True).start()
 
-    def _fetchall(self, sql: str, params: dict[str, Any] | None, context: str) -> list[tuple[Any, ...]]:
-        """Run a read-only query; transient failures reconnect and repeat it (safe: it only reads)."""
-        def once() -> list[tuple[Any, ...]]:
+    def _query(self, sql: str, params: dict[str, Any] | None, context: str, take: Callable[[Any], T]) -> T:
+        """Run a read-only query and `take` its answer from the cursor; transient failures reconnect and repeat
+        it (safe: it only reads)."""
+        def once() -> T:
             with self.connection().cursor() as cur:
                 run(cur, sql, params)
-                return list(cur.fetchall())
+                return take(cur)
 
         return call_with_retry(once, self._retry, context, on_retry=self.close)
+
+    def _fetchall(self, sql: str, params: dict[str, Any] | None, context: str) -> list[tuple[Any, ...]]:
+        return self._query(sql, params, context, lambda cur: list(cur.fetchall()))
 
     def scalar(self, sql: str, context: str) -> Any:
         """One value of a read-only query (retried like every query here)."""
@@ -148,13 +149,13 @@ class SnowflakeSource:
         return described
 
     def count(self, table: tuple[str, ...], source_filter: str | None) -> int:
-        sql = f"SELECT COUNT(*) FROM {self.table_sql(table)}{_where(source_filter)}"
+        sql = f"SELECT COUNT(*) FROM {self.table_sql(table)}{where_sql(source_filter)}"
         return int(self._fetchall(sql, None, f"counting {'.'.join(table)}")[0][0])
 
     def day_counts(self, table: tuple[str, ...], column: str, source_filter: str | None) -> list[DayCount]:
         """ONE aggregated query: rows per day (NULL keys as day None)."""
         col = quote_snowflake(column)
-        sql = f"SELECT DATE({col}) AS d, COUNT(*) FROM {self.table_sql(table)}{_where(source_filter)} GROUP BY 1"
+        sql = f"SELECT DATE({col}) AS d, COUNT(*) FROM {self.table_sql(table)}{where_sql(source_filter)} GROUP BY 1"
         rows = self._fetchall(sql, None, f"counting rows per day of {'.'.join(table)}.{column}")
         return [DayCount(_as_date(r[0]), int(r[1])) for r in rows]
 
@@ -163,7 +164,7 @@ class SnowflakeSource:
     ) -> list[HourCount]:
         """ONE aggregated query: rows per hour of the given (heavy) days."""
         col = quote_snowflake(column)
-        extra = f" AND ({raw_sql(source_filter)})" if source_filter else ""
+        extra = and_sql(source_filter)
         placeholders = ", ".join(f"TO_DATE(%(d{i})s)" for i in range(len(days)))
         sql = (
             f"SELECT DATE_TRUNC('HOUR', {col}) AS h, COUNT(*) FROM {self.table_sql(table)} "
@@ -179,7 +180,7 @@ class SnowflakeSource:
         """ONE aggregated query: rows per hash remainder."""
         sql = (
             f"SELECT {hash_expression(columns, '%(m)s')} AS r, COUNT(*) FROM {self.table_sql(table)}"
-            f"{_where(source_filter)} GROUP BY 1"
+            f"{where_sql(source_filter)} GROUP BY 1"
         )
         rows = self._fetchall(sql, {"m": modulus}, f"counting rows per hash class of {'.'.join(table)}")
         return {int(r[0]): int(r[1]) for r in rows}
@@ -200,7 +201,7 @@ class SnowflakeSource:
         """
         col = quote_snowflake(column)
         name = self.table_sql(table)
-        extra = f" AND ({raw_sql(source_filter)})" if source_filter else ""
+        extra = and_sql(source_filter)
         sql = (
             f"SELECT b, MIN(k), MAX(k), COUNT(*), MIN(r), MAX(r) FROM ("
             f"SELECT k, r, FLOOR((r - 1) / %(n)s) AS b FROM ("
@@ -234,15 +235,13 @@ class SnowflakeSource:
                          rows: int = SAMPLE_ROWS) -> int | None:
         """Arrow bytes per row of up to `rows` rows as the connector hands them over, or None if there are none."""
         select = ", ".join(quote_snowflake(c.name) for c in columns)
-        sql = f"SELECT {select} FROM {self.table_sql(table)}{_where(source_filter)} LIMIT %(n)s"
+        sql = f"SELECT {select} FROM {self.table_sql(table)}{where_sql(source_filter)} LIMIT %(n)s"
 
-        def once() -> tuple[int, int]:
-            with self.connection().cursor() as cur:
-                run(cur, sql, {"n": rows})
-                parts = list(cur.fetch_arrow_batches(force_microsecond_precision=True))
-                return sum(p.num_rows for p in parts), sum(p.nbytes for p in parts)
+        def measure(cur: Any) -> tuple[int, int]:
+            parts = list(cur.fetch_arrow_batches(force_microsecond_precision=True))
+            return sum(p.num_rows for p in parts), sum(p.nbytes for p in parts)
 
-        count, nbytes = call_with_retry(once, self._retry, f"sampling rows of {'.'.join(table)}", on_retry=self.close)
+        count, nbytes = self._query(sql, {"n": rows}, f"sampling rows of {'.'.join(table)}", measure)
         return -(-nbytes // count) if count else None
 
     def read(
@@ -259,7 +258,7 @@ class SnowflakeSource:
         first, so the memory budget sees what a thread really holds."""
         predicate, params = chunk_predicate(bounds)
         if source_filter:
-            predicate = f"({predicate}) AND ({raw_sql(source_filter)})"
+            predicate = f"({predicate}){and_sql(source_filter)}"
         select = ", ".join(quote_snowflake(c.name) for c in columns)
         sql = f"SELECT {select} FROM {self.table_sql(table)} WHERE {predicate}"
         context = f"reading {'.'.join(table)} where {bounds.describe()}"
@@ -368,8 +367,14 @@ def raw_sql(fragment: str) -> str:
     return fragment.replace("%", "%%")
 
 
-def _where(source_filter: str | None) -> str:
+def where_sql(source_filter: str | None) -> str:
+    """` WHERE (filter)` for a statement, or nothing: a config's source_filter, its `%` escaped."""
     return f" WHERE ({raw_sql(source_filter)})" if source_filter else ""
+
+
+def and_sql(source_filter: str | None) -> str:
+    """` AND (filter)` after a statement's own condition, or nothing."""
+    return f" AND ({raw_sql(source_filter)})" if source_filter else ""
 
 
 def _as_datetime(value: Any) -> datetime:

@@ -27,18 +27,18 @@ from psycopg import sql
 
 from lib import faults
 from lib.errors import FatalError
+from lib.identifiers import PG_MAX_IDENTIFIER_BYTES
 from lib.ledger_schema import SCHEMA
-
-MAX_NAME_BYTES = 63
+from lib.postgres_target import table_ident
 
 
 def derived_name(base: str, suffix: str) -> str:
     """`base + suffix` within PostgreSQL's 63 bytes: a long base is cut and made unique by a hash."""
     name = base + suffix
-    if len(name.encode()) <= MAX_NAME_BYTES:
+    if len(name.encode()) <= PG_MAX_IDENTIFIER_BYTES:
         return name
     tag = "_" + hashlib.sha256(base.encode()).hexdigest()[:8]
-    room = MAX_NAME_BYTES - len((tag + suffix).encode())
+    room = PG_MAX_IDENTIFIER_BYTES - len((tag + suffix).encode())
     return base.encode()[:room].decode(errors="ignore") + tag + suffix
 
 
@@ -50,12 +50,8 @@ def backup_name(table: str, run_id: int) -> str:
     return derived_name(table, f"__backup_{run_id}")
 
 
-def _ident(target: tuple[str, str]) -> sql.Composable:
-    return sql.Identifier(*target)
-
-
 def _oid(conn: psycopg.Connection[Any], target: tuple[str, str]) -> int:
-    row = conn.execute("SELECT %s::regclass::oid", (_ident(target).as_string(conn),)).fetchone()
+    row = conn.execute("SELECT %s::regclass::oid", (table_ident(target).as_string(conn),)).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -112,7 +108,7 @@ def create_shadow(conn: psycopg.Connection[Any], live: tuple[str, str], run_id: 
     shadow = (live[0], shadow_name(live[1], run_id))
     conn.execute(sql.SQL(
         "CREATE TABLE {} (LIKE {} INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING IDENTITY INCLUDING CONSTRAINTS "
-        "INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS)").format(_ident(shadow), _ident(live)))
+        "INCLUDING STORAGE INCLUDING COMPRESSION INCLUDING COMMENTS)").format(table_ident(shadow), table_ident(live)))
     record(conn, run_id, table_name, live, "shadow", shadow, "loading")
     return shadow
 
@@ -158,7 +154,7 @@ def _carry_indexes(conn: psycopg.Connection[Any], live: tuple[str, str], shadow:
         temp = derived_name(index.name, f"__s{run_id}")
         if index.constraint:
             conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                _ident(shadow), sql.Identifier(temp), sql.SQL(index.definition)))
+                table_ident(shadow), sql.Identifier(temp), sql.SQL(index.definition)))
         else:
             row = conn.execute("SELECT format('CREATE %%sINDEX %%I ON %%I.%%I USING ', %s::text, %s::text, %s::text, "
                                "%s::text)", ("UNIQUE " if index.unique else "", index.name, *live)).fetchone()
@@ -169,7 +165,7 @@ def _carry_indexes(conn: psycopg.Connection[Any], live: tuple[str, str], shadow:
                 raise FatalError(f"index {index.name} of {'.'.join(live)} cannot be carried to the new table "
                                  f"(unexpected definition {index.definition!r})")
             rebuilt = sql.SQL("CREATE {}INDEX {} ON {} USING ").format(
-                sql.SQL("UNIQUE " if index.unique else ""), sql.Identifier(temp), _ident(shadow)).as_string(conn)
+                sql.SQL("UNIQUE " if index.unique else ""), sql.Identifier(temp), table_ident(shadow)).as_string(conn)
             conn.execute(rebuilt + head[len(prefix):])
         temporary[index.name] = temp
     return temporary
@@ -185,12 +181,12 @@ def _grant_like(conn: psycopg.Connection[Any], live_oid: int, shadow: tuple[str,
             "a.is_grantable FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a WHERE c.oid = %s "
             "AND a.grantee <> c.relowner", (live_oid,)).fetchall():
         conn.execute(sql.SQL("GRANT {} ON {} TO {}{}").format(
-            sql.SQL(privilege), _ident(shadow), sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
+            sql.SQL(privilege), table_ident(shadow), sql.Identifier(grantee) if grantee else sql.SQL("PUBLIC"),
             sql.SQL(" WITH GRANT OPTION" if grantable else "")))
     if comment is not None:
-        conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(_ident(shadow), sql.Literal(comment)))
+        conn.execute(sql.SQL("COMMENT ON TABLE {} IS {}").format(table_ident(shadow), sql.Literal(comment)))
     if owner is not None and owner != conn.execute("SELECT current_user").fetchone()[0]:
-        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(_ident(shadow), sql.Identifier(owner)))
+        conn.execute(sql.SQL("ALTER TABLE {} OWNER TO {}").format(table_ident(shadow), sql.Identifier(owner)))
 
 
 def _carry_sequences(conn: psycopg.Connection[Any], live_oid: int, shadow: tuple[str, str]) -> None:
@@ -201,7 +197,7 @@ def _carry_sequences(conn: psycopg.Connection[Any], live_oid: int, shadow: tuple
             "AND s.relkind = 'S' JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid "
             "WHERE d.refobjid = %s AND d.deptype = 'a'", (live_oid,)).fetchall():
         conn.execute(sql.SQL("ALTER SEQUENCE {} OWNED BY {}.{}").format(
-            sql.SQL(sequence), _ident(shadow), sql.Identifier(column)))
+            sql.SQL(sequence), table_ident(shadow), sql.Identifier(column)))
     for column, old_sequence in conn.execute(
             "SELECT attname, pg_get_serial_sequence(%s::regclass::text, attname) FROM pg_attribute WHERE attrelid = %s "
             "AND attidentity <> '' AND NOT attisdropped", (live_oid, live_oid)).fetchall():
@@ -209,7 +205,7 @@ def _carry_sequences(conn: psycopg.Connection[Any], live_oid: int, shadow: tuple
             "SELECT setval(pg_get_serial_sequence({}, {}), greatest((SELECT max({}) FROM {}), "
             "(SELECT last_value FROM {}), 1))").format(
             sql.Literal(sql.Identifier(*shadow).as_string(conn)), sql.Literal(column), sql.Identifier(column),
-            _ident(shadow), sql.SQL(old_sequence)))
+            table_ident(shadow), sql.SQL(old_sequence)))
 
 
 def _rename_indexes(conn: psycopg.Connection[Any], table: tuple[str, str], indexes: list[_Index],
@@ -219,7 +215,7 @@ def _rename_indexes(conn: psycopg.Connection[Any], table: tuple[str, str], index
     for old, new in names.items():
         if owners.get(old):  # renaming the constraint renames its index too
             conn.execute(sql.SQL("ALTER TABLE {} RENAME CONSTRAINT {} TO {}").format(
-                _ident(table), sql.Identifier(owners[old]), sql.Identifier(new)))
+                table_ident(table), sql.Identifier(owners[old]), sql.Identifier(new)))
         else:
             conn.execute(sql.SQL("ALTER INDEX {} RENAME TO {}").format(
                 sql.Identifier(table[0], old), sql.Identifier(new)))
@@ -233,22 +229,22 @@ def swap_in(conn: psycopg.Connection[Any], live: tuple[str, str], shadow: tuple[
     live_oid = _oid(conn, live)
     indexes = _indexes(conn, live_oid)
     temporary = _carry_indexes(conn, live, shadow, indexes, run_id)
-    shadow_oid = _oid(conn, shadow)
+    on_shadow = {n for n, _ in _foreign_keys(conn, _oid(conn, shadow))}
     for name, definition in _foreign_keys(conn, live_oid):
-        if name not in {n for n, _ in _foreign_keys(conn, shadow_oid)}:
+        if name not in on_shadow:
             conn.execute(sql.SQL("ALTER TABLE {} ADD CONSTRAINT {} {}").format(
-                _ident(shadow), sql.Identifier(name), sql.SQL(definition)))
+                table_ident(shadow), sql.Identifier(name), sql.SQL(definition)))
     _grant_like(conn, live_oid, shadow)
     _carry_sequences(conn, live_oid, shadow)
-    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(_ident(live)))
+    conn.execute(sql.SQL("LOCK TABLE {} IN ACCESS EXCLUSIVE MODE").format(table_ident(live)))
     backup = (live[0], backup_name(live[1], run_id))
     backup_names = {i.name: derived_name(i.name, f"__b{run_id}") for i in indexes}
     _rename_indexes(conn, live, indexes, backup_names)
-    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(_ident(live), sql.Identifier(backup[1])))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table_ident(live), sql.Identifier(backup[1])))
     shadow_indexes = [_Index(temporary[i.name], i.constraint and temporary[i.name], i.definition, i.unique)
                       for i in indexes]
     _rename_indexes(conn, shadow, shadow_indexes, {temporary[i.name]: i.name for i in indexes})
-    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(_ident(shadow), sql.Identifier(live[1])))
+    conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table_ident(shadow), sql.Identifier(live[1])))
     faults.maybe_crash("during_swap")
     conn.execute(f"UPDATE {SCHEMA}.managed_tables SET status = 'swapped_in' WHERE kind = 'shadow' "
                  "AND schema_name = %s AND object_name = %s AND status = 'loading'", shadow)
@@ -278,7 +274,7 @@ def rollback(conn: psycopg.Connection[Any], live: tuple[str, str]) -> tuple[str,
         backup = (schema, name)
         if conn.execute("SELECT to_regclass(%s)", (sql.Identifier(*backup).as_string(conn),)).fetchone()[0] is None:
             raise FatalError(f"backup {schema}.{name} of {target} no longer exists")
-        conn.execute(sql.SQL("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE").format(_ident(live), _ident(backup)))
+        conn.execute(sql.SQL("LOCK TABLE {}, {} IN ACCESS EXCLUSIVE MODE").format(table_ident(live), table_ident(backup)))
         live_indexes = _indexes(conn, _oid(conn, live))
         backup_indexes = _indexes(conn, _oid(conn, backup))
         parked = (schema, derived_name(live[1], f"__rollback_{object_id}"))
@@ -288,12 +284,12 @@ def rollback(conn: psycopg.Connection[Any], live: tuple[str, str]) -> tuple[str,
         park = {n: derived_name(n, f"__p{object_id}") for n in swaps}
         _rename_indexes(conn, live, live_indexes, park)
         _rename_indexes(conn, backup, backup_indexes, {b: n for n, b in swaps.items()})
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(_ident(live), sql.Identifier(parked[1])))
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(_ident(backup), sql.Identifier(live[1])))
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table_ident(live), sql.Identifier(parked[1])))
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table_ident(backup), sql.Identifier(live[1])))
         parked_indexes = [_Index(park[i.name], i.constraint and park[i.name], i.definition, i.unique)
                           for i in live_indexes if i.name in park]
         _rename_indexes(conn, parked, parked_indexes, {park[n]: b for n, b in swaps.items()})
-        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(_ident(parked), sql.Identifier(name)))
+        conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(table_ident(parked), sql.Identifier(name)))
         conn.execute(f"UPDATE {SCHEMA}.managed_tables SET status = 'restored' WHERE object_id = %s", (object_id,))
         record(conn, run_id, table_name, live, "backup", backup, "kept", name_map)
     return backup

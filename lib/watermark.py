@@ -25,7 +25,7 @@ from psycopg import sql
 
 from lib.errors import FatalError
 from lib.identifiers import quote_snowflake, quote_snowflake_raw
-from lib.snowflake_source import raw_sql
+from lib.snowflake_source import and_sql, where_sql
 from lib.typemap import Column
 
 # Snowflake base type → watermark kind. Anything else cannot be compared reliably (text, JSON, binary).
@@ -86,8 +86,7 @@ def source_max(source: Any, table: tuple[str, ...], column: str, kind: str, sour
         "timestamp": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD HH24:MI:SS.FF9')",
         "timestamptz": f"TO_VARCHAR(CONVERT_TIMEZONE('UTC', MAX({col})), 'YYYY-MM-DD HH24:MI:SS.FF9')",
     }[kind]
-    where = f" WHERE ({raw_sql(source_filter)})" if source_filter else ""
-    return source.scalar(f"SELECT {expression} FROM {source.table_sql(table)}{where}",
+    return source.scalar(f"SELECT {expression} FROM {source.table_sql(table)}{where_sql(source_filter)}",
                          f"reading the largest {column} of {'.'.join(table)}")
 
 
@@ -122,8 +121,8 @@ def lowered(kind: str, value: str, lag: float) -> str:
 
 def null_note(source: Any, table: tuple[str, ...], column: str, source_filter: str | None) -> str | None:
     """A plan note when rows have no watermark: incremental loads cannot see them."""
-    where = f" AND ({raw_sql(source_filter)})" if source_filter else ""
-    count = int(source.scalar(f"SELECT COUNT(*) FROM {source.table_sql(table)} WHERE {quote_snowflake(column)} IS NULL{where}",
+    count = int(source.scalar(f"SELECT COUNT(*) FROM {source.table_sql(table)} WHERE {quote_snowflake(column)} IS NULL"
+                              f"{and_sql(source_filter)}",
                               f"counting rows of {'.'.join(table)} without {column}") or 0)
     if not count:
         return None
