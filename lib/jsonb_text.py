@@ -26,29 +26,35 @@ class _Number(str):
 def jsonb_text(document: str | None) -> str | None:
     if document is None:
         return None
-    # integers parse exactly as int; other numbers stay the text they were written as; of equal keys the
-    # last wins, as in jsonb (and in json.loads' dicts)
-    return _render(json.loads(document, parse_float=_Number))
+    return _render(_DECODER.decode(document))
+
+
+# integers parse exactly as int; other numbers stay the text they were written as; of equal keys the last
+# wins, as in jsonb (and in json.loads' dicts). One decoder for every call: json.loads with arguments
+# builds a new one each time.
+_DECODER = json.JSONDecoder(parse_float=_Number)
+_CONSTANTS = {True: "true", False: "false", None: "null"}
 
 
 def _render(value: Any) -> str:
-    if isinstance(value, dict):
-        keys = sorted(value, key=_jsonb_key_order)
-        return "{" + ", ".join(f"{_string(k)}: {_render(value[k])}" for k in keys) + "}"
-    if isinstance(value, list):
-        return "[" + ", ".join(_render(v) for v in value) + "]"
-    if isinstance(value, _Number):
-        return numeric_text(value)
-    if isinstance(value, str):
+    kind = type(value)
+    if kind is str:
         return _string(value)
-    if value is True or value is False or value is None:
-        return {True: "true", False: "false", None: "null"}[value]
-    return str(value)  # an int, exact at any size
+    if kind is dict:
+        return "{" + ", ".join([_string(k) + ": " + _render(value[k]) for k in sorted(value, key=_jsonb_key_order)]) + "}"
+    if kind is int:
+        return str(value)  # exact at any size
+    if kind is _Number:
+        return numeric_text(value)
+    if kind is list:
+        return "[" + ", ".join([_render(v) for v in value]) + "]"
+    return _CONSTANTS[value]
 
 
-def _jsonb_key_order(key: str) -> tuple[int, bytes]:
-    encoded = key.encode()
-    return len(encoded), encoded
+def _jsonb_key_order(key: str) -> tuple[int, str]:
+    # UTF-8 orders as code points do, so comparing the str gives jsonb's byte order; only the length
+    # must be counted in bytes
+    return (len(key), key) if key.isascii() else (len(key.encode()), key)
 
 
 def numeric_text(token: str) -> str:
@@ -65,28 +71,10 @@ def numeric_text(token: str) -> str:
     return text
 
 
-def _string(text: str) -> str:
-    if not _NEEDS_ESCAPE.search(text):
-        return f'"{text}"'
-    out = ['"']
-    for ch in text:
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
-
-
 _INTEGER = re.compile(r"-?[0-9]+")
-_NEEDS_ESCAPE = re.compile(r'["\\\x00-\x1f]')
-_ESCAPES = {"\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+# jsonb escapes `"`, `\`, \b \f \n \r \t and other control characters as \u00xx (lower case),
+# nothing else: exactly what the json module's encoder does with ensure_ascii off
+_string = json.encoder.encode_basestring
 
 # The same algorithm for Snowflake (a temporary JavaScript UDF; JavaScript's numbers would lose digits, so
 # numbers are rewritten from their text; keys live in a Map, so "constructor" or "__proto__" are keys like any

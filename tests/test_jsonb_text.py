@@ -22,6 +22,9 @@ DOCUMENTS = [
     '  {  "spaced" :  [ 1 ,2 , 3 ]  }  ',
     '"just a string"',
     '42',
+    '{"€": 1, "abc": 2, "ÿa": 3, "\\u0007": 4}',  # three bytes each: a, ÿ, € in byte order; an escaped key
+    # a long document: numbers written every way, nested, and long strings
+    "[" + ", ".join(f'{{"i": {i}, "f": {i}.{i % 7}e{i % 5 - 2}, "s": "{"x" * (i % 300)}"}}' for i in range(3000)) + "]",
 ]
 
 
@@ -36,7 +39,7 @@ def node() -> str:
 def _javascript(node: str, documents: list[str]) -> list[str]:
     script = (f"function jsonbText(DOC) {{ {JSONB_TEXT_JS} }}\n"
               f"console.log(JSON.stringify({json.dumps(documents)}.map(jsonbText)));")
-    done = subprocess.run([node, "-e", script], capture_output=True, text=True, check=True, timeout=60)
+    done = subprocess.run([node], input=script, capture_output=True, text=True, check=True, timeout=60)
     return json.loads(done.stdout)
 
 
