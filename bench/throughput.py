@@ -85,7 +85,7 @@ from lib.log import get_logger
 from lib.models import Bounds
 from lib.snowflake_source import SnowflakeSource, chunk_predicate
 from lib.typemap import Column, columns_from_description
-from lib.verify import verify_run
+from lib.verify import chunk_groups, verify_run
 from lib.wire import Wire
 from scripts.local_stack import LocalStack
 
@@ -581,28 +581,27 @@ class Bench:
             conn.execute(f'DROP DATABASE "{db}" WITH (FORCE)')
 
     def checksum_side(self, db: str, postgres: bool) -> int:
-        """The checksum query of every chunk on one side only, 2 threads (chunks dealt round robin)."""
+        """The checksum queries of every chunk on one side only, 2 threads, the chunks grouped as verify groups them."""
         fields = checksum.fields(self.columns)
-        bounds = self.chunk_bounds()
+        groups = chunk_groups(self.chunk_bounds(), 2)  # as verify_run groups them
 
         def side(index: int) -> int:
-            rows = 0
+            chunks = groups[index]
             if postgres:
+                predicates = [pg.chunk_predicate(chunk, self.columns) for chunk in chunks]
                 with self.pg_conn(db) as conn:
                     conn.execute("SET TIME ZONE 'UTC'")
-                    for chunk in bounds[index::2]:
-                        where, params = pg.chunk_predicate(chunk, self.columns)  # type: ignore[misc]
-                        rows += int(conn.execute(checksum.postgres_query(fields, TARGET, where), params).fetchone()[0])  # type: ignore[index]
-                return rows
+                    query = checksum.postgres_query(fields, TARGET, [p[0] for p in predicates])  # type: ignore[index]
+                    params = [v for p in predicates for v in p[1]] * 2  # type: ignore[index]
+                    return sum(int(row[1]) for row in conn.execute(query, params).fetchall())
             source = SnowflakeSource({**self.sf_args(), "session_parameters": {"TIMEZONE": "UTC"}})
             try:
-                for chunk in bounds[index::2]:
-                    where, params = chunk_predicate(chunk)
-                    rows += source.checksum(checksum.snowflake_query(fields, source.table_sql(SOURCE), where), params,
-                                            "checksum")[0]
+                tagged = [chunk_predicate(chunk, tag=f"_{n}") for n, chunk in enumerate(chunks)]
+                query = checksum.snowflake_query(fields, source.table_sql(SOURCE), [t[0] for t in tagged])
+                sums = source.checksums(query, {k: v for t in tagged for k, v in t[1].items()}, "checksum")
+                return sum(count for count, _, _ in sums.values())
             finally:
                 source.close()
-            return rows
 
         return in_threads(2, side)
 

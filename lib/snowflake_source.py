@@ -86,12 +86,11 @@ class SnowflakeSource:
                            {"name": name}, f"reading the Time Travel retention of {'.'.join(table)}",
                            lambda cur: retention_from_show_tables([d[0] for d in cur.description], cur.fetchall(), name))
 
-    def checksum(self, sql: str, params: dict[str, Any] | None, context: str) -> tuple[int, int, int]:
-        """(rows, sum 1, sum 2) of a checksum query (lib/checksum.py); the sums travel as exact text."""
-        rows = self._fetchall(sql, params, context)
-        count, first, second = rows[0]
+    def checksums(self, sql: str, params: dict[str, Any] | None, context: str) -> dict[int, tuple[int, int, int]]:
+        """{bucket: (rows, sum 1, sum 2)} of a checksum query (lib/checksum.py); the sums travel as exact text."""
         # Snowflake answers exact integers; the stand-in (DuckDB) may print them as "123.0"
-        return int(count), int(Decimal(first)), int(Decimal(second))
+        return {int(bucket): (int(count), int(Decimal(first)), int(Decimal(second)))
+                for bucket, count, first, second in self._fetchall(sql, params, context)}
 
     def close(self, wait: bool = True) -> None:
         """Close the connection; `wait=False` closes it in a daemon thread (a read on it may be stuck)."""
@@ -322,13 +321,15 @@ def _timestamp_literal(text: str) -> str:
     return text
 
 
-def chunk_predicate(bounds: Bounds) -> tuple[str, dict[str, Any]]:
-    """SQL predicate (with bound parameters) selecting exactly the rows of a chunk."""
+def chunk_predicate(bounds: Bounds, tag: str = "") -> tuple[str, dict[str, Any]]:
+    """SQL predicate (with bound parameters) selecting exactly the rows of a chunk. `tag` suffixes the
+    parameter names, so that the predicates of several chunks can share one statement."""
     if bounds.kind == "all":
         return "TRUE", {}
     if bounds.kind == "hash":
         assert bounds.hash_columns and bounds.modulus
-        return f"{hash_expression(list(bounds.hash_columns), '%(m)s')} = %(r)s", {"m": bounds.modulus, "r": bounds.remainder}
+        return (f"{hash_expression(list(bounds.hash_columns), f'%(m{tag})s')} = %(r{tag})s",
+                {f"m{tag}": bounds.modulus, f"r{tag}": bounds.remainder})
     assert bounds.column is not None
     col = quote_snowflake(bounds.column)
     if bounds.kind == "null":
@@ -341,12 +342,10 @@ def chunk_predicate(bounds: Bounds) -> tuple[str, dict[str, Any]]:
         key, cast = col, "%({p})s"
     parts = [f"{col} IS NOT NULL"]
     params: dict[str, Any] = {}
-    if bounds.lo is not None:
-        parts.append(f"{key} >= {cast.format(p='lo')}")
-        params["lo"] = Decimal(bounds.lo) if bounds.key_kind == "numeric" else bounds.lo
-    if bounds.hi is not None:
-        parts.append(f"{key} < {cast.format(p='hi')}")
-        params["hi"] = Decimal(bounds.hi) if bounds.key_kind == "numeric" else bounds.hi
+    for name, value, operator in (("lo", bounds.lo, ">="), ("hi", bounds.hi, "<")):
+        if value is not None:
+            parts.append(f"{key} {operator} {cast.format(p=name + tag)}")
+            params[name + tag] = Decimal(value) if bounds.key_kind == "numeric" else value
     return " AND ".join(parts), params
 
 

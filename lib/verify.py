@@ -2,8 +2,11 @@
 PostgreSQL, compared and stored in `migration_status.chunk_checksums`; and the repair of the chunks
 that differ.
 
-- A chunk is selected on both sides by its own bounds. Tables chunked by hash (no key range PostgreSQL
-  can select) are compared as a whole, and cannot be repaired chunk-wise.
+- A chunk is selected on both sides by its own bounds. Consecutive chunks of a table are checksummed
+  by one query per side, grouped by chunk (at most MAX_GROUP chunks, and at least as many groups as
+  threads): a target without an index on the chunk column is then read once per group, not once per
+  chunk. Tables chunked by hash (no key range PostgreSQL can select) are compared as a whole, and
+  cannot be repaired chunk-wise.
 - The source side applies the table's `source_filter` when the target holds exactly those rows (copy and
   swap loads); catch-up, merge and watermark targets are replicas of the whole source table, compared
   without it. With a run snapshot (settings.snapshot), the source is read at that point in time.
@@ -60,9 +63,21 @@ class _Check:
     spec: TableSpec
     columns: list[Column]
     load: TableLoad
-    chunk_no: int | None
-    bounds: Bounds  # Bounds("all") for a whole-table check
+    chunks: tuple[tuple[int | None, Bounds], ...]  # (None, Bounds("all")) for a whole-table check
     fields: list[checksum.Field]  # the table's canonical texts (lib/checksum.py), built once per table
+
+
+MAX_GROUP = 32  # chunks per query: each row is tested against at most this many chunk predicates
+
+
+def chunk_groups(chunks: list[Any], threads: int) -> list[list[Any]]:
+    """Consecutive chunks, in groups of equal size: at least `threads` groups (so every thread has one), and
+    none bigger than MAX_GROUP."""
+    if not chunks:
+        return []
+    count = max(min(threads, len(chunks)), -(-len(chunks) // MAX_GROUP))
+    size = -(-len(chunks) // count)
+    return [chunks[i:i + size] for i in range(0, len(chunks), size)]
 
 
 class _Sessions(threading.local):
@@ -95,41 +110,44 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
             continue
         if any(pg.chunk_predicate(b, columns) is None for _, b in chunks):
             result.whole_table = True
-            checks.append(_Check(spec, columns, load, None, Bounds("all"), fields))
+            checks.append(_Check(spec, columns, load, ((None, Bounds("all")),), fields))
             continue
         if only is not None:
             chunks = [c for c in chunks if c[0] in only.get(name, set())]
         if sample is not None and sample < 1:
             chunks = draw.sample(chunks, max(1, round(len(chunks) * sample)))
-        checks.extend(_Check(spec, columns, load, no, bounds, fields) for no, bounds in sorted(chunks, key=lambda c: c[0]))
+        checks.extend(_Check(spec, columns, load, tuple(group), fields)
+                      for group in chunk_groups(sorted(chunks, key=lambda c: c[0]), threads))
 
     sessions = _Sessions()
     opened: list[Any] = []
     lock = threading.Lock()
 
-    def check(item: _Check) -> tuple[_Check, str, str | None]:
+    def check(item: _Check) -> list[tuple[int | None, str, str | None]]:
         with _sessions(config, snapshot_at, sessions, opened, lock) as (source, target):
             try:
-                verdict = _compare(source, target, run_id, item, snapshot_at)
-                return item, verdict, None
-            except Exception as exc:  # noqa: BLE001 - stored as this chunk's error; the others go on
-                error = str(classify(exc, f"verifying {item.spec.name} chunk {item.chunk_no}"))
+                return [(no, verdict, None) for no, verdict in _compare(source, target, run_id, item, snapshot_at)]
+            except Exception as exc:  # noqa: BLE001 - stored as these chunks' error; the others go on
+                numbers = ", ".join(str(no) for no, _ in item.chunks)
+                error = str(classify(exc, f"verifying {item.spec.name} chunk(s) {numbers}"))
                 sessions.target = None  # a fresh connection for the next check
                 with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-                    _store(conn, run_id, item, None, None, "error", snapshot_at, error)
-                return item, "error", error
+                    for no, _ in item.chunks:
+                        _store(conn, run_id, item, no, None, None, "error", snapshot_at, error)
+                return [(no, "error", error) for no, _ in item.chunks]
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, threads)) as pool:
-            for item, verdict, error in pool.map(check, checks):
+            for item, verdicts in zip(checks, pool.map(check, checks), strict=True):
                 result = results[item.spec.name]
-                result.checked += 1
-                if verdict == "match":
-                    result.matched += 1
-                elif verdict == "differ":
-                    result.differing.append(item.chunk_no)
-                else:
-                    result.errors.append(f"chunk {item.chunk_no}: {error}")
+                for chunk_no, verdict, error in verdicts:
+                    result.checked += 1
+                    if verdict == "match":
+                        result.matched += 1
+                    elif verdict == "differ":
+                        result.differing.append(chunk_no)
+                    else:
+                        result.errors.append(f"chunk {chunk_no}: {error}")
     finally:
         for resource in opened:
             resource.close()
@@ -165,38 +183,49 @@ def _sessions(config: SourceConfig, snapshot_at: str | None, sessions: _Sessions
 
 
 def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: int, item: _Check,
-             snapshot_at: str | None) -> str:
+             snapshot_at: str | None) -> list[tuple[int | None, str]]:
+    """Both databases checksum the group's chunks at the same time, one query each; every chunk's verdict is stored."""
     fields = item.fields
-    where, params = chunk_predicate(item.bounds)
+    buckets, params = [], {}
+    pg_buckets, pg_params = [], []
+    for n, (_, bounds) in enumerate(item.chunks):
+        where, chunk_params = chunk_predicate(bounds, tag=f"_{n}")
+        buckets.append(where)
+        params.update(chunk_params)
+        selected = pg.chunk_predicate(bounds, item.columns)
+        assert selected is not None
+        pg_buckets.append(selected[0])
+        pg_params.extend(selected[1])
     scope = item.spec.source_filter if item.load.mode in ("copy", "swap") and not item.spec.source_watermark else None
-    if scope:
-        where = f"({where}){and_sql(scope)}"
-    where_label = f"{item.spec.name} chunk {item.chunk_no}" if item.chunk_no is not None else item.spec.name
-    selected = pg.chunk_predicate(item.bounds, item.columns)
-    assert selected is not None
-    predicate, pg_params = selected
+    numbers = [no for no, _ in item.chunks]
+    label = item.spec.name if numbers == [None] else f"{item.spec.name} chunk(s) {', '.join(map(str, numbers))}"
     destination = item.load.destination if item.load.mode != "swap" else item.spec.target
     with ThreadPoolExecutor(max_workers=1) as snowflake_side:  # both databases compute at the same time
         pending = snowflake_side.submit(
-            source.checksum, checksum.snowflake_query(fields, source.table_sql(item.spec.source), where), params,
-            f"checksumming {where_label} in Snowflake")
-        row = target.execute(checksum.postgres_query(fields, destination, predicate), pg_params).fetchone()
-        theirs = pending.result()
-    assert row is not None
-    ours = (int(row[0]), int(row[1]), int(row[2]))
-    verdict = "match" if theirs == ours else "differ"
-    _store(target, run_id, item, theirs, ours, verdict, snapshot_at, None)
-    return verdict
+            source.checksums,
+            checksum.snowflake_query(fields, source.table_sql(item.spec.source), buckets, and_sql(scope) if scope else ""),
+            params, f"checksumming {label} in Snowflake")
+        rows = target.execute(checksum.postgres_query(fields, destination, pg_buckets), pg_params * 2).fetchall()
+        theirs_by_bucket = pending.result()
+    ours_by_bucket = {int(b): (int(count), int(first), int(second)) for b, count, first, second in rows}
+    verdicts = []
+    for n, (chunk_no, _) in enumerate(item.chunks):
+        theirs, ours = theirs_by_bucket.get(n, (0, 0, 0)), ours_by_bucket.get(n, (0, 0, 0))
+        verdict = "match" if theirs == ours else "differ"
+        _store(target, run_id, item, chunk_no, theirs, ours, verdict, snapshot_at, None)
+        verdicts.append((chunk_no, verdict))
+    return verdicts
 
 
-def _store(conn: psycopg.Connection[Any], run_id: int, item: _Check, theirs: tuple[int, int, int] | None,
-           ours: tuple[int, int, int] | None, verdict: str, snapshot_at: str | None, error: str | None) -> None:
+def _store(conn: psycopg.Connection[Any], run_id: int, item: _Check, chunk_no: int | None,
+           theirs: tuple[int, int, int] | None, ours: tuple[int, int, int] | None, verdict: str,
+           snapshot_at: str | None, error: str | None) -> None:
     fields = item.fields
     conn.execute(
         f"INSERT INTO {status.SCHEMA}.chunk_checksums (run_id, table_name, chunk_no, source_rows, source_sum1, "
         "source_sum2, target_rows, target_sum1, target_sum2, result, compared, nulls_only, snapshot_at, error) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (run_id, item.spec.name, item.chunk_no, *(theirs or (None, None, None)), *(ours or (None, None, None)), verdict,
+        (run_id, item.spec.name, chunk_no, *(theirs or (None, None, None)), *(ours or (None, None, None)), verdict,
          json.dumps([f.column.name for f in fields if f.values]), json.dumps([f.describe() for f in fields if not f.values]),
          snapshot_at, error))
 

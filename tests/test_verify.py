@@ -4,6 +4,7 @@ differences found in exactly the chunk that holds them; --repair copies that chu
 from __future__ import annotations
 
 import signal
+import time
 
 from lib import status
 from lib.config import load_config
@@ -134,3 +135,31 @@ def test_verify_after_a_run_when_the_config_asks_for_it(env) -> None:
     result = run(env.config(ALL_TYPES, chunk_rows=500, verify=True))
     assert result.status == "completed", result.tables
     assert env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.verification WHERE result = 'match'") == 3
+
+
+def test_a_target_without_an_index_on_the_chunk_column_is_read_once_per_group_of_chunks(env) -> None:
+    path = _copied(env, rows=4000)  # 8+ chunks; the target has no index at all (the source declares no key)
+    assert env.pg_value("SELECT count(*) FROM pg_catalog.pg_indexes WHERE tablename = 'AllTypes'") == 0
+    before = _settled_seq_scans(env)  # the copy's own backends may still be reporting theirs
+    run_id = env.pg_value(f"SELECT max(run_id) FROM {status.SCHEMA}.migration_runs")
+    results = verify_run(load_config("test", {}, path), run_id, threads=2)
+    chunks = env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.migration_chunk_status")
+    assert chunks >= 8 and [(r.checked, r.matched) for r in results] == [(chunks, chunks)]
+    scans = before
+    for _ in range(50):  # the verify backends report their scans as they exit
+        scans = env.pg_value("SELECT seq_scan FROM pg_catalog.pg_stat_user_tables WHERE relname = 'AllTypes'")
+        if scans - before >= 2:
+            break
+        time.sleep(0.2)
+    assert scans - before == 2  # two groups (one per thread), not one scan per chunk
+
+
+def _settled_seq_scans(env) -> int:
+    last = -1
+    for _ in range(50):
+        scans = env.pg_value("SELECT seq_scan FROM pg_catalog.pg_stat_user_tables WHERE relname = 'AllTypes'")
+        if scans == last:
+            return scans
+        last = scans
+        time.sleep(0.3)
+    raise AssertionError("the table's scan count never settled")
