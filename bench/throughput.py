@@ -24,9 +24,10 @@ then measures, each phase timed alone:
                 source reads alone, beside the budget's estimate of the read side;
   (e) merge     the merge loader (TEMP stage + INSERT ... ON CONFLICT DO UPDATE ... WHERE ... IS DISTINCT
                 FROM) of a fifth of the rows into the full table with its primary key, one connection, 250k-row
-                chunks: half of them new keys, half existing keys with a changed AMOUNT; and the catch-up
-                loader (ON CONFLICT DO NOTHING) of the same rows. Their reference is the plain COPY
-                (copy_batches) of the same rows into an empty table, measured just before;
+                chunks: half of them new keys, half existing keys, unchanged or with a changed AMOUNT (the
+                latter as a full merge, equal rows left out first, and as a watermark window, straight to the
+                upsert); and the catch-up loader (ON CONFLICT DO NOTHING) of the same rows. Their reference is
+                the plain COPY (copy_batches) of the same rows into an empty table, measured just before;
   (f) verify    lib.verify.verify_run of the copy made by (b) with whole results and 2 threads: per-chunk
                 checksums computed inside both databases, 2 threads, as a ratio to that copy's seconds.
 
@@ -412,9 +413,9 @@ class Bench:
         return fresh, same, changed, shifted + bounds[-per_half:]
 
     def keyed_write(self, db: str, chunks: Chunks, bounds: list[Bounds], target: tuple[str, str],
-                    update: bool | None) -> int:
+                    update: bool | None, skip_equal: bool = True) -> int:
         """One connection, one transaction per chunk: plain COPY (update None) or the keyed loader."""
-        loader = CopyLoader(target) if update is None else KeyedLoader(target, ("id",), update)
+        loader = CopyLoader(target) if update is None else KeyedLoader(target, ("id",), update, skip_equal)
         rows = 0
         with self.pg_conn(db) as conn:
             for chunk, chunk_bounds in zip(chunks, bounds, strict=True):
@@ -445,17 +446,21 @@ class Bench:
         keyed = self.measure("(e) plain COPY into an empty keyed table, 1 connection",
                              lambda: self.keyed_write(db, fresh + changed, bounds, ("public", "src_keyed"), None),
                              note="copy_batches into an empty table with the same primary key")
-        phases = (("merge, overlap unchanged", same, True), ("merge, overlap changed", changed, True),
-                  ("catch-up (ON CONFLICT DO NOTHING)", changed, False))
-        for n, (label, overlap, update) in enumerate(phases):
+        # (label, overlapping rows, update, skip_equal): a full merge leaves equal rows out before the upsert,
+        # a watermark window (whose rows changed by definition) goes straight to it
+        phases = (("merge, overlap unchanged", same, True, True),
+                  ("merge, overlap changed, as a full merge", changed, True, True),
+                  ("merge, overlap changed, as a watermark window", changed, True, False),
+                  ("catch-up (ON CONFLICT DO NOTHING)", changed, False, True))
+        for n, (label, overlap, update, skip_equal) in enumerate(phases):
             if n:
                 reset()
             result = self.measure(f"(e) {label}, 1 connection",
-                                  lambda o=overlap, u=update: self.keyed_write(db, fresh + o, bounds, TARGET, u),
+                                  lambda o=overlap, u=update, e=skip_equal: self.keyed_write(db, fresh + o, bounds, TARGET, u, e),
                                   note=f"{rows:,} rows ({new_rows:,} new keys) into {self.rows:,} keyed rows")
             result.note += (f"; {result.seconds / plain.seconds:.2f}x the plain COPY, "
                             f"{result.seconds / keyed.seconds:.2f}x the keyed COPY")
-            if n == 1:  # put the changed amounts back for the catch-up phase
+            if overlap is changed and update:  # put the changed amounts back for the next phase
                 with self.pg_conn(db) as conn:
                     conn.execute("UPDATE public.src SET amount = amount - 1 WHERE id > %s AND id <= %s",
                                  (first_changed, self.rows))

@@ -217,10 +217,12 @@ def create_stage(conn: psycopg.Connection[Any], target: tuple[str, str], columns
 
 
 def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column],
-                      stage: sql.Composable, key: tuple[str, ...] = (), update: bool = False) -> tuple[int, int]:
+                      stage: sql.Composable, key: tuple[str, ...] = (), update: bool = False,
+                      skip_equal: bool = True) -> tuple[int, int]:
     """Move the stage into the target. Without `key`: plain INSERT. With it: rows whose key exists are
     skipped (ON CONFLICT DO NOTHING) or, with `update`, updated only where a value differs (DO UPDATE ...
-    WHERE ... IS DISTINCT FROM), so applying the same chunk twice changes nothing. Returns (inserted, updated)."""
+    WHERE ... IS DISTINCT FROM), so applying the same chunk twice changes nothing; with `skip_equal` too,
+    rows equal to the target's are left out first. Returns (inserted, updated)."""
     names = target_column_names(columns)
     select = sql.SQL(", ").join(
         sql.SQL("{}::{}").format(sql.Identifier(n), sql.SQL(c.pg_type)) if c.via_text else sql.Identifier(n)
@@ -232,11 +234,16 @@ def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], co
         return cur.rowcount, 0
     changing = [(n, c) for n, c in zip(names, columns, strict=True) if n not in key]
     if update and changing:
+        def values(alias: str) -> sql.Composable:
+            return sql.SQL(", ").join(_comparable(sql.SQL(alias + ".{}").format(sql.Identifier(n)), c)
+                                      for n, c in changing)
+
+        if skip_equal:
+            insert = sql.SQL("{} AS s WHERE {} IS NOT TRUE").format(insert, _equal_in_target(target, key, changing))
         conflict = sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
             sql.SQL(", ").join(sql.Identifier(k) for k in key),
             sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n, _ in changing),
-            sql.SQL(", ").join(_comparable(sql.SQL("t.{}").format(sql.Identifier(n)), c) for n, c in changing),
-            sql.SQL(", ").join(_comparable(sql.SQL("EXCLUDED.{}").format(sql.Identifier(n)), c) for n, c in changing))
+            values("t"), values("EXCLUDED"))
     else:
         conflict = sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(sql.SQL(", ").join(sql.Identifier(k) for k in key))
     row = conn.execute(sql.SQL(
@@ -245,6 +252,22 @@ def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], co
     ).format(insert, conflict)).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
+
+
+def _equal_in_target(target: tuple[str, str], key: tuple[str, ...], changing: list[tuple[str, Column]]) -> sql.Composable:
+    """True when the target holds the staged row `s` (by key) with equal values, NULL when it has no such key.
+
+    ON CONFLICT DO UPDATE would lock (and WAL-log) each equal row before its WHERE finds nothing to change;
+    leaving them out first spares that. A scalar subquery, not a join, so that PostgreSQL probes the key's
+    index once per staged row whatever its estimates of the stage."""
+    def staged(n: str, c: Column) -> sql.Composable:
+        value = sql.SQL("s.{}").format(sql.Identifier(n))
+        return _comparable(sql.SQL("{}::{}").format(value, sql.SQL(c.pg_type)) if c.via_text else value, c)
+
+    return sql.SQL("(SELECT ({}) IS NOT DISTINCT FROM ({}) FROM {} AS t WHERE {})").format(
+        sql.SQL(", ").join(_comparable(sql.SQL("t.{}").format(sql.Identifier(n)), c) for n, c in changing),
+        sql.SQL(", ").join(staged(n, c) for n, c in changing), table_ident(target),
+        sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(k)) for k in key))
 
 
 def _comparable(value: sql.Composable, column: Column) -> sql.Composable:

@@ -73,10 +73,13 @@ def test_merge_updates_changed_rows_inserts_new_ones_and_leaves_equal_rows_untou
     assert rewritten == {i for i in range(ROWS) if i % 30 == 0}, "an equal row was rewritten"
     assert _loads(env)[1] == (2, "merge", ROWS + 40, 40, 100, None, None)
 
+    locks = dict(env.pg_rows("SELECT id, xmax::text FROM public.items"))
     third = run(env.config(tables, chunk_rows=700))  # nothing changed: a merge changes nothing
     assert third.status == "completed"
     assert dict(env.pg_rows("SELECT id, xmin::text FROM public.items")) == after
     assert _loads(env)[2][3:5] == (0, 0)
+    # ... and writes nothing: an equal row is not even locked (a lock would set its xmax)
+    assert dict(env.pg_rows("SELECT id, xmax::text FROM public.items")) == locks
 
 
 def test_watermark_runs_bring_exactly_the_changed_rows_and_nothing_when_nothing_changed(env) -> None:

@@ -102,6 +102,26 @@ def test_a_target_type_without_binary_encoding_falls_back_per_column(env) -> Non
     assert env.pg_value("SELECT to_regclass('pg_temp.migration_stage')") is None  # dropped at commit
 
 
+def test_a_merge_compares_fallback_columns_as_their_target_type(env) -> None:
+    """uuid and inet travel as text; an upper-case uuid equals its lower-case form, so it is not rewritten."""
+    env.sf_execute("CREATE TABLE ODD3 (ID NUMBER(18,0), U VARCHAR, ADDR VARCHAR)",
+                   "INSERT INTO ODD3 VALUES (1, 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '10.1.2.3'), (2, NULL, '::1')")
+    with env.pg() as conn:
+        conn.execute("CREATE TABLE public.odd3 (id bigint PRIMARY KEY, u uuid, addr inet)")
+    tables = [{"source": "ODD3", "insert_only_mode": False}]
+    assert run(env.config(tables)).status == "completed"
+    before = dict(env.pg_rows("SELECT id, xmin::text FROM public.odd3"))
+    env.sf_execute("UPDATE ODD3 SET ADDR = '10.1.2.4' WHERE ID = 2")
+
+    merged = run(env.config(tables))
+
+    assert merged.status == "completed", merged.tables
+    assert env.pg_rows("SELECT id, u::text, host(addr) FROM public.odd3 ORDER BY id") == [
+        (1, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", "10.1.2.3"), (2, None, "10.1.2.4")]
+    after = dict(env.pg_rows("SELECT id, xmin::text FROM public.odd3"))
+    assert (after[1] == before[1], after[2] == before[2]) == (True, False)
+
+
 def test_a_value_that_fails_the_fallback_cast_fails_only_its_chunk(env) -> None:
     env.sf_execute("CREATE TABLE ODD2 (ID NUMBER(18,0), U VARCHAR)",
                    "INSERT INTO ODD2 SELECT SEQ8(), IFF(SEQ8() = 5, 'not-a-uuid', UUID_STRING()) FROM TABLE(GENERATOR(ROWCOUNT => 40))")
