@@ -28,6 +28,8 @@ then measures, each phase timed alone:
                 latter as a full merge, equal rows left out first, and as a watermark window, straight to the
                 upsert); and the catch-up loader (ON CONFLICT DO NOTHING) of the same rows. Their reference is
                 the plain COPY (copy_batches) of the same rows into an empty table, measured just before;
+                and PostgreSQL's own UPDATE of the overlapping rows (server-side, no stage): the least any
+                merge that changes them costs;
   (f) verify    lib.verify.verify_run of the copy made by (b) with whole results and 2 threads: per-chunk
                 checksums computed inside both databases, 2 threads, as a ratio to that copy's seconds.
 
@@ -467,6 +469,20 @@ class Bench:
         with self.pg_conn(db) as conn:
             if pg.row_count(conn, TARGET) != self.rows + new_rows:
                 raise RuntimeError("the merge phases lost or duplicated rows")
+        reset()
+        updated = rows - new_rows
+        floor = self.measure("(e) floor: PostgreSQL's own UPDATE of the overlapping rows, 1 connection",
+                             lambda: self.server_update(db, first_changed),
+                             note=f"UPDATE ... SET amount = amount + 1 of the {updated:,} existing keys, no stage, no comparison")
+        floor.note += (f"; {floor.seconds / plain.seconds:.2f}x the plain COPY of all the merge rows: what any merge "
+                       "that changes these rows costs PostgreSQL at least")
+        with self.pg_conn(db) as conn:
+            conn.execute("UPDATE public.src SET amount = amount - 1 WHERE id > %s AND id <= %s", (first_changed, self.rows))
+
+    def server_update(self, db: str, first_changed: int) -> int:
+        with self.pg_conn(db) as conn:
+            return conn.execute("UPDATE public.src SET amount = amount + 1 WHERE id > %s AND id <= %s",
+                                (first_changed, self.rows)).rowcount
 
     def target_rows(self, db: str) -> int:
         with self.pg_conn(db) as conn:
@@ -608,7 +624,7 @@ class Bench:
             finally:
                 source.close()
 
-        return in_threads(2, side)
+        return in_threads(len(groups), side)
 
     def run(self) -> dict[str, Any]:
         load_at_start = [round(x, 2) for x in os.getloadavg()]
