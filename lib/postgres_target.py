@@ -238,8 +238,10 @@ def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], co
             return sql.SQL(", ").join(_comparable(sql.SQL(alias + ".{}").format(sql.Identifier(n)), c)
                                       for n, c in changing)
 
-        if skip_equal:
-            insert = sql.SQL("{} AS s WHERE {} IS NOT TRUE").format(insert, _equal_in_target(target, key, changing))
+        by_name = dict(zip(names, columns, strict=True))
+        if skip_equal and all(k in by_name for k in key):
+            keyed = [(k, by_name[k]) for k in key]
+            insert = sql.SQL("{} AS s WHERE {} IS NOT TRUE").format(insert, _equal_in_target(target, keyed, changing))
         conflict = sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
             sql.SQL(", ").join(sql.Identifier(k) for k in key),
             sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n, _ in changing),
@@ -254,20 +256,21 @@ def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], co
     return int(row[0]), int(row[1])
 
 
-def _equal_in_target(target: tuple[str, str], key: tuple[str, ...], changing: list[tuple[str, Column]]) -> sql.Composable:
+def _equal_in_target(target: tuple[str, str], key: list[tuple[str, Column]],
+                     changing: list[tuple[str, Column]]) -> sql.Composable:
     """True when the target holds the staged row `s` (by key) with equal values, NULL when it has no such key.
 
     ON CONFLICT DO UPDATE would lock (and WAL-log) each equal row before its WHERE finds nothing to change;
     leaving them out first spares that. A scalar subquery, not a join, so that PostgreSQL probes the key's
     index once per staged row whatever its estimates of the stage."""
-    def staged(n: str, c: Column) -> sql.Composable:
+    def staged(n: str, c: Column) -> sql.Composable:  # as the target holds it (a text-staged column cast back)
         value = sql.SQL("s.{}").format(sql.Identifier(n))
-        return _comparable(sql.SQL("{}::{}").format(value, sql.SQL(c.pg_type)) if c.via_text else value, c)
+        return sql.SQL("{}::{}").format(value, sql.SQL(c.pg_type)) if c.via_text else value
 
     return sql.SQL("(SELECT ({}) IS NOT DISTINCT FROM ({}) FROM {} AS t WHERE {})").format(
         sql.SQL(", ").join(_comparable(sql.SQL("t.{}").format(sql.Identifier(n)), c) for n, c in changing),
-        sql.SQL(", ").join(staged(n, c) for n, c in changing), table_ident(target),
-        sql.SQL(" AND ").join(sql.SQL("t.{0} = s.{0}").format(sql.Identifier(k)) for k in key))
+        sql.SQL(", ").join(_comparable(staged(n, c), c) for n, c in changing), table_ident(target),
+        sql.SQL(" AND ").join(sql.SQL("t.{} = {}").format(sql.Identifier(n), staged(n, c)) for n, c in key))
 
 
 def _comparable(value: sql.Composable, column: Column) -> sql.Composable:

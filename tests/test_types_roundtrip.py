@@ -103,11 +103,13 @@ def test_a_target_type_without_binary_encoding_falls_back_per_column(env) -> Non
 
 
 def test_a_merge_compares_fallback_columns_as_their_target_type(env) -> None:
-    """uuid and inet travel as text; an upper-case uuid equals its lower-case form, so it is not rewritten."""
-    env.sf_execute("CREATE TABLE ODD3 (ID NUMBER(18,0), U VARCHAR, ADDR VARCHAR)",
-                   "INSERT INTO ODD3 VALUES (1, 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '10.1.2.3'), (2, NULL, '::1')")
+    """uuid and inet travel as text; an upper-case uuid equals its lower-case form, so it is not rewritten;
+    a uuid key is matched as a uuid."""
+    env.sf_execute("CREATE TABLE ODD3 (ID NUMBER(18,0), U VARCHAR, ADDR VARCHAR, K VARCHAR)",
+                   "INSERT INTO ODD3 VALUES (1, 'A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11', '10.1.2.3', "
+                   "'11111111-1111-1111-1111-111111111111'), (2, NULL, '::1', '22222222-2222-2222-2222-222222222222')")
     with env.pg() as conn:
-        conn.execute("CREATE TABLE public.odd3 (id bigint PRIMARY KEY, u uuid, addr inet)")
+        conn.execute("CREATE TABLE public.odd3 (id bigint, u uuid, addr inet, k uuid PRIMARY KEY)")
     tables = [{"source": "ODD3", "insert_only_mode": False}]
     assert run(env.config(tables)).status == "completed"
     before = dict(env.pg_rows("SELECT id, xmin::text FROM public.odd3"))
