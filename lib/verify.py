@@ -128,8 +128,7 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
             try:
                 return [(no, verdict, None) for no, verdict in _compare(source, target, run_id, item, snapshot_at)]
             except Exception as exc:  # noqa: BLE001 - stored as these chunks' error; the others go on
-                numbers = ", ".join(str(no) for no, _ in item.chunks)
-                error = str(classify(exc, f"verifying {item.spec.name} chunk(s) {numbers}"))
+                error = str(classify(exc, f"verifying {_label(item)}"))
                 sessions.target = None  # a fresh connection for the next check
                 with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
                     for no, _ in item.chunks:
@@ -197,14 +196,12 @@ def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: i
         pg_buckets.append(selected[0])
         pg_params.extend(selected[1])
     scope = item.spec.source_filter if item.load.mode in ("copy", "swap") and not item.spec.source_watermark else None
-    numbers = [no for no, _ in item.chunks]
-    label = item.spec.name if numbers == [None] else f"{item.spec.name} chunk(s) {', '.join(map(str, numbers))}"
     destination = item.load.destination if item.load.mode != "swap" else item.spec.target
     with ThreadPoolExecutor(max_workers=1) as snowflake_side:  # both databases compute at the same time
         pending = snowflake_side.submit(
             source.checksums,
             checksum.snowflake_query(fields, source.table_sql(item.spec.source), buckets, and_sql(scope) if scope else ""),
-            params, f"checksumming {label} in Snowflake")
+            params, f"checksumming {_label(item)} in Snowflake")
         rows = target.execute(checksum.postgres_query(fields, destination, pg_buckets), pg_params * 2).fetchall()
         theirs_by_bucket = pending.result()
     ours_by_bucket = {int(b): (int(count), int(first), int(second)) for b, count, first, second in rows}
@@ -215,6 +212,11 @@ def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: i
         _store(target, run_id, item, chunk_no, theirs, ours, verdict, snapshot_at, None)
         verdicts.append((chunk_no, verdict))
     return verdicts
+
+
+def _label(item: _Check) -> str:
+    numbers = [no for no, _ in item.chunks]
+    return item.spec.name if numbers == [None] else f"{item.spec.name} chunk(s) {', '.join(map(str, numbers))}"
 
 
 def _store(conn: psycopg.Connection[Any], run_id: int, item: _Check, chunk_no: int | None,
