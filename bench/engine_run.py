@@ -17,7 +17,7 @@ from typing import Any
 
 from lib import postgres_target as pg
 from lib import status
-from lib.budget import MIB, ReadShape, estimate_bytes
+from lib.budget import MIB, estimate_bytes, widest
 from lib.config import load_config
 from lib.orchestrator import run, work_plan
 
@@ -40,11 +40,12 @@ def main() -> None:
                                "WHERE run_id = %s AND status = 'done'", (result.run_id,)).fetchone()[0]  # type: ignore[index]
         stored = list(status.read_shapes(conn, result.run_id).values())
     usage = resource.getrusage(resource.RUSAGE_SELF)
+    shape = widest(shapes)
     report: dict[str, Any] = {
         "status": result.status, "run_id": result.run_id, "tables": result.tables, "workers": int(workers),
         "peak_mb": vm("VmHWM"), "started_mb": started_mb, "cpu": round(usage.ru_utime + usage.ru_stime, 2),
         "estimate_mb": round(estimate_bytes(int(workers), shapes) / MIB, 1),
-        "per_thread": max(shapes, key=ReadShape.per_thread).describe() if shapes else "",
+        "per_thread": shape.describe() if shape else "",
         "source_results": shapes[0].results if shapes else None,
         "largest_chunk_rows": max((largest for _, _, largest in stored), default=0),
         "row_bytes": max((row_bytes or 0 for _, row_bytes, _ in stored), default=0),

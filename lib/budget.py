@@ -18,6 +18,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lib.config import Settings
 
 MIB = 2**20
 WHOLE_RESULT_COPIES = 6
@@ -72,6 +76,12 @@ class ReadShape:
         part = chunk_bytes if results == "whole" else min(chunk_bytes, result_chunk_mb * MIB)
         return cls(results, part, min(batch_size, chunk_rows) * row_bytes, result_prefetch)
 
+    @classmethod
+    def for_settings(cls, results: str, row_bytes: int, chunk_rows: int, settings: Settings) -> ReadShape:
+        """`planned` with the batch size and result settings of a run."""
+        return cls.planned(results, row_bytes, chunk_rows, settings.batch_size, settings.result_prefetch,
+                           settings.result_chunk_mb)
+
     def read_bytes(self) -> int:
         if self.results == "whole":
             return WHOLE_RESULT_COPIES * self.part_bytes
@@ -88,21 +98,27 @@ class ReadShape:
                 f"{self.batch_bytes / MIB:.1f} MiB and {THREAD_OVERHEAD_BYTES // MIB} MiB of connections and buffers")
 
 
+def widest(shapes: list[ReadShape]) -> ReadShape | None:
+    """The shape whose thread holds the most, or None without shapes."""
+    return max(shapes, key=ReadShape.per_thread, default=None)
+
+
 def estimate_bytes(threads: int, shapes: list[ReadShape]) -> int:
     """What `threads` threads hold at most (the process base not included)."""
-    return threads * max((s.per_thread() for s in shapes), default=THREAD_OVERHEAD_BYTES)
+    shape = widest(shapes)
+    return threads * (shape.per_thread() if shape else THREAD_OVERHEAD_BYTES)
 
 
 def fit_threads(requested: int, shapes: list[ReadShape], budget_mb: int) -> tuple[int, str | None]:
     """Clamp the thread count to the memory budget. Returns (threads, why it was lowered or None)."""
-    if not shapes:
+    shape = widest(shapes)
+    if shape is None:
         return requested, None
-    widest = max(shapes, key=ReadShape.per_thread)
     budget = memory_budget_bytes(budget_mb)
-    allowed = max(1, budget // widest.per_thread())
+    allowed = max(1, budget // shape.per_thread())
     if requested <= allowed:
         return requested, None
-    why = (f"parallel_threads lowered from {requested} to {allowed}: each thread needs {widest.describe()}, and the "
+    why = (f"parallel_threads lowered from {requested} to {allowed}: each thread needs {shape.describe()}, and the "
            f"memory budget is {budget / MIB:.0f} MiB; lower batch_size or chunk_rows, or raise memory_budget_mb")
     return int(allowed), why
 

@@ -26,6 +26,7 @@ from lib.budget import (
     fit_threads,
     memory_budget_bytes,
     requested_threads,
+    widest,
 )
 from lib.config import SourceConfig, TableSpec
 from lib.errors import MigrationError, TransientError, classify
@@ -152,9 +153,8 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
     shapes = {}
     for name, (_, columns, _) in tables.items():
         results, row_bytes, largest_chunk = stored_shapes.get(name, (None, None, 0))
-        shapes[name] = ReadShape.planned(results or "whole", row_bytes or estimated_row_bytes(columns),
-                                         max(largest_chunk, 1), settings.batch_size, settings.result_prefetch,
-                                         settings.result_chunk_mb)
+        shapes[name] = ReadShape.for_settings(results or "whole", row_bytes or estimated_row_bytes(columns),
+                                              max(largest_chunk, 1), settings)
     return WorkPlan(config, run_id, tables, deadline=deadline, snapshot_at=snapshot_at, shapes=shapes)
 
 
@@ -179,17 +179,17 @@ def table_loads(conn: psycopg.Connection[Any], config: SourceConfig,
 def thread_count(config: SourceConfig, plan: WorkPlan, at_most: int | None = None) -> int:
     """Threads for this process: parallel_threads (or one per core), within the memory budget, the
     connection cap (max_target_connections) and `at_most` (a Step Functions slot's share of it)."""
-    requested = requested_threads(config.settings.parallel_threads)
-    threads, why = fit_threads(requested, list(plan.shapes.values()), config.settings.memory_budget_mb)
+    shapes = list(plan.shapes.values())
+    threads, why = fit_threads(requested_threads(config.settings.parallel_threads), shapes,
+                               config.settings.memory_budget_mb)
     if why:
         log.warning(why, **ctx(run_id=plan.run_id))
     _, threads, why = fit_connections(1, min(threads, at_most or threads), config.settings.max_target_connections)
     if why:
         log.warning(why, **ctx(run_id=plan.run_id))
-    shapes = list(plan.shapes.values())
-    if shapes:
-        widest = max(shapes, key=ReadShape.per_thread)
-        log.info("memory: %d thread(s) × %s = %.0f MiB at most, of a %.0f MiB budget", threads, widest.describe(),
+    shape = widest(shapes)
+    if shape:
+        log.info("memory: %d thread(s) × %s = %.0f MiB at most, of a %.0f MiB budget", threads, shape.describe(),
                  estimate_bytes(threads, shapes) / MIB, memory_budget_bytes(config.settings.memory_budget_mb) / MIB,
                  **ctx(run_id=plan.run_id))
     return threads

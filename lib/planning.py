@@ -129,8 +129,7 @@ class ReadFit:
     note: str | None  # why chunk_rows was lowered
 
     def shape(self, settings: Settings) -> ReadShape:
-        return ReadShape.planned(self.results, self.row_bytes, self.chunk_rows, settings.batch_size,
-                                 settings.result_prefetch, settings.result_chunk_mb)
+        return ReadShape.for_settings(self.results, self.row_bytes, self.chunk_rows, settings)
 
 
 def read_fit(source: SnowflakeSource, config: SourceConfig, spec: TableSpec, columns: list[Column]) -> ReadFit:
