@@ -86,9 +86,9 @@ from lib.connections import snowflake_kwargs
 from lib.loaders import CopyLoader, KeyedLoader
 from lib.log import get_logger
 from lib.models import Bounds
-from lib.snowflake_source import SnowflakeSource, chunk_predicate
+from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column, columns_from_description
-from lib.verify import chunk_groups, verify_run
+from lib.verify import chunk_groups, source_checksums, target_checksums, verify_run
 from lib.wire import Wire
 from scripts.local_stack import LocalStack
 
@@ -567,9 +567,7 @@ class Bench:
         result = self.measure(f"(d) read path, {mode} results, {plural(threads, 'thread')}",
                               lambda: self.read_path(threads, chunk_rows), fakesnow=True, streamed=streamed,
                               note=f"SnowflakeSource.read of every {chunk_rows:,}-row chunk, batches dropped")
-        settings = Settings()
-        shape = ReadShape.planned(mode, round(self.nbytes / self.rows), chunk_rows, BATCH_SIZE, settings.result_prefetch,
-                                  settings.result_chunk_mb)
+        shape = ReadShape.for_settings(mode, round(self.nbytes / self.rows), chunk_rows, Settings(batch_size=BATCH_SIZE))
         result.results = mode
         result.estimate_mb = round(threads * (shape.read_bytes() + THREAD_OVERHEAD_BYTES) / MIB, 1)
         result.bound_mb = round(result.estimate_mb + BASE_MB, 1)
@@ -607,22 +605,17 @@ class Bench:
         groups = chunk_groups(self.chunk_bounds(), 2)  # as verify_run groups them
 
         def side(index: int) -> int:
-            chunks = groups[index]
             if postgres:
-                predicates = [pg.chunk_predicate(chunk, self.columns) for chunk in chunks]
                 with self.pg_conn(db) as conn:
                     conn.execute("SET TIME ZONE 'UTC'")
-                    query = checksum.postgres_query(fields, TARGET, [p[0] for p in predicates])  # type: ignore[index]
-                    params = [v for p in predicates for v in p[1]] * 2  # type: ignore[index]
-                    return sum(int(row[1]) for row in conn.execute(query, params).fetchall())
-            source = SnowflakeSource({**self.sf_args(), "session_parameters": {"TIMEZONE": "UTC"}})
-            try:
-                tagged = [chunk_predicate(chunk, tag=f"_{n}") for n, chunk in enumerate(chunks)]
-                query = checksum.snowflake_query(fields, source.table_sql(SOURCE), [t[0] for t in tagged])
-                sums = source.checksums(query, {k: v for t in tagged for k, v in t[1].items()}, "checksum")
-                return sum(count for count, _, _ in sums.values())
-            finally:
-                source.close()
+                    sums = target_checksums(conn, fields, TARGET, self.columns, groups[index])
+            else:
+                source = SnowflakeSource({**self.sf_args(), "session_parameters": {"TIMEZONE": "UTC"}})
+                try:
+                    sums = source_checksums(source, fields, SOURCE, groups[index], None, "checksum")
+                finally:
+                    source.close()
+            return sum(count for count, _, _ in sums.values())
 
         return in_threads(len(groups), side)
 

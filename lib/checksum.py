@@ -128,7 +128,7 @@ def snowflake_query(fields_: list[Field], table_sql: str, buckets: list[str], fi
 
 
 def postgres_query(fields_: list[Field], table: tuple[str, str], buckets: list[sql.Composable]) -> sql.Composable:
-    """The same in PostgreSQL: its parameters are those of the buckets, twice over (the CASE, then the WHERE)."""
+    """The same in PostgreSQL. Its parameters are the buckets', twice over: the CASE's, then the WHERE's."""
     texts = sql.SQL(", ").join(sql.SQL("{} AS {}").format(_postgres_text(f), sql.Identifier(f"f{i}"))
                                for i, f in enumerate(fields_))
     row = sql.SQL(" || '|' || ").join(_postgres_framed(i, f) for i, f in enumerate(fields_))

@@ -184,27 +184,14 @@ def _sessions(config: SourceConfig, snapshot_at: str | None, sessions: _Sessions
 def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: int, item: _Check,
              snapshot_at: str | None) -> list[tuple[int | None, str]]:
     """Both databases checksum the group's chunks at the same time, one query each; every chunk's verdict is stored."""
-    fields = item.fields
-    buckets, params = [], {}
-    pg_buckets, pg_params = [], []
-    for n, (_, bounds) in enumerate(item.chunks):
-        where, chunk_params = chunk_predicate(bounds, tag=f"_{n}")
-        buckets.append(where)
-        params.update(chunk_params)
-        selected = pg.chunk_predicate(bounds, item.columns)
-        assert selected is not None
-        pg_buckets.append(selected[0])
-        pg_params.extend(selected[1])
+    bounds = [b for _, b in item.chunks]
     scope = item.spec.source_filter if item.load.mode in ("copy", "swap") and not item.spec.source_watermark else None
     destination = item.load.destination if item.load.mode != "swap" else item.spec.target
     with ThreadPoolExecutor(max_workers=1) as snowflake_side:  # both databases compute at the same time
-        pending = snowflake_side.submit(
-            source.checksums,
-            checksum.snowflake_query(fields, source.table_sql(item.spec.source), buckets, and_sql(scope) if scope else ""),
-            params, f"checksumming {_label(item)} in Snowflake")
-        rows = target.execute(checksum.postgres_query(fields, destination, pg_buckets), pg_params * 2).fetchall()
+        pending = snowflake_side.submit(source_checksums, source, item.fields, item.spec.source, bounds, scope,
+                                        f"checksumming {_label(item)} in Snowflake")
+        ours_by_bucket = target_checksums(target, item.fields, destination, item.columns, bounds)
         theirs_by_bucket = pending.result()
-    ours_by_bucket = {int(b): (int(count), int(first), int(second)) for b, count, first, second in rows}
     verdicts = []
     for n, (chunk_no, _) in enumerate(item.chunks):
         theirs, ours = theirs_by_bucket.get(n, (0, 0, 0)), ours_by_bucket.get(n, (0, 0, 0))
@@ -214,13 +201,42 @@ def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: i
     return verdicts
 
 
+Sums = tuple[int, int, int]  # a chunk's rows and its two hash sums
+
+
+def source_checksums(source: SnowflakeSource, fields: list[checksum.Field], table: tuple[str, ...],
+                     chunks: list[Bounds], source_filter: str | None, context: str) -> dict[int, Sums]:
+    """The checksums of these chunks in Snowflake, one query, by their index in `chunks` (an empty chunk is absent)."""
+    buckets, params = [], {}
+    for n, bounds in enumerate(chunks):
+        where, chunk_params = chunk_predicate(bounds, tag=f"_{n}")
+        buckets.append(where)
+        params.update(chunk_params)
+    query = checksum.snowflake_query(fields, source.table_sql(table), buckets, and_sql(source_filter))
+    return source.checksums(query, params, context)
+
+
+def target_checksums(conn: psycopg.Connection[Any], fields: list[checksum.Field], destination: tuple[str, str],
+                     columns: list[Column], chunks: list[Bounds]) -> dict[int, Sums]:
+    """The same checksums in PostgreSQL."""
+    predicates = []
+    for bounds in chunks:
+        selected = pg.chunk_predicate(bounds, columns)
+        assert selected is not None, "a key range, not a hash class"
+        predicates.append(selected)
+    query = checksum.postgres_query(fields, destination, [where for where, _ in predicates])
+    params = [value for _, chunk_params in predicates for value in chunk_params]
+    rows = conn.execute(query, params * 2).fetchall()  # the buckets' parameters: the CASE's, then the WHERE's
+    return {int(b): (int(count), int(first), int(second)) for b, count, first, second in rows}
+
+
 def _label(item: _Check) -> str:
     numbers = [no for no, _ in item.chunks]
     return item.spec.name if numbers == [None] else f"{item.spec.name} chunk(s) {', '.join(map(str, numbers))}"
 
 
 def _store(conn: psycopg.Connection[Any], run_id: int, item: _Check, chunk_no: int | None,
-           theirs: tuple[int, int, int] | None, ours: tuple[int, int, int] | None, verdict: str,
+           theirs: Sums | None, ours: Sums | None, verdict: str,
            snapshot_at: str | None, error: str | None) -> None:
     fields = item.fields
     conn.execute(
