@@ -234,10 +234,6 @@ def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], co
         return cur.rowcount, 0
     changing = [(n, c) for n, c in zip(names, columns, strict=True) if n not in key]
     if update and changing:
-        def values(alias: str) -> sql.Composable:
-            return sql.SQL(", ").join(_comparable(sql.SQL(alias + ".{}").format(sql.Identifier(n)), c)
-                                      for n, c in changing)
-
         by_name = dict(zip(names, columns, strict=True))
         if skip_equal and all(k in by_name for k in key):
             keyed = [(k, by_name[k]) for k in key]
@@ -245,7 +241,7 @@ def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], co
         conflict = sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {} WHERE ({}) IS DISTINCT FROM ({})").format(
             sql.SQL(", ").join(sql.Identifier(k) for k in key),
             sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(n)) for n, _ in changing),
-            values("t"), values("EXCLUDED"))
+            _compared("t", changing), _compared("EXCLUDED", changing))
     else:
         conflict = sql.SQL(" ON CONFLICT ({}) DO NOTHING").format(sql.SQL(", ").join(sql.Identifier(k) for k in key))
     row = conn.execute(sql.SQL(
@@ -263,14 +259,21 @@ def _equal_in_target(target: tuple[str, str], key: list[tuple[str, Column]],
     ON CONFLICT DO UPDATE would lock (and WAL-log) each equal row before its WHERE finds nothing to change;
     leaving them out first spares that. A scalar subquery, not a join, so that PostgreSQL probes the key's
     index once per staged row whatever its estimates of the stage."""
-    def staged(n: str, c: Column) -> sql.Composable:  # as the target holds it (a text-staged column cast back)
-        value = sql.SQL("s.{}").format(sql.Identifier(n))
-        return sql.SQL("{}::{}").format(value, sql.SQL(c.pg_type)) if c.via_text else value
-
     return sql.SQL("(SELECT ({}) IS NOT DISTINCT FROM ({}) FROM {} AS t WHERE {})").format(
-        sql.SQL(", ").join(_comparable(sql.SQL("t.{}").format(sql.Identifier(n)), c) for n, c in changing),
-        sql.SQL(", ").join(_comparable(staged(n, c), c) for n, c in changing), table_ident(target),
-        sql.SQL(" AND ").join(sql.SQL("t.{} = {}").format(sql.Identifier(n), staged(n, c)) for n, c in key))
+        _compared("t", changing), _compared("s", changing, staged=True), table_ident(target),
+        sql.SQL(" AND ").join(sql.SQL("t.{} = {}").format(sql.Identifier(n), _value("s", n, c, staged=True))
+                              for n, c in key))
+
+
+def _value(alias: str, name: str, column: Column, staged: bool = False) -> sql.Composable:
+    """alias.name; `staged`: as the target holds it (a column staged as text cast back to its type)."""
+    value = sql.SQL(alias + ".{}").format(sql.Identifier(name))
+    return sql.SQL("{}::{}").format(value, sql.SQL(column.pg_type)) if staged and column.via_text else value
+
+
+def _compared(alias: str, columns: list[tuple[str, Column]], staged: bool = False) -> sql.Composable:
+    """The columns' values under `alias` as a row that IS [NOT] DISTINCT FROM can compare."""
+    return sql.SQL(", ").join(_comparable(_value(alias, n, c, staged), c) for n, c in columns)
 
 
 def _comparable(value: sql.Composable, column: Column) -> sql.Composable:
