@@ -130,13 +130,14 @@ class ResultChunks:
         starts = range(inline, table.num_rows, rows)
         data["rowsetBase64"] = base64.b64encode(_ipc(reader.schema, table.slice(0, inline))).decode()
         data["chunks"] = []
+        now = time.monotonic()
+        with self._lock:
+            for old in [k for k, (at, _) in self._parts.items() if now - at > self.EXPIRES_SECONDS]:
+                del self._parts[old]
         for start in starts:
             part = _ipc(reader.schema, table.slice(start, rows))
             key = uuid.uuid4().hex
-            now = time.monotonic()
             with self._lock:
-                for old in [k for k, (at, _) in self._parts.items() if now - at > self.EXPIRES_SECONDS]:
-                    del self._parts[old]
                 self._parts[key] = (now, part)
             data["chunks"].append({"url": f"{base_url}{RESULTS_PATH}{key}", "rowCount": min(rows, table.num_rows - start),
                                    "uncompressedSize": len(part), "compressedSize": len(part)})
