@@ -147,7 +147,7 @@ def test_a_target_without_an_index_on_the_chunk_column_is_read_once_per_group_of
     assert chunks >= 8 and [(r.checked, r.matched) for r in results] == [(chunks, chunks)]
     scans = before
     for _ in range(50):  # the verify backends report their scans as they exit
-        scans = env.pg_value("SELECT seq_scan FROM pg_catalog.pg_stat_user_tables WHERE relname = 'AllTypes'")
+        scans = _seq_scans(env)
         if scans - before >= 2:
             break
         time.sleep(0.2)
@@ -157,9 +157,13 @@ def test_a_target_without_an_index_on_the_chunk_column_is_read_once_per_group_of
 def _settled_seq_scans(env) -> int:
     last = -1
     for _ in range(50):
-        scans = env.pg_value("SELECT seq_scan FROM pg_catalog.pg_stat_user_tables WHERE relname = 'AllTypes'")
+        scans = _seq_scans(env)
         if scans == last:
             return scans
         last = scans
         time.sleep(0.3)
     raise AssertionError("the table's scan count never settled")
+
+
+def _seq_scans(env) -> int:
+    return env.pg_value("SELECT seq_scan FROM pg_catalog.pg_stat_user_tables WHERE relname = 'AllTypes'")
