@@ -6,6 +6,7 @@ chains them for a local invocation and guarantees the run status is persisted on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -63,14 +64,6 @@ class RunResult:
     counters: dict[str, int] = field(default_factory=dict)
 
 
-def _snowflake_now(config: SourceConfig) -> str:
-    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
-    try:
-        return source.now()
-    finally:
-        source.close()
-
-
 def _hash_lock_key(conn: psycopg.Connection[Any], config_hash: str) -> int:
     row = conn.execute("SELECT hashtextextended(%s, 7)", (config_hash,)).fetchone()
     assert row is not None
@@ -86,7 +79,9 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
     """
     config_hash = config.fingerprint()
     max_age = config.settings.resume_max_age
-    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+    # one Snowflake session (opened on first use) reads the snapshot time and plans the tables
+    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
+    with contextlib.closing(source), pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
         key = _hash_lock_key(conn, config_hash)
         conn.execute("SET lock_timeout = 0")  # waiting for another starter (planning many tables) is intended
@@ -129,14 +124,14 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
             else:
                 metadata = {"source_names": [config.name], "config": config.redacted(), "start_token": start_token}
                 if config.settings.snapshot:
-                    metadata["snapshot_at"] = _snowflake_now(config)
+                    metadata["snapshot_at"] = source.now()
                 with conn.transaction():  # abandoning the old run and creating the new one: all or nothing
                     if superseded:
                         status.abandon_run(conn, *superseded)
                     run_id = status.create_run(conn, config_hash, config.name, metadata)
                 mode, message = "fresh", f"started run {run_id}"
             log.info(message, **ctx(run_id=run_id))
-            plan_missing_tables(conn, config, run_id)
+            plan_missing_tables(conn, config, run_id, source)
             return StartResult(run_id, mode, message)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))

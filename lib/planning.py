@@ -39,25 +39,24 @@ def refresh_target_types(conn: psycopg.Connection[Any], config: SourceConfig, ru
             log.info("target column types changed since planning: the new types are used", **ctx(run_id=run_id, table=spec.name))
 
 
-def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> None:
-    """Plan each table that has no stored plan yet. A stored plan is never recomputed."""
+def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int,
+                        source: SnowflakeSource) -> None:
+    """Plan each table that has no stored plan yet, reading through `source` (at the run's snapshot, if it
+    has one). A stored plan is never recomputed."""
     planned = status.planned_tables(conn, run_id)
     todo = [t for t in config.tables if t.name not in planned]
     if not todo:
         return
-    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), status.run_snapshot(conn, run_id))
-    try:
-        for spec in todo:
-            try:
-                _plan_one(conn, source, config, run_id, spec)
-            except Exception as exc:
-                error = classify(exc, f"planning {spec.name}")
-                if isinstance(error, TransientError):
-                    raise error from exc
-                log.error("table failed at planning: %s", error, **ctx(run_id=run_id, table=spec.name))
-                status.record_table_failure(conn, run_id, spec.name, spec.target_name, str(error))
-    finally:
-        source.close()
+    source.snapshot_at = status.run_snapshot(conn, run_id)
+    for spec in todo:
+        try:
+            _plan_one(conn, source, config, run_id, spec)
+        except Exception as exc:
+            error = classify(exc, f"planning {spec.name}")
+            if isinstance(error, TransientError):
+                raise error from exc
+            log.error("table failed at planning: %s", error, **ctx(run_id=run_id, table=spec.name))
+            status.record_table_failure(conn, run_id, spec.name, spec.target_name, str(error))
 
 
 def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
