@@ -59,6 +59,11 @@ test: venv lint lint-aws
 bench-plan: venv
 	$(PY) -m bench.plan_bench
 
+## bench-ledger: claim cost in a ledger of 10,000,000 chunk rows, ids past 2^31 (LEDGER_BENCH_CHUNKS=1000000 for a smoke run)
+.PHONY: bench-ledger
+bench-ledger: venv
+	$(PY) -m bench.ledger_bench
+
 ## bench: throughput on a 5M-row mixed-type table: server COPY limit, end to end (1/2/default threads), write path, read path (BENCH_ROWS=200000 for a smoke run)
 .PHONY: bench
 bench: venv

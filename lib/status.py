@@ -23,7 +23,10 @@ from lib.models import Bounds, ClaimedChunk, TablePlan
 # First key of the two-key advisory locks the engine takes ("MI"): chunk liveness locks.
 CHUNK_LOCK_CLASS = 0x4D49
 # Second key of a liveness lock: one per (chunk, fence), so a new claim never waits on a stuck old owner.
-LIVENESS_KEY = "((({chunk}) * 1000003 + ({fence})) %% 2147483647)::int"
+# Computed in bigint whatever the operands' types (psycopg sends a small Python int as int2 or int4, whose
+# product would overflow), each operand reduced first so no chunk id or fence below 2^63 can overflow it.
+LIVENESS_KEY = ("((({chunk})::bigint %% 2147483647 * 1000003 + ({fence})::bigint %% 2147483647) "
+                "%% 2147483647)::int")
 
 @dataclass(frozen=True)
 class RunRow:
@@ -199,7 +202,7 @@ def reset_failed(conn: psycopg.Connection[Any], run_id: int) -> int:
 
 _CLAIMABLE = f"""
     FROM {SCHEMA}.migration_chunk_status
-    WHERE run_id = %(run_id)s
+    WHERE run_id = %(run_id)s AND status IN ('pending', 'running')
       AND EXISTS (SELECT 1 FROM {SCHEMA}.migration_runs r WHERE r.run_id = %(run_id)s AND r.status = 'running')
       AND (
         (status = 'pending' AND (retry_at IS NULL OR retry_at <= now()))
