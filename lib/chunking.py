@@ -53,12 +53,14 @@ def plan_dates(
     column: str, days: Sequence[DayCount], chunk_rows: int, nullable: bool, reason: str,
     hours: Sequence[HourCount] = (),
     why_not_split: str = "it has no time of day to split on",
+    utc: bool = False,
 ) -> TablePlan:
     """Pack consecutive days into chunks of up to `chunk_rows` rows.
 
     A day heavier than `chunk_rows` whose hourly counts are given (`hours`) is cut out of the day
     ranges and split into chunks of consecutive hours; without hourly counts (a DATE column) it
-    stands alone. Cut points are days, so the ranges stay contiguous over all time.
+    stands alone. Cut points are days, so the ranges stay contiguous over all time. `utc`: the days
+    (and hours) are those of the column's UTC instant (TIMESTAMP_TZ/LTZ).
     """
     by_day: dict[date, list[HourCount]] = {}
     for h in hours:
@@ -73,14 +75,14 @@ def plan_dates(
 
     def close_group(hi: str | None) -> None:
         if group_lo is None or hi is None or group_lo < hi:
-            segments.append((Bounds("range", column, "date", group_lo, hi), group_rows))
+            segments.append((Bounds("range", column, "date", group_lo, hi, utc=utc), group_rows))
 
     for d in dated:
         assert d.day is not None
         split = by_day.get(d.day) if d.rows > chunk_rows else None
         if split:
             close_group(d.day.isoformat())
-            segments.extend(_hour_chunks(column, d.day, split, chunk_rows, notes))
+            segments.extend(_hour_chunks(column, d.day, split, chunk_rows, notes, utc))
             group_lo, group_rows = (d.day + timedelta(days=1)).isoformat(), 0
             continue
         if group_rows and group_rows + d.rows > chunk_rows:
@@ -93,7 +95,8 @@ def plan_dates(
     return _finish("date", column, segments, null_rows, nullable, reason, notes)
 
 
-def _hour_chunks(column: str, day: date, hours: list[HourCount], chunk_rows: int, notes: list[str]) -> list[tuple[Bounds, int]]:
+def _hour_chunks(column: str, day: date, hours: list[HourCount], chunk_rows: int, notes: list[str],
+                 utc: bool) -> list[tuple[Bounds, int]]:
     """Chunks of consecutive hours covering exactly [day 00:00, next day 00:00)."""
     groups: list[tuple[datetime, int]] = []
     for h in sorted(hours, key=lambda h: h.hour):
@@ -107,7 +110,7 @@ def _hour_chunks(column: str, day: date, hours: list[HourCount], chunk_rows: int
     cuts = [start_of_day, *(g[0] for g in groups[1:]), start_of_day + timedelta(days=1)]
     notes.append(f"{day} holds {sum(g[1] for g in groups)} rows: split into {len(groups)} chunk(s) by hour")
     return [
-        (Bounds("range", column, "hour", cuts[i].isoformat(), cuts[i + 1].isoformat()), g[1])
+        (Bounds("range", column, "hour", cuts[i].isoformat(), cuts[i + 1].isoformat(), utc=utc), g[1])
         for i, g in enumerate(groups)
     ]
 

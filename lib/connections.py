@@ -41,6 +41,11 @@ SECRET_KEYS = frozenset({
 #   lib.identifiers.quote_snowflake and snowflake_source.run).
 SNOWFLAKE_FORCED = {"arrow_number_to_decimal": True, "interpolate_empty_sequences": True}
 
+# Every session of the engine, on both sides, works in UTC wherever a date or time is compared, cast or
+# bucketed: Snowflake's default TIMEZONE is America/Los_Angeles, PostgreSQL's is the server's. Set last, so
+# that a config cannot move one side to another zone than the other.
+SESSION_TIME_ZONE = "UTC"
+
 # TCP keepalives for PostgreSQL, unless configured: a peer that vanished without closing the socket
 # (failover, NAT timeout) is noticed within about a minute, not after the kernel's two hours.
 POSTGRES_KEEPALIVES = {
@@ -69,6 +74,7 @@ def snowflake_kwargs(resolved: dict[str, Any], statement_timeout_seconds: int, r
     if statement_timeout_seconds:
         session.setdefault("STATEMENT_TIMEOUT_IN_SECONDS", statement_timeout_seconds)
     session["CLIENT_PREFETCH_THREADS"] = result_prefetch  # else the login's answer (4) replaces the kwarg
+    session["TIMEZONE"] = SESSION_TIME_ZONE
     kwargs["client_prefetch_threads"] = result_prefetch
     kwargs[RESULT_CHUNK_MB_KEY] = result_chunk_mb
     if session:
@@ -103,10 +109,12 @@ def _private_key(kwargs: dict[str, Any]) -> None:
 def postgres_kwargs(resolved: dict[str, Any], statement_timeout_seconds: int, lock_timeout_seconds: int) -> dict[str, Any]:
     """psycopg/libpq kwargs from a resolved `postgres` block, with the engine's timeouts and keepalives.
 
-    The timeouts go first in `options`, so a `-c statement_timeout=...` in the config's own options wins.
+    The timeouts go first in `options`, so a `-c statement_timeout=...` in the config's own options wins; the
+    time zone goes last, so nothing moves the engine's sessions out of UTC.
     """
     kwargs = {**POSTGRES_KEEPALIVES, **resolved}
     engine = f"-c statement_timeout={statement_timeout_seconds * 1000} -c lock_timeout={lock_timeout_seconds * 1000}"
-    kwargs["options"] = f"{engine} {kwargs['options']}" if kwargs.get("options") else engine
+    zone = f"-c TimeZone={SESSION_TIME_ZONE}"
+    kwargs["options"] = f"{engine} {kwargs['options']} {zone}" if kwargs.get("options") else f"{engine} {zone}"
     kwargs.setdefault("application_name", "snowflake-pg-migrate")
     return kwargs

@@ -16,8 +16,10 @@ class Bounds:
     the rows whose hash of `hash_columns` falls in one of `modulus` classes (`remainder`).
 
     The key of a range is the column itself (numeric), `DATE(column)` (date) or
-    `DATE_TRUNC('HOUR', column)` (hour). Values are kept as strings (ISO dates and timestamps,
-    exact decimals) so they survive JSON and never lose precision; `lo`/`hi` of None mean open.
+    `DATE_TRUNC('HOUR', column)` (hour); with `utc` (a TIMESTAMP_TZ/LTZ column) the day or hour of the
+    column's UTC instant, the same in both databases whatever a session's or a value's own time zone.
+    Values are kept as strings (ISO dates and timestamps, exact decimals) so they survive JSON and never
+    lose precision; `lo`/`hi` of None mean open.
     """
 
     kind: BoundKind
@@ -28,9 +30,13 @@ class Bounds:
     hash_columns: tuple[str, ...] | None = None
     modulus: int | None = None
     remainder: int | None = None
+    utc: bool = False
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
+        data = asdict(self)
+        if not self.utc:
+            del data["utc"]  # the plans stored before the field existed read the same
+        return json.dumps(data, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str | dict[str, Any]) -> Bounds:
@@ -48,8 +54,8 @@ class Bounds:
         if self.kind == "hash":
             m = self.modulus
             return f"MOD(MOD(HASH({', '.join(self.hash_columns or ())}), {m}) + {m}, {m}) = {self.remainder}"
-        key = {"date": f"DATE({self.column})", "hour": f"DATE_TRUNC('HOUR', {self.column})"}.get(
-            self.key_kind or "", str(self.column))
+        column = f"CONVERT_TIMEZONE('UTC', {self.column})" if self.utc else str(self.column)
+        key = {"date": f"DATE({column})", "hour": f"DATE_TRUNC('HOUR', {column})"}.get(self.key_kind or "", column)
         parts = []
         if self.lo is not None:
             parts.append(f"{key} >= {self.lo}")

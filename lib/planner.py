@@ -17,8 +17,10 @@ from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column
 
 DATE_TYPES = {"DATE", "TIMESTAMP_NTZ", "TIMESTAMP_TZ", "TIMESTAMP_LTZ", "DATETIME"}
-# Heavy days are split by hour only where the hour is a wall-clock fact (no time zone to reinterpret).
-HOUR_SPLIT_TYPES = {"TIMESTAMP_NTZ", "DATETIME"}
+# Days and hours of these are those of the UTC instant, in both databases (Bounds.utc).
+ZONED_TYPES = {"TIMESTAMP_TZ", "TIMESTAMP_LTZ"}
+# Heavy days are split by hour where a value has a time of day.
+HOUR_SPLIT_TYPES = {"TIMESTAMP_NTZ", "DATETIME", *ZONED_TYPES}
 NUMERIC_PREFIXES = ("NUMBER", "FLOAT", "DOUBLE", "REAL")
 
 
@@ -81,15 +83,15 @@ def _plan(source: SnowflakeSource, spec: TableSpec, columns: list[Column], chunk
     if choice.strategy == "date":
         if _base_type(column) not in DATE_TYPES:
             raise FatalError(f"chunking column {spec.name}.{column.name} is {column.source_type}, not a date or timestamp")
-        days = source.day_counts(spec.source, column.name, spec.source_filter)
+        utc = _base_type(column) in ZONED_TYPES
+        days = source.day_counts(spec.source, column.name, spec.source_filter, utc)
         heavy = sorted(d.day for d in days if d.day is not None and d.rows > chunk_rows)
         hours = []
         if heavy and _base_type(column) in HOUR_SPLIT_TYPES:
-            hours = source.hour_counts(spec.source, column.name, spec.source_filter, heavy)
-        reason = f"{choice.reason}: rows per day from one GROUP BY query"
-        why = ("a DATE key has no time of day" if _base_type(column) == "DATE"
-               else f"hours of a {_base_type(column)} key depend on the session time zone")
-        return plan_dates(column.name, days, chunk_rows, column.nullable, reason, hours, why), 1 + bool(hours)
+            hours = source.hour_counts(spec.source, column.name, spec.source_filter, heavy, utc)
+        reason = f"{choice.reason}: rows per day{' (UTC)' if utc else ''} from one GROUP BY query"
+        return (plan_dates(column.name, days, chunk_rows, column.nullable, reason, hours,
+                           "a DATE key has no time of day", utc), 1 + bool(hours))
 
     if not _is_numeric(column):
         raise FatalError(f"chunking column {spec.name}.{column.name} is {column.source_type}, not numeric")

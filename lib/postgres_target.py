@@ -125,8 +125,9 @@ def chunk_predicate(bounds: Bounds, columns: list[Column]) -> tuple[sql.Composab
     name = sql.Identifier(target_column_name(column.name))
     if bounds.kind == "null":
         return sql.SQL("{} IS NULL").format(name), []
-    key = {"date": sql.SQL("({})::date").format(name),
-           "hour": sql.SQL("date_trunc('hour', {})").format(name)}.get(bounds.key_kind or "", name)
+    instant = sql.SQL("({} AT TIME ZONE 'UTC')").format(name) if bounds.utc else name
+    key = {"date": sql.SQL("({})::date").format(instant),
+           "hour": sql.SQL("date_trunc('hour', {})").format(instant)}.get(bounds.key_kind or "", name)
     cast = {"date": "date", "hour": "timestamp"}.get(bounds.key_kind or "", column.pg_type)
     parts: list[sql.Composable] = [sql.SQL("{} IS NOT NULL").format(name)]
     params: list[Any] = []

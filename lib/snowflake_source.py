@@ -151,18 +151,19 @@ class SnowflakeSource:
         sql = f"SELECT COUNT(*) FROM {self.table_sql(table)}{where_sql(source_filter)}"
         return int(self._fetchall(sql, None, f"counting {'.'.join(table)}")[0][0])
 
-    def day_counts(self, table: tuple[str, ...], column: str, source_filter: str | None) -> list[DayCount]:
-        """ONE aggregated query: rows per day (NULL keys as day None)."""
-        col = quote_snowflake(column)
-        sql = f"SELECT DATE({col}) AS d, COUNT(*) FROM {self.table_sql(table)}{where_sql(source_filter)} GROUP BY 1"
+    def day_counts(self, table: tuple[str, ...], column: str, source_filter: str | None,
+                   utc: bool = False) -> list[DayCount]:
+        """ONE aggregated query: rows per day (NULL keys as day None); `utc`: days of the UTC instant."""
+        sql = (f"SELECT DATE({instant(column, utc)}) AS d, COUNT(*) FROM {self.table_sql(table)}"
+               f"{where_sql(source_filter)} GROUP BY 1")
         rows = self._fetchall(sql, None, f"counting rows per day of {'.'.join(table)}.{column}")
         return [DayCount(_as_date(r[0]), int(r[1])) for r in rows]
 
     def hour_counts(
-        self, table: tuple[str, ...], column: str, source_filter: str | None, days: list[date]
+        self, table: tuple[str, ...], column: str, source_filter: str | None, days: list[date], utc: bool = False
     ) -> list[HourCount]:
         """ONE aggregated query: rows per hour of the given (heavy) days."""
-        col = quote_snowflake(column)
+        col = instant(column, utc)
         extra = and_sql(source_filter)
         placeholders = ", ".join(f"TO_DATE(%(d{i})s)" for i in range(len(days)))
         sql = (
@@ -335,9 +336,9 @@ def chunk_predicate(bounds: Bounds, tag: str = "") -> tuple[str, dict[str, Any]]
     if bounds.kind == "null":
         return f"{col} IS NULL", {}
     if bounds.key_kind == "date":
-        key, cast = f"DATE({col})", "TO_DATE(%({p})s)"
+        key, cast = f"DATE({instant(bounds.column, bounds.utc)})", "TO_DATE(%({p})s)"
     elif bounds.key_kind == "hour":
-        key, cast = f"DATE_TRUNC('HOUR', {col})", "TO_TIMESTAMP_NTZ(%({p})s)"
+        key, cast = f"DATE_TRUNC('HOUR', {instant(bounds.column, bounds.utc)})", "TO_TIMESTAMP_NTZ(%({p})s)"
     else:
         key, cast = col, "%({p})s"
     parts = [f"{col} IS NOT NULL"]
@@ -347,6 +348,13 @@ def chunk_predicate(bounds: Bounds, tag: str = "") -> tuple[str, dict[str, Any]]
             parts.append(f"{key} {operator} {cast.format(p=name + tag)}")
             params[name + tag] = Decimal(value) if bounds.key_kind == "numeric" else value
     return " AND ".join(parts), params
+
+
+def instant(column: str, utc: bool) -> str:
+    """The column for a day or hour key: as it is, or (`utc`: TIMESTAMP_TZ/LTZ) its UTC instant. Snowflake's
+    DATE() of a TIMESTAMP_TZ takes the value's own offset, not the session's zone."""
+    col = quote_snowflake(column)
+    return f"CONVERT_TIMEZONE('UTC', {col})" if utc else col
 
 
 def hash_expression(columns: list[str], modulus: str) -> str:

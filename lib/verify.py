@@ -162,18 +162,15 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
 @contextmanager
 def _sessions(config: SourceConfig, snapshot_at: str | None, sessions: _Sessions, opened: list[Any],
               lock: threading.Lock) -> Iterator[tuple[SnowflakeSource, psycopg.Connection[Any]]]:
-    """This thread's Snowflake session (with the jsonb-text UDF) and PostgreSQL connection (in UTC)."""
+    """This thread's Snowflake session (with the jsonb-text UDF) and PostgreSQL connection."""
     if sessions.source is None:
-        source = SnowflakeSource({**config.snowflake_connect_args(), "session_parameters": {
-            **(config.snowflake_connect_args().get("session_parameters") or {}), "TIMEZONE": "UTC"}},
-            config.retry_policy(), snapshot_at)
+        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), snapshot_at)
         source.on_connect.append(snowflake_udf_ddl())
         sessions.source = source
         with lock:
             opened.append(source)
     if sessions.target is None or sessions.target.closed:
-        target = pg.connect(config.postgres_connect_args(), autocommit=True)
-        target.execute("SET TIME ZONE 'UTC'")
+        target = pg.connect(config.postgres_connect_args(), autocommit=True)  # in UTC, as every session
         target.execute("SET statement_timeout = 0")  # a whole-table checksum may take long
         sessions.target = target
         with lock:

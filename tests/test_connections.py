@@ -119,3 +119,13 @@ def test_snowflake_sessions_get_a_statement_timeout_unless_configured(env) -> No
     config = env.config(TABLES, defaults={"snowflake_statement_timeout_seconds": 77})
     assert config.snowflake_connect_args()["session_parameters"]["STATEMENT_TIMEOUT_IN_SECONDS"] == 77
     assert config.snowflake_connect_args()["arrow_number_to_decimal"] is True
+
+
+def test_every_session_works_in_utc_on_both_sides_whatever_the_config_or_the_database_says(env) -> None:
+    with env.pg() as conn:
+        conn.execute(f'ALTER DATABASE "{env.pg_database}" SET timezone = \'America/Los_Angeles\'')
+    config = env.config(TABLES, snowflake={"session_parameters": {"TIMEZONE": "Asia/Tokyo"}},
+                        postgres={"options": "-c TimeZone=Europe/Paris"})
+    assert config.snowflake_connect_args()["session_parameters"]["TIMEZONE"] == "UTC"
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        assert conn.execute("SHOW TimeZone").fetchone()[0] == "UTC"
