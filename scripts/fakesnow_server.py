@@ -9,8 +9,12 @@ Project-owned adjustments, all at start-up and none touching fakesnow's files:
   Snowflake's definition: the lower 64 bits of the MD5 digest, big-endian) and the temporary UDF
   MIGRATION_JSONB_TEXT (lib/jsonb_text.py, registered as a DuckDB function; its CREATE statement is
   answered without running it);
-- `AT(TIMESTAMP => ...)` (Time Travel) is removed from statements before fakesnow parses them: the
-  stand-in has no history, so a point-in-time read reads the current data;
+- `AT(TIMESTAMP => ...)` (Time Travel) is emulated by copy on write: the first read of a table AT a
+  timestamp registers it; the first statement after that which may change the table (INSERT, UPDATE,
+  DELETE, MERGE, TRUNCATE, ALTER, DROP, CREATE OR REPLACE naming it, in its database) first copies the
+  table as it is into the schema _TIME_TRAVEL, and reads AT that timestamp read the copy from then on.
+  So a run's reads see the table as it was when the run first read it, whatever is written meanwhile
+  (real Snowflake: as it was at the timestamp itself; the engine reads right after taking it);
 - with --result-chunk-mb, results answer like Snowflake's large results: the first part inline and the
   rest as result chunks of about that size, which the connector downloads from this server as it reads
   them (fakesnow alone answers every query in one response); the login then reports
@@ -26,6 +30,7 @@ import asyncio
 import base64
 import contextlib
 import gzip
+import hashlib
 import json
 import logging
 import os
@@ -58,11 +63,71 @@ def _patch_timestamp_nulls() -> None:
     fakesnow.arrow.timestamp_to_sf_struct = with_null_mask
 
 
-_AT_CLAUSE = re.compile(r"\s+AT\s*\(\s*TIMESTAMP\s*=>\s*'[^']*'::TIMESTAMP_TZ\s*\)", re.IGNORECASE)
+_IDENT = r'(?:"(?:[^"]|"")+"|[A-Za-z_][A-Za-z0-9_$]*)'
+_AT_READ = re.compile(rf"({_IDENT}\.{_IDENT}\.{_IDENT})\s+AT\s*\(\s*TIMESTAMP\s*=>\s*'([^']*)'::TIMESTAMP_TZ\s*\)",
+                      re.IGNORECASE)
+_WRITE = re.compile(r"^\s*(INSERT|UPDATE|DELETE|MERGE|TRUNCATE|ALTER\s+TABLE|DROP|CREATE\s+OR\s+REPLACE)\b", re.IGNORECASE)
 _CREATE_UDF = re.compile(r"^\s*CREATE\s+OR\s+REPLACE\s+TEMPORARY\s+FUNCTION\s+MIGRATION_JSONB_TEXT\b", re.IGNORECASE)
 
 
 _SET_RESULT_CHUNK_SIZE = re.compile(r"^\s*ALTER\s+SESSION\s+SET\s+CLIENT_RESULT_CHUNK_SIZE\s*=\s*\d+\s*$", re.IGNORECASE)
+
+
+def _parts(name: str) -> tuple[str, ...]:
+    return tuple(p[1:-1].replace('""', '"') if p.startswith('"') else p.upper()
+                 for p in re.findall(_IDENT, name))
+
+
+class TimeTravel:
+    """Copy-on-write history for AT(TIMESTAMP => ...) reads (see the module's docstring)."""
+
+    SCHEMA = "_TIME_TRAVEL"
+
+    def __init__(self, duck: Any = None) -> None:
+        self.duck = duck  # a DuckDB connection of the shared database (fakesnow's)
+        self._lock = threading.Lock()
+        self._pending: set[tuple[tuple[str, ...], str]] = set()  # (db, schema, table), timestamp
+        self._copies: dict[tuple[tuple[str, ...], str], str] = {}
+
+    def read_sql(self, sql: str) -> str:
+        """`sql` with every AT read turned into a read of the table's copy, or of the table while it has none."""
+        def replace(match: re.Match[str]) -> str:
+            table, at = _parts(match.group(1)), match.group(2)
+            with self._lock:
+                copy = self._copies.get((table, at))
+                if copy is None:
+                    self._pending.add((table, at))
+            return copy or match.group(1)
+
+        return _AT_READ.sub(replace, sql)
+
+    def before_write(self, sql: str, database: str | None) -> None:
+        """Copy each registered table this statement may change, as it is now, before it runs."""
+        if self.duck is None or not _WRITE.match(sql):
+            return
+        words = {w.upper() for w in re.findall(r"[A-Za-z_][A-Za-z0-9_$]*", sql)} | set(re.findall(r'"([^"]+)"', sql))
+        with self._lock:
+            due = [(t, at) for t, at in self._pending
+                   if t[2] in words and (database is None or t[0] == database.upper())]
+            for table, at in due:
+                self._pending.discard((table, at))
+                copy = self._copy(table, at)
+                self._copies[(table, at)] = copy
+
+    def _copy(self, table: tuple[str, ...], at: str) -> str:
+        db, schema, name = (part.replace('"', '""') for part in table)
+        suffix = hashlib.sha1(at.encode()).hexdigest()[:10].upper()
+        copy = f'"{db}"."{self.SCHEMA}"."{schema}__{name}__{suffix}"'
+        cur = self.duck.cursor()
+        try:
+            cur.execute(f'CREATE SCHEMA IF NOT EXISTS "{db}"."{self.SCHEMA}"')
+            cur.execute(f'CREATE OR REPLACE TABLE {copy} AS SELECT * FROM "{db}"."{schema}"."{name}"')
+        finally:
+            cur.close()
+        return copy
+
+
+TIME_TRAVEL = TimeTravel()
 
 
 def stand_in_sql(sql: str) -> str:
@@ -71,7 +136,7 @@ def stand_in_sql(sql: str) -> str:
         return "SELECT 'MIGRATION_JSONB_TEXT is built into the stand-in' AS status"
     if _SET_RESULT_CHUNK_SIZE.match(sql):  # the part size is the launcher's --result-chunk-mb
         return "SELECT 'Statement executed successfully.' AS status"
-    return _AT_CLAUSE.sub("", sql)
+    return TIME_TRAVEL.read_sql(sql)
 
 
 def _jsonb_text_vector(documents: pa.Array) -> pa.Array:
@@ -232,6 +297,7 @@ class _RewriteStatements:
         headers = dict(scope["headers"])
         zipped = headers.get(b"content-encoding") == b"gzip"
         data = json.loads(gzip.decompress(body) if zipped else body)
+        await asyncio.to_thread(TIME_TRAVEL.before_write, data["sqlText"], _session_database(headers))
         data["sqlText"] = stand_in_sql(data["sqlText"])
         body = json.dumps(data).encode()
         body = gzip.compress(body) if zipped else body
@@ -247,6 +313,15 @@ class _RewriteStatements:
             return {"type": "http.request", "body": body, "more_body": False}
 
         await self.app(scope, replay, send)
+
+
+def _session_database(headers: dict[bytes, bytes]) -> str | None:
+    """The current database of the session that sent a request (its token is in the Authorization header)."""
+    import fakesnow.server
+
+    auth = headers.get(b"authorization", b"").decode()
+    conn = fakesnow.server.sessions.get(auth[17:-1])
+    return getattr(conn, "database", None) if conn is not None else None
 
 
 def _exit_when_gone(pid: int) -> None:
@@ -283,6 +358,7 @@ def main() -> None:
     if args.db_path:
         os.makedirs(args.db_path, exist_ok=True)
         fakesnow.server.shared_fs = FakeSnow(db_path=args.db_path)
+    TIME_TRAVEL.duck = fakesnow.server.shared_fs.duck_conn
     logging.getLogger("fakesnow.server").setLevel(logging.WARNING)
 
     app: Any = _RewriteStatements(fakesnow.server.app)
