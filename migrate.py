@@ -150,7 +150,7 @@ def print_summary(run_id: int, run_status: str, tables: list[dict[str, Any]], se
             how = t["load_mode"] + (f" on ({', '.join(t['merge_key'])})" if t.get("merge_key") else "")
             window = t.get("window")
             if window:
-                how += f", window {window['column']} > {window['lo']} and <= {window['hi']}"
+                how += f", window {window['column']} >= {window['lo']} and <= {window['hi']}"
             print(f"  {t['table']}: {how}: {t['rows_copied']:,} read, {t['rows_inserted']:,} inserted, "
                   f"{t['rows_updated']:,} updated")
         if t.get("values_changed"):

@@ -19,6 +19,7 @@ these three numbers travel.
 | BINARY | lower-case hex | LOWER(HEX_ENCODE(c)) | encode(c, 'hex') |
 | VARIANT, OBJECT, ARRAY | jsonb's text form (lib/jsonb_text.py), length-prefixed | MIGRATION_JSONB_TEXT(TO_JSON(c)) | c::text |
 | FLOAT | NULL or not only | 'f' | 'f' |
+| VARCHAR into a citext column | the text, length-prefixed | c | c::text |
 
 FLOAT is compared for NULLs only: no text form of a double is produced identically by both engines
 (shortest round-trip digits, exponent and NaN spellings differ), and the report says so. A target
@@ -61,7 +62,10 @@ def fields(columns: list[Column]) -> list[Field]:
     for column in columns:
         sf, pg = quote_snowflake(column.name), sql.Identifier(target_column_name(column.name))
         base = column.source_type.split("(")[0]
-        if column.via_text or base in ("FLOAT", "DOUBLE", "REAL"):
+        if column.via_text and base in ("VARCHAR", "TEXT", "STRING", "CHAR") and column.pg_type.split("(")[0] == "citext":
+            # a citext keeps the text it was given: compared as text, case and all (its own equality ignores case)
+            out.append(Field(column, sf, sql.SQL("{}::text").format(pg), framed=True, values=True))
+        elif column.via_text or base in ("FLOAT", "DOUBLE", "REAL"):
             out.append(Field(column, "'f'", sql.SQL("'f'"), framed=False, values=False))
         elif base == "NUMBER":
             scale = int(column.source_type.rstrip(")").split(",")[1]) if "," in column.source_type else 0
@@ -127,13 +131,17 @@ def snowflake_query(fields_: list[Field], table_sql: str, buckets: list[str], fi
             f"FROM {table_sql} WHERE ({where}){filter_sql}) AS canonical) AS hashed GROUP BY B")
 
 
-def postgres_query(fields_: list[Field], table: tuple[str, str], buckets: list[sql.Composable]) -> sql.Composable:
-    """The same in PostgreSQL. Its parameters are the buckets', twice over: the CASE's, then the WHERE's."""
+def postgres_query(fields_: list[Field], table: tuple[str, str], buckets: list[sql.Composable],
+                   narrowed: sql.Composable | None = None) -> sql.Composable:
+    """The same in PostgreSQL. Its parameters are the buckets', twice over: the CASE's, then the WHERE's; then
+    those of `narrowed`, a predicate that narrows every bucket (a watermark window)."""
     texts = sql.SQL(", ").join(sql.SQL("{} AS {}").format(_postgres_text(f), sql.Identifier(f"f{i}"))
                                for i, f in enumerate(fields_))
     row = sql.SQL(" || '|' || ").join(_postgres_framed(i, f) for i, f in enumerate(fields_))
     bucket = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(b, sql.Literal(i)) for i, b in enumerate(buckets))
     where = sql.SQL(" OR ").join(sql.SQL("({})").format(b) for b in buckets)
+    if narrowed is not None:
+        where = sql.SQL("({}) AND ({})").format(where, narrowed)
     # OFFSET 0 keeps each subquery a subquery: PostgreSQL would otherwise pull it up and paste its
     # expressions into every place the outer query names them: each framed text three times, each row's
     # MD5 twice (measured: 2.2x the CPU of the fenced query on the bench table)

@@ -51,7 +51,9 @@ class Settings:
     max_target_connections: int = 64  # all workers' PostgreSQL connections together (threads x 2 each)
     keep_backups: int = 2  # swap mode: backups of each target that `cleanup` keeps
     nul_bytes: str = "fail"  # NUL bytes in text: fail | strip | replace:<char> (per table too)
-    snapshot: bool = False  # read every table AT(TIMESTAMP => the run's start): one point in time
+    # read tables AT(TIMESTAMP => the run's start), one point in time: "auto" where the table's Time Travel
+    # retention covers resume_max_age, True for every table, False never (lib/planning.py reads_at)
+    snapshot: str | bool = "auto"
     verify: bool = False  # after reconciliation, compare content checksums of every chunk (lib/verify.py)
     source_results: str = "auto"  # how Snowflake answers a chunk: streamed | whole | auto (asks the session)
     result_prefetch: int = 1  # streamed results: result parts downloaded ahead of the one being read
@@ -95,8 +97,10 @@ SETTING_BOUNDS: dict[str, Bound] = {
     "result_chunk_mb": Bound(int, 48, 160, "an integer from 48 to 160 (MiB, Snowflake's CLIENT_RESULT_CHUNK_SIZE range)"),
 }
 # settings that are words, each with its own check
-TEXT_SETTINGS = {"nul_bytes": nul_policy_problem, "source_results": source_results_problem}
-BOOL_SETTINGS = {"snapshot", "verify"}
+TEXT_SETTINGS = {"nul_bytes": nul_policy_problem, "source_results": source_results_problem,
+                 "snapshot": lambda value: None if value == "auto" or parse_bool(value) is not None else
+                 f"snapshot must be auto, true or false, got {value!r}"}
+BOOL_SETTINGS = {"verify"}
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)
 assert set(SETTING_BOUNDS) | set(TEXT_SETTINGS) | BOOL_SETTINGS == set(SETTING_NAMES)
 
@@ -359,7 +363,7 @@ def _parse_settings(raw: Any, where: str, problems: list[str], base: Settings) -
             if problem := TEXT_SETTINGS[key](value):
                 problems.append(f"{where}.{problem}")
             else:
-                values[key] = value
+                values[key] = value if key != "snapshot" or value == "auto" else parse_bool(value)
         elif bound is None:
             problems.append(f"{where}: unknown setting {key!r}{_suggest(key, SETTING_NAMES)}")
         elif not bound.check(value):

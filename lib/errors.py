@@ -38,6 +38,11 @@ class TransientError(MigrationError):
     """A retry after reconnecting may succeed: lost connection, restart, lock/serialization conflict."""
 
 
+class StageNextTime(TransientError):
+    """A chunk copied straight into the target hit the key: the next attempt goes through the stage (the ledger
+    remembers it), which sees the rows that are already there, or names the key the source repeats."""
+
+
 class FenceLostError(MigrationError):
     """The chunk was reclaimed by another worker; this worker's transaction must not commit."""
 

@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 
 from lib import postgres_target as pg
-from lib import swap
+from lib import status, swap
 from lib.config import TableSpec
 from lib.errors import FatalError
 from lib.typemap import Column
@@ -36,6 +36,7 @@ class TableLoad:
     destination: tuple[str, str]  # where chunks are written: the target, or its shadow
     key: tuple[str, ...] = ()  # target key columns of insert_missing and merge
     window: Window | None = None
+    read_at: str | None = None  # the Snowflake point in time the table is read at (None: live)
 
     @property
     def staged(self) -> bool:
@@ -57,13 +58,17 @@ class TableLoad:
             window = Window(row["watermark_column"], watermark_kind or "numeric", row["watermark_lo"],
                             row["watermark_hi"], row["watermark_lo_from"])
         destination = tuple(row["destination"]) if row.get("destination") else target
-        return cls(row.get("load_mode") or "copy", destination, tuple(row.get("merge_key") or ()), window)  # type: ignore[arg-type]
+        return cls(row.get("load_mode") or "copy", destination, tuple(row.get("merge_key") or ()), window,  # type: ignore[arg-type]
+                   row.get("read_at"))
 
 
 def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column], run_id: int,
             source_key: Callable[[], list[str]], notes: list[str],
-            window: Window | None) -> tuple[TableLoad, dict[str, str] | None, list[str]]:
+            window: Window | None, no_resume: bool = False) -> tuple[TableLoad, dict[str, str] | None, list[str]]:
     """Inside the planning transaction: create, truncate, check or shadow the target and choose the mode.
+
+    `no_resume`: the user asked to copy everything again. A target this config copied before then holds rows
+    that a catch-up would leave as they are (changed rows stale): refused, saying how to reload it.
 
     Returns the load, the existing target's column types by source column (None for a new table), and
     the key to build after the load (target column names; a new table only).
@@ -87,7 +92,15 @@ def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column
     holds_rows = pg.has_rows(conn, spec.target)
     if not holds_rows and not spec.merges:
         return TableLoad("copy", spec.target, (), window), types, []
-    key = target_key(conn, spec, holds_rows)
+    if holds_rows and no_resume and not spec.merges and (earlier := status.earlier_copy_by_config(
+            conn, spec.target_name, run_id)) is not None:
+        raise FatalError(
+            f"target {spec.target_name} holds the rows run {earlier} of this config copied. --no-resume plans a fresh "
+            "copy, but into a table that holds rows it could only add the keys that are missing and would leave rows "
+            "changed since as they were. To copy everything again, rerun with --load-mode swap (reloads into a shadow "
+            "table and swaps it in, keeping the old one as a backup), set truncate_onstart (empties the table when the "
+            "run plans it), or --insert-only-mode false (merges: updates changed rows, inserts new ones)")
+    key = target_key(conn, spec, holds_rows, [c.name for c in columns])
     if not holds_rows:
         notes.append(f"target {spec.target_name} is empty: copied with plain COPY; later runs merge on ({', '.join(key)})")
         return TableLoad("copy", spec.target, (), window), types, []
@@ -98,9 +111,42 @@ def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column
     return TableLoad(mode, spec.target, key, window), types, []
 
 
-def target_key(conn: psycopg.Connection[Any], spec: TableSpec, holds_rows: bool) -> tuple[str, ...]:
-    """The target key that ON CONFLICT uses, or a FatalError saying what to add."""
-    keys = pg.unique_keys(conn, spec.target)
+def target_scope(loads: list[dict[str, Any]]) -> str | None:
+    """The source rows a target holds (`loads`: status.target_loads, oldest first): the union of the
+    source_filters of the loads since the last one that started its content (a copy into a new, truncated or
+    empty table, or a swap). None: the whole source table, when a load since then had no filter or its scope
+    was not recorded, or when no load of this engine started the content (another tool did: a replica).
+
+    Reconciliation, verification and repair compare the source with the target in this scope, so a second
+    config that loaded the rest of the table (a complementary filter) is neither a difference nor deleted by
+    a repair."""
+    starts = [i for i, load in enumerate(loads) if load.get("load_mode") in ("copy", "swap")]
+    if not starts:
+        return None
+    filters: list[str] = []
+    for load in loads[starts[-1]:]:
+        scope = load.get("load_scope")
+        if not scope or not scope.get("filter"):
+            return None
+        if scope["filter"] not in filters:
+            filters.append(scope["filter"])
+    return " OR ".join(f"({f})" for f in filters) if len(filters) > 1 else filters[0]
+
+
+def held_scope(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec) -> str | None:
+    """The source_filter that selects the source rows `spec`'s target holds now (target_scope)."""
+    return target_scope(status.target_loads(conn, spec.target_name, run_id))
+
+
+def target_key(conn: psycopg.Connection[Any], spec: TableSpec, holds_rows: bool,
+               source_columns: list[str]) -> tuple[str, ...]:
+    """The target key that ON CONFLICT uses, or a FatalError saying what to add.
+
+    Only a key made of columns the source fills can decide that a source row is already there: a target key on
+    a column of its own (an identity `row_no`) never matches, and every run would insert every row again."""
+    fed = {pg.target_column_name(c) for c in source_columns}
+    all_keys = pg.unique_keys(conn, spec.target)
+    keys = [(primary, key) for primary, key in all_keys if set(key) <= fed]
     if spec.merge_key:
         wanted = tuple(pg.target_column_name(c) for c in spec.merge_key)
         for _, key in keys:
@@ -115,6 +161,14 @@ def target_key(conn: psycopg.Connection[Any], spec: TableSpec, holds_rows: bool)
     if len(keys) == 1:
         return keys[0][1]
     reason = "holds rows" if holds_rows else "is merged into"
+    if not keys and all_keys:
+        foreign = "; ".join(f"{'primary key' if primary else 'unique index'} ({', '.join(key)}): "
+                            f"{', '.join(c for c in key if c not in fed)} not filled from the source"
+                            for primary, key in all_keys)
+        raise FatalError(
+            f"target {spec.target_name} {reason}, but none of its keys is made of source columns ({foreign}), so a "
+            f"source row can never be matched to the row it already has and every run would insert it again. Set "
+            f"merge_key to source columns that identify a row and give the target a unique index on them")
     if keys:
         raise FatalError(
             f"target {spec.target_name} {reason} and has no primary key but several unique indexes "

@@ -13,7 +13,7 @@ import pyarrow as pa
 from psycopg import sql
 
 from lib import postgres_target as pg
-from lib.errors import FatalError, TransientError
+from lib.errors import FatalError, StageNextTime
 from lib.load_modes import TableLoad
 from lib.models import Bounds
 from lib.typemap import Column
@@ -69,9 +69,15 @@ class KeyedLoader:
     on the key, so rows already in the target are skipped, or updated only where a value differs.
 
     A chunk cut on the key column whose key range holds no target row at all (a catch-up's new keys) is
-    copied straight into the target instead, without the stage: every row of it is new. Should another
-    writer insert into that range meanwhile, the COPY hits the key, rolls back, and the retry sees the
-    rows and goes through the stage.
+    copied straight into the target instead, without the stage: every row of it is new. Should the COPY hit
+    the key (another writer inserted into that range meanwhile, or the source repeats a key), it rolls back
+    and the chunk's next attempt goes through the stage (`direct` False), which tells the two apart.
+
+    The key must name one staged row: a catch-up's ON CONFLICT DO NOTHING would silently keep one of two rows
+    with the same key, and NULL never conflicts, so such rows would be inserted again by every run. Planning
+    checks that at the table's read point (`keys_checked`: a snapshot, so every chunk reads what was
+    checked); a table read live is checked again in each stage. A merge's upsert refuses a repeated key by
+    itself (cardinality violation), named here.
 
     `skip_equal` (merges): staged rows equal to the target's are left out before the upsert, so they are
     neither locked nor logged. It costs an extra index probe for each changed row, so a watermark window,
@@ -81,23 +87,32 @@ class KeyedLoader:
     key: tuple[str, ...]
     update: bool
     skip_equal: bool = True
+    keys_checked: bool = False
+    direct: bool = True
 
     def write(self, conn: psycopg.Connection[Any], wire: Wire, batches: Iterable[pa.RecordBatch],
               bounds: Bounds | None = None) -> Written:
         columns = wire.columns
-        if self._range_is_new(conn, columns, bounds):
+        if self.direct and self._range_is_new(conn, columns, bounds):
             try:
                 rows, nbytes = pg.copy_batches(conn, self.destination, wire, batches)
             except psycopg.errors.UniqueViolation as exc:
-                raise TransientError(f"rows appeared in the key range {bounds.describe() if bounds else ''} while it "
-                                     "was copied directly: the next attempt merges it through the stage") from exc
+                raise StageNextTime(f"the direct copy of the new key range {bounds.describe() if bounds else ''} hit "
+                                    f"the key ({exc.diag.message_detail or exc}): the next attempt goes through the "
+                                    "stage") from exc
             return Written(rows, nbytes, rows, 0)
         stage = pg.create_stage(conn, self.destination, columns)
         rows, nbytes = pg.copy_into(conn, stage, wire, batches)
-        inserted, updated = pg.insert_from_stage(conn, self.destination, columns, stage, self.key, self.update,
-                                               self.skip_equal)
+        if not self.keys_checked:
+            self._check_stage(conn, stage)
+        try:
+            with conn.transaction():  # a savepoint: after a refused upsert the stage still answers which key repeats
+                inserted, updated = pg.insert_from_stage(conn, self.destination, columns, stage, self.key, self.update,
+                                                         self.skip_equal)
+        except psycopg.errors.CardinalityViolation:
+            self._check_stage(conn, stage, repeats=True)
+            raise
         return Written(rows, nbytes, inserted, updated)
-
 
     def _range_is_new(self, conn: psycopg.Connection[Any], columns: list[Column], bounds: Bounds | None) -> bool:
         if bounds is None or bounds.kind != "range" or bounds.key_kind != "numeric" or len(self.key) != 1:
@@ -107,10 +122,30 @@ class KeyedLoader:
             return False
         return not pg.has_rows_in_range(conn, self.destination, bounds, columns)
 
+    def _check_stage(self, conn: psycopg.Connection[Any], stage: sql.Composable, repeats: bool | None = None) -> None:
+        """Fail the chunk (fatal: the same rows fail the same way) if a staged key is NULL or repeated."""
+        if repeats is None:  # a merge's upsert refuses repeats itself; NULLs pass only a nullable unique key
+            repeats = not self.update
+            if not repeats and not pg.nullable_columns(conn, self.destination, self.key):
+                return
+        nulls, repeated, examples = pg.stage_key_problems(conn, stage, self.key, repeats)
+        shown = ", ".join(self.key)
+        if nulls:
+            raise FatalError(f"{nulls} row(s) of the chunk have a NULL in the key ({shown}): ON CONFLICT never matches "
+                             "NULL, so every run would insert them again. Give them a key, leave them out with "
+                             "source_filter, or set merge_key to columns that hold no NULL")
+        if repeated:
+            shown_examples = "; ".join(f"{', '.join(map(str, v))} in {n} rows" for v, n in examples)
+            raise FatalError(f"the source repeats keys: {repeated} row(s) of the chunk have a key ({shown}) that another "
+                             f"row has too (e.g. {shown_examples}). Snowflake does not enforce keys; deduplicate the "
+                             "source, leave the repeats out with source_filter, or set merge_key to columns that name one row")
 
-def loader_for(load: TableLoad, repair: bool = False) -> Loader:
-    """The table's loader; for a repair, keyed loads merge (fixing changed values), the others replace."""
+
+def loader_for(load: TableLoad, repair: bool = False, staged: bool = False) -> Loader:
+    """The table's loader; for a repair, keyed loads merge (fixing changed values), the others replace.
+    `staged`: an earlier attempt of the chunk hit the key copying directly."""
     if load.staged:
         return KeyedLoader(load.destination, load.key, update=load.mode == "merge" or repair,
-                           skip_equal=load.window is None or repair)
+                           skip_equal=load.window is None or repair, keys_checked=load.read_at is not None,
+                           direct=not staged)
     return RepairLoader(load.destination) if repair else CopyLoader(load.destination)

@@ -81,6 +81,7 @@ class TablePlan:
     notes: list[str] = field(default_factory=list)
     source_results: str | None = None  # "whole" or "streamed": how Snowflake answers a chunk (lib/budget.py)
     row_bytes: int | None = None  # Arrow bytes per row, sampled at planning
+    mutable: str | None = None  # why the chunks are cut on values that may change (a column the engine chose)
 
     @property
     def expected_rows(self) -> int:
@@ -97,4 +98,5 @@ class ClaimedChunk:
     expected_rows: int
     fence: int
     attempts: int
-    repair: bool = False  # verify --repair: the chunk's key range is emptied in the target, then copied again
+    repair: bool = False  # verify --repair: the chunk is copied again (lib/loaders.py says how each load does it)
+    staged: bool = False  # an earlier attempt's direct copy hit the key: through the stage this time

@@ -31,7 +31,7 @@ from lib.budget import (
 )
 from lib.config import SourceConfig, TableSpec
 from lib.errors import MigrationError, TransientError, classify
-from lib.load_modes import TableLoad
+from lib.load_modes import TableLoad, held_scope
 from lib.log import ctx, get_logger
 from lib.planning import plan_missing_tables, refresh_target_types, scoped_spec
 from lib.progress import ProgressMonitor
@@ -141,8 +141,10 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
     """What the workers need of every planned table: its scope, columns and stored load mode."""
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         loads = table_loads(conn, config, run_id)
-        snapshot_at = status.run_snapshot(conn, run_id)
+        snapshots = source_snapshots(conn, config, run_id)
         stored_shapes = status.read_shapes(conn, run_id)
+        repair_filters = {name: held_scope(conn, run_id, spec) for name, (spec, _, load) in loads.items()
+                          if not load.staged and load.window is None}
     tables = {name: (scoped_spec(spec, load.window), columns, load) for name, (spec, columns, load) in loads.items()}
     settings = config.settings
     shapes = {}
@@ -150,7 +152,14 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
         results, row_bytes, largest_chunk = stored_shapes.get(name, (None, None, 0))
         shapes[name] = ReadShape.for_settings(results or "whole", row_bytes or estimated_row_bytes(columns),
                                               max(largest_chunk, 1), settings)
-    return WorkPlan(config, run_id, tables, deadline=deadline, snapshot_at=snapshot_at, shapes=shapes)
+    return WorkPlan(config, run_id, tables, deadline=deadline, snapshots=snapshots, shapes=shapes,
+                    repair_filters=repair_filters)
+
+
+def source_snapshots(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> dict[tuple[str, ...], str]:
+    """Each planned source table of the run that is read at a point in time → that time (lib/planning.py)."""
+    reads = status.table_reads(conn, run_id)
+    return {spec.source: reads[spec.name] for spec in config.tables if spec.name in reads}
 
 
 def table_loads(conn: psycopg.Connection[Any], config: SourceConfig,
@@ -261,7 +270,7 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
     states = {r["table_name"]: r["status"] for r in status.table_rows(conn, run_id)}
     loads = table_loads(conn, config, run_id)
     results = []
-    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), status.run_snapshot(conn, run_id))
+    source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), source_snapshots(conn, config, run_id))
     try:
         for name, (spec, _, load) in loads.items():
             chunks = counts.get(name, NO_CHUNKS)  # an empty watermark window has no chunks

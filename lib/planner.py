@@ -29,6 +29,7 @@ class Choice:
     strategy: str  # "numeric" | "date" | "hash"
     column: str | None
     reason: str
+    mutable: str | None = None  # why the rows' chunk can change with an update (not a key the engine trusts)
 
 
 def plan_table(source: SnowflakeSource, spec: TableSpec, columns: list[Column], chunk_rows: int) -> TablePlan:
@@ -42,6 +43,7 @@ def plan_table(source: SnowflakeSource, spec: TableSpec, columns: list[Column], 
         queries += 1
     plan, used = _plan(source, spec, columns, chunk_rows, choice)
     plan.queries = queries + used
+    plan.mutable = choice.mutable
     plan.seconds = round(time.monotonic() - started, 3)
     return plan
 
@@ -60,8 +62,10 @@ def choose_strategy(columns: list[Column], primary_key: list[str]) -> Choice:
             return Choice("numeric", c.name, f"no usable primary key; {c.name} is an integer ID column")
     for c in columns:
         if _base_type(c) in DATE_TYPES:
-            return Choice("date", c.name, f"no primary key or ID column; {c.name} is the first date column")
-    return Choice("hash", None, "no primary key, ID or date column: rows are split by a hash of all columns")
+            return Choice("date", c.name, f"no primary key or ID column; {c.name} is the first date column",
+                          f"chunks are cut on {c.name}, a date column that is not a key and may be updated")
+    return Choice("hash", None, "no primary key, ID or date column: rows are split by a hash of all columns",
+                  "chunks are cut by a hash of all columns, which changes when any value does")
 
 
 def _plan(source: SnowflakeSource, spec: TableSpec, columns: list[Column], chunk_rows: int,

@@ -4,6 +4,7 @@ and store all of it in the ledger in one transaction. A stored plan is never rec
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,7 +20,17 @@ from lib.models import TablePlan
 from lib.planner import plan_table
 from lib.snowflake_source import SnowflakeSource
 from lib.typemap import Column, columns_from_description, estimated_row_bytes
-from lib.watermark import Window, kind_of, ledger_hi, lowered, null_note, scope_filter, source_max, target_max
+from lib.watermark import (
+    Window,
+    kind_of,
+    last_load,
+    load_scope,
+    lowered,
+    null_note,
+    scope_filter,
+    source_max,
+    target_max,
+)
 
 log = get_logger()
 
@@ -47,10 +58,10 @@ def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run
     todo = [t for t in config.tables if t.name not in planned]
     if not todo:
         return
-    source.snapshot_at = status.run_snapshot(conn, run_id)
+    snapshot = status.run_snapshot(conn, run_id)
     for spec in todo:
         try:
-            _plan_one(conn, source, config, run_id, spec)
+            _plan_one(conn, source, config, run_id, spec, snapshot)
         except Exception as exc:
             error = classify(exc, f"planning {spec.name}")
             if isinstance(error, TransientError):
@@ -60,10 +71,14 @@ def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run
 
 
 def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
-              spec: TableSpec) -> None:
+              spec: TableSpec, snapshot: str | None) -> None:
     described = source.describe(spec.source)
     columns = columns_from_description(described)
-    snapshot_notes = _check_retention(source, spec, config) if source.snapshot_at else []
+    read_at, read_notes = reads_at(source, spec, config, snapshot)
+    if read_at is None:
+        source.snapshots.pop(spec.source, None)
+    else:
+        source.snapshots[spec.source] = read_at
     for name in pg.target_column_names(columns):
         if problem := pg_identifier_problem(name):
             raise FatalError(f"target column {problem}")
@@ -71,18 +86,27 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     problems = load_modes.schema_problems(spec, columns, target_types)
     if problems:
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
-    window = _window(conn, source, spec, columns, run_id) if spec.source_watermark else None
+    scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
+                       spec.source_watermark, spec.target_name)
+    window, window_notes = _window(conn, source, spec, columns, run_id, scope) if spec.source_watermark else (None, [])
     if window is not None and window.empty:
-        plan = TablePlan("window", [], f"nothing above the last {window.column} ({window.lo}): no rows to read")
+        plan = TablePlan("window", [], f"nothing at or above the last {window.column} ({window.lo}): no rows to read")
     else:
         scoped = scoped_spec(spec, window)
         fit = read_fit(source, config, scoped, columns)
         plan = plan_table(source, scoped, columns, fit.chunk_rows)
         plan.source_results, plan.row_bytes = fit.results, fit.row_bytes
         plan.notes.extend([fit.note] if fit.note else [])
-    plan.notes.extend(snapshot_notes)
+    plan.notes.extend(read_notes)
+    if read_at is None and plan.mutable and len(plan.chunks) > 1:
+        note = (f"not one snapshot: {plan.mutable}, and the table is read live, so a row changed between the reads of "
+                "two chunks would be copied twice or not at all. Read it at a snapshot (snapshot true, or a Time Travel "
+                "retention that covers resume_max_age) or set chunking_columns to a column that never changes")
+        log.warning("%s", note, **ctx(run_id=run_id, table=spec.name))
+        plan.notes.append(note)
+    plan.notes.extend(window_notes)
     if window is not None:
-        plan.notes.append(f"window {window.column} > {window.lo} (from the {window.lo_from}) and <= {window.hi}"
+        plan.notes.append(f"window {window.column} >= {window.lo} (from the {window.lo_from}) and <= {window.hi}"
                           if window.lo is not None else f"first window: {window.column} <= {window.hi}, and NULLs")
         if window.lo is not None and (note := null_note(source, spec.source, window.column, spec.source_filter)):
             plan.notes.append(note)
@@ -97,7 +121,10 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                 f"config, or give it up with: migrate.py abandon --source {owner.source_name} --run-id {owner.run_id}"
             )
         load, existing_types, key = load_modes.prepare(conn, spec, columns, run_id,
-                                                       lambda: source.primary_key(spec.source), plan.notes, window)
+                                                       lambda: source.primary_key(spec.source), plan.notes, window,
+                                                       config.no_resume)
+        if load.staged:
+            _check_source_key(source, scoped_spec(spec, window), columns, load.key, read_at, plan.notes)
         if existing_types is not None:
             described = [{**d, "target_type": existing_types[d["name"]]} for d in described]
             for column in columns_from_description(described):
@@ -106,7 +133,8 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                                       "it alone is sent as text and cast by PostgreSQL; the other columns stay binary")
         if key:
             plan.notes.append(f"primary key ({', '.join(key)}) is built after the load")
-        status.store_plan(conn, run_id, spec.name, spec.target_name, plan, described, load.ledger_fields())
+        status.store_plan(conn, run_id, spec.name, spec.target_name, plan, described,
+                          {**load.ledger_fields(), "load_scope": json.dumps(scope), "read_at": read_at})
         if key:
             status.set_primary_key_plan(conn, run_id, spec.name, key)
     log.info(
@@ -116,6 +144,33 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     )
     for note in plan.notes:
         log.info("plan note: %s", note, **ctx(run_id=run_id, table=spec.name))
+
+
+def _check_source_key(source: SnowflakeSource, spec: TableSpec, columns: list[Column], key: tuple[str, ...],
+                      read_at: str | None, notes: list[str]) -> None:
+    """The key of a catch-up or merge must name one source row: no NULL in it (ON CONFLICT never matches NULL,
+    so those rows would be inserted again by every run) and no key held by two rows (Snowflake does not enforce
+    keys: a catch-up would keep one of them, a merge cannot apply both). Checked on the rows in scope, at the
+    table's read point; a table read live is checked again in each chunk's stage (lib/loaders.py)."""
+    names = {pg.target_column_name(c.name): c.name for c in columns}
+    source_key = [names[k] for k in key]
+    found = source.key_problems(spec.source, source_key, spec.source_filter)
+    shown = ", ".join(source_key)
+    problems = []
+    if found.null_rows:
+        problems.append(f"{found.null_rows} row(s) in scope have a NULL in the key ({shown}): ON CONFLICT never matches "
+                        "NULL, so every run would insert them again. Give them a key, leave them out with source_filter, "
+                        "or set merge_key to columns that hold no NULL")
+    if found.repeated_rows:
+        examples = "; ".join(f"{', '.join(map(str, values))} in {count} rows" for values, count in found.examples)
+        problems.append(f"the source repeats keys: {found.repeated_rows} row(s) in scope have a key ({shown}) that another "
+                        f"row has too (e.g. {examples}). Snowflake does not enforce keys; a catch-up would keep one row of "
+                        "each and a merge cannot apply both. Deduplicate the source, leave the repeats out with "
+                        "source_filter, or set merge_key to columns that name one row")
+    if problems:
+        raise FatalError(f"{spec.name}: {' | '.join(problems)}")
+    notes.append(f"key ({shown}): no NULL and no repeated key in the rows in scope"
+                 + (" at the read point" if read_at else " when planned; each chunk's stage is checked again"))
 
 
 @dataclass(frozen=True)
@@ -147,41 +202,62 @@ def read_fit(source: SnowflakeSource, config: SourceConfig, spec: TableSpec, col
     return ReadFit(results, row_bytes, chunk_rows, why)
 
 
-def _check_retention(source: SnowflakeSource, spec: TableSpec, config: SourceConfig) -> list[str]:
-    """A point-in-time run needs the table's history for as long as the run may last (resume_max_age)."""
+def reads_at(source: SnowflakeSource, spec: TableSpec, config: SourceConfig,
+             snapshot: str | None) -> tuple[str | None, list[str]]:
+    """The point in time the table is read at (None: live), and the plan notes that say which and why.
+
+    `snapshot` auto reads at the run's snapshot where the table's Time Travel retention covers the whole
+    resume window (a resumed run's reads then always find the history), `true` reads every table at it."""
+    setting = config.settings.snapshot
+    if snapshot is None or setting is False:
+        return None, ["reads: live (snapshot false): every chunk reads the table as it is when the chunk is read"]
     days = source.retention_days(spec.source)
     hours = config.settings.resume_max_age
+    if setting == "auto":
+        if days is not None and days * 24 >= hours:
+            return snapshot, [f"reads: AT(TIMESTAMP => {snapshot}), one point in time; Time Travel keeps {days} day(s) "
+                              f"of {spec.name}, which covers the resume window ({hours:g} h)"]
+        kept = "unknown (SHOW TABLES did not say)" if days is None else f"{days} day(s) ({days * 24} h)"
+        return None, [f"reads: live, not one snapshot: Time Travel keeps {kept} of {spec.name}, less than the resume "
+                      f"window ({hours:g} h), so a resumed run could not read the run's snapshot. Raise "
+                      "DATA_RETENTION_TIME_IN_DAYS, lower resume_max_age, or set snapshot true"]
     if days == 0:
         raise FatalError(f"{spec.name} has no Time Travel (DATA_RETENTION_TIME_IN_DAYS = 0), so it cannot be read at "
-                         f"the run's snapshot {source.snapshot_at}: raise its retention, or set snapshot to false")
+                         f"the run's snapshot {snapshot}: raise its retention, or set snapshot to auto or false")
     if days is None:
-        note = f"snapshot {source.snapshot_at}: the table's Time Travel retention is unknown (SHOW TABLES did not say)"
+        note = f"reads: AT(TIMESTAMP => {snapshot}); the table's Time Travel retention is unknown (SHOW TABLES did not say)"
     elif days * 24 < hours:
-        note = (f"snapshot {source.snapshot_at}: Time Travel keeps {days} day(s) ({days * 24} h) of {spec.name}, but the "
-                f"run may be resumed for {hours:g} h (resume_max_age): chunks read after {days * 24} h would fail. Raise "
-                "DATA_RETENTION_TIME_IN_DAYS (up to 90 on Enterprise) or CLONE the table AT the snapshot first")
+        note = (f"reads: AT(TIMESTAMP => {snapshot}); Time Travel keeps {days} day(s) ({days * 24} h) of {spec.name}, but "
+                f"the run may be resumed for {hours:g} h (resume_max_age): chunks read after {days * 24} h would fail. "
+                "Raise DATA_RETENTION_TIME_IN_DAYS (up to 90 on Enterprise) or CLONE the table AT the snapshot first")
     else:
-        return [f"snapshot {source.snapshot_at}: read AT(TIMESTAMP); Time Travel keeps {days} day(s) of {spec.name}"]
+        return snapshot, [f"reads: AT(TIMESTAMP => {snapshot}), one point in time; Time Travel keeps {days} day(s) "
+                          f"of {spec.name}"]
     log.warning("%s", note, **ctx(table=spec.name))
-    return [note]
+    return snapshot, [note]
 
 
 def _window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
-            run_id: int) -> Window:
-    """This run's watermark window: lo from the ledger, else from the target; hi from the source, now."""
+            run_id: int, scope: dict[str, Any]) -> tuple[Window, list[str]]:
+    """This run's watermark window: lo from the last window of the same scope (else, where it may serve, the
+    target's largest watermark), hi from the source, now; and the notes that explain a fresh start."""
     assert spec.source_watermark is not None
     column = spec.source_watermark
     kind = kind_of({c.name: c for c in columns}[column])
     assert kind is not None
-    lo, lo_from = ledger_hi(conn, spec.name, spec.target_name, column, run_id), "ledger"
-    if lo is None and pg.table_exists(conn, spec.target):
+    last = last_load(conn, scope, run_id)
+    lo, lo_from, notes = last.hi, "ledger", []
+    if last.why:
+        log.info("window: %s", last.why, **ctx(run_id=run_id, table=spec.name))
+        notes.append(f"window starts afresh: {last.why}")
+    if lo is None and last.target_max_serves and pg.table_exists(conn, spec.target):
         lo, lo_from = target_max(conn, spec.target, spec.target_watermark or pg.target_column_name(column), kind), "target"
     if lo is None:
         lo_from = "none"
     elif spec.watermark_lag:
         lo = lowered(kind, lo, spec.watermark_lag)
     hi = source_max(source, spec.source, column, kind, spec.source_filter)
-    return Window(column, kind, lo, hi, lo_from)
+    return Window(column, kind, lo, hi, lo_from), notes
 
 
 def scoped_spec(spec: TableSpec, window: Window | None) -> TableSpec:

@@ -253,6 +253,36 @@ def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], co
     return int(row[0]), int(row[1])
 
 
+def stage_key_problems(conn: psycopg.Connection[Any], stage: sql.Composable, key: tuple[str, ...],
+                       repeats: bool) -> tuple[int, int, list[tuple[tuple[Any, ...], int]]]:
+    """(staged rows with a NULL in `key`, rows whose key another staged row has (each beyond the first), a few of
+    those keys with their counts); `repeats` False: NULLs only, one pass over the stage without grouping."""
+    cols = sql.SQL(", ").join(sql.Identifier(k) for k in key)
+    any_null = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(k)) for k in key)
+    if not repeats:
+        row = conn.execute(sql.SQL("SELECT count(*) FROM {} WHERE {}").format(stage, any_null)).fetchone()
+        return (int(row[0]) if row else 0), 0, []
+    grouped = sql.SQL("SELECT {}, count(*) AS n, bool_or({}) AS has_null FROM {} GROUP BY {}").format(
+        cols, any_null, stage, cols)
+    row = conn.execute(sql.SQL("SELECT coalesce(sum(n) FILTER (WHERE has_null), 0), "
+                               "coalesce(sum(n - 1) FILTER (WHERE NOT has_null AND n > 1), 0) FROM ({}) g").format(grouped)
+                       ).fetchone()
+    assert row is not None
+    examples: list[tuple[tuple[Any, ...], int]] = []
+    if row[1]:
+        found = conn.execute(sql.SQL("SELECT * FROM ({}) g WHERE NOT has_null AND n > 1 ORDER BY n DESC LIMIT 5")
+                             .format(grouped)).fetchall()
+        examples = [(tuple(r[:len(key)]), int(r[len(key)])) for r in found]
+    return int(row[0]), int(row[1]), examples
+
+
+def nullable_columns(conn: psycopg.Connection[Any], target: tuple[str, str], names: tuple[str, ...]) -> list[str]:
+    rows = conn.execute("SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 "
+                        "AND NOT attisdropped AND NOT attnotnull AND attname = ANY(%s)",
+                        (sql.Identifier(*target).as_string(conn), list(names))).fetchall()
+    return [r[0] for r in rows]
+
+
 def _equal_in_target(target: tuple[str, str], key: list[tuple[str, Column]],
                      changing: list[tuple[str, Column]]) -> sql.Composable:
     """True when the target holds the staged row `s` (by key) with equal values, NULL when it has no such key.
@@ -277,11 +307,29 @@ def _compared(alias: str, columns: list[tuple[str, Column]], staged: bool = Fals
     return sql.SQL(", ").join(_comparable(_value(alias, n, c, staged), c) for n, c in columns)
 
 
+# Types whose equality is identity: two values are equal only when they are stored the same.
+_IDENTITY_EQUALITY = {
+    "smallint", "integer", "bigint", "boolean", "date", "timestamp", "timestamp without time zone", "timestamptz",
+    "timestamp with time zone", "time", "time without time zone", "uuid", "bytea", "inet", "cidr", "macaddr",
+    "macaddr8", "money", "oid",
+}
+_STRINGS = {"text", "character varying", "varchar", "character", "char", "bpchar", "name"}
+_BINARY_FORM = {"real": "float4send", "double precision": "float8send", "float4": "float4send",
+                "float8": "float8send", "numeric": "numeric_send"}
+
+
 def _comparable(value: sql.Composable, column: Column) -> sql.Composable:
-    """`json` (and the like) has no equality operator: compare such values as jsonb or text."""
-    base = column.pg_type.split("(")[0].strip()
-    if base == "json":
-        return sql.SQL("{}::jsonb").format(value)
-    if base in ("xml", "point", "line", "lseg", "box", "path", "polygon", "circle"):
-        return sql.SQL("{}::text").format(value)
-    return value
+    """The value as the target stores it, so that a merge sees every change: the column's own equality would
+    call a case-only change of a citext (or a nondeterministic collation) equal, and so -0.0 and 0.0, 'NaN'
+    payloads, 1.0 and 1.00 (numeric without a scale, jsonb numbers), '1 day' and '24 hours' (interval).
+
+    Identity types compare as they are; strings byte for byte (COLLATE "C"); floats and unscaled numerics by
+    their binary form; anything else (jsonb, json, citext, interval, arrays, ...) by its text form."""
+    base = column.pg_type.split("(")[0].strip().lower()
+    if base in _IDENTITY_EQUALITY or (base == "numeric" and "(" in column.pg_type and "," in column.pg_type):
+        return value
+    if base in _STRINGS:
+        return sql.SQL('{} COLLATE "C"').format(value)
+    if base in _BINARY_FORM and not column.pg_type.endswith("]"):
+        return sql.SQL("{}({})").format(sql.SQL(_BINARY_FORM[base]), value)
+    return sql.SQL('{}::text COLLATE "C"').format(value)

@@ -12,6 +12,7 @@ import contextlib
 import re
 import threading
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from datetime import date, datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -33,17 +34,28 @@ T = TypeVar("T")
 SAMPLE_ROWS = 1000
 
 
+@dataclass(frozen=True)
+class KeyProblems:
+    """What stops a key from naming one row of the rows read (SnowflakeSource.key_problems)."""
+
+    null_rows: int  # rows with a NULL in the key: ON CONFLICT never matches them
+    repeated_rows: int  # rows whose key another row has too (each beyond the first)
+    examples: list[tuple[tuple[Any, ...], int]]  # a few repeated keys and how many rows hold each
+
+
 class SnowflakeSource:
-    """A Snowflake session for one worker or step. With `snapshot_at` (a UTC timestamp text), every read of
-    table data (stats, chunks, counts, checksums) is `AT(TIMESTAMP => ...)`: one consistent point in time."""
+    """A Snowflake session for one worker or step. Every read of the data of a table in `snapshots` (its
+    (db, schema, table) → a UTC timestamp text: stats, chunks, counts, checksums) is `AT(TIMESTAMP => ...)`:
+    one consistent point in time. Other tables are read as they are."""
 
     def __init__(self, connect_args: dict[str, Any], retry: RetryPolicy | None = None,
-                 snapshot_at: str | None = None) -> None:
+                 snapshots: dict[tuple[str, ...], str] | None = None) -> None:
         self._args = {**connect_args, **SNOWFLAKE_FORCED}
         self._result_chunk_mb = self._args.pop(RESULT_CHUNK_MB_KEY, None)
         self.reports_result_chunks = False  # the login reported CLIENT_RESULT_CHUNK_SIZE: results stream in parts
         self._retry = retry or RetryPolicy()
-        self.snapshot_at = snapshot_at
+        self.snapshots = dict(snapshots or {})
+        self._retention: dict[tuple[str, str], dict[str, int | None]] = {}
         self.on_connect: list[str] = []  # statements every new session runs first (e.g. a temporary UDF)
         self._conn: snowflake.connector.SnowflakeConnection | None = None
         self._reading: Any = None  # the cursor of the read in progress, for cancel()
@@ -67,10 +79,11 @@ class SnowflakeSource:
         return self._conn
 
     def table_sql(self, table: tuple[str, ...]) -> str:
-        """The table in a FROM clause: at the run's snapshot, if it has one."""
-        if self.snapshot_at is None:
+        """The table in a FROM clause: at its snapshot, if it is read at one."""
+        at = self.snapshots.get(tuple(table))
+        if at is None:
             return snowflake_name(table)
-        return f"{snowflake_name(table)} AT(TIMESTAMP => '{_timestamp_literal(self.snapshot_at)}'::TIMESTAMP_TZ)"
+        return f"{snowflake_name(table)} AT(TIMESTAMP => '{_timestamp_literal(at)}'::TIMESTAMP_TZ)"
 
     def now(self) -> str:
         """Snowflake's current time in UTC, to the microsecond: a run's snapshot."""
@@ -79,12 +92,15 @@ class SnowflakeSource:
         return f"{value}+00:00"
 
     def retention_days(self, table: tuple[str, ...]) -> int | None:
-        """The table's Time Travel retention (SHOW TABLES' retention_time), or None if it does not say."""
+        """The table's Time Travel retention (SHOW TABLES' retention_time), or None if it does not say. One
+        SHOW TABLES per schema and session, whatever the number of its tables planned."""
         db, schema, name = table
-        # a pattern: "_" may match more tables, the exact name is picked from the answer
-        return self._query(f"SHOW TABLES LIKE %(name)s IN SCHEMA {quote_snowflake(db)}.{quote_snowflake(schema)}",
-                           {"name": name}, f"reading the Time Travel retention of {'.'.join(table)}",
-                           lambda cur: retention_from_show_tables([d[0] for d in cur.description], cur.fetchall(), name))
+        if (db, schema) not in self._retention:
+            self._retention[(db, schema)] = self._query(
+                f"SHOW TABLES IN SCHEMA {quote_snowflake(db)}.{quote_snowflake(schema)}", None,
+                f"reading the Time Travel retention of the tables of {db}.{schema}",
+                lambda cur: retention_by_table([d[0] for d in cur.description], cur.fetchall()))
+        return self._retention[(db, schema)].get(name)
 
     def checksums(self, sql: str, params: dict[str, Any] | None, context: str) -> dict[int, tuple[int, int, int]]:
         """{bucket: (rows, sum 1, sum 2)} of a checksum query (lib/checksum.py); the sums travel as exact text."""
@@ -184,6 +200,23 @@ class SnowflakeSource:
         )
         rows = self._fetchall(sql, {"m": modulus}, f"counting rows per hash class of {'.'.join(table)}")
         return {int(r[0]): int(r[1]) for r in rows}
+
+    def key_problems(self, table: tuple[str, ...], key: list[str], source_filter: str | None) -> KeyProblems:
+        """ONE aggregated query over the rows in scope: how many have a NULL in `key`, and how many repeat a key
+        another row has (each beyond the first); a second query, only when keys repeat, for a few of them."""
+        cols = ", ".join(quote_snowflake(c) for c in key)
+        any_null = " OR ".join(f"{quote_snowflake(c)} IS NULL" for c in key)
+        grouped = (f"SELECT {cols}, COUNT(*) AS N, ({any_null}) AS HAS_NULL FROM {self.table_sql(table)}"
+                   f"{where_sql(source_filter)} GROUP BY {cols}")
+        what = f"checking the key ({', '.join(key)}) of {'.'.join(table)}"
+        rows = self._fetchall(f"SELECT COALESCE(SUM(IFF(HAS_NULL, N, 0)), 0), "
+                              f"COALESCE(SUM(IFF(NOT HAS_NULL AND N > 1, N - 1, 0)), 0) FROM ({grouped}) AS K", None, what)
+        nulls, repeats = int(rows[0][0]), int(rows[0][1])
+        examples: list[tuple[Any, ...]] = []
+        if repeats:
+            examples = self._fetchall(f"SELECT * FROM ({grouped}) AS K WHERE NOT HAS_NULL AND N > 1 ORDER BY N DESC "
+                                      "LIMIT 5", None, what)
+        return KeyProblems(nulls, repeats, [(tuple(r[:len(key)]), int(r[len(key)])) for r in examples])
 
     def primary_key(self, table: tuple[str, ...]) -> list[str]:
         rows = self._fetchall(f"SHOW PRIMARY KEYS IN TABLE {snowflake_name(table)}", None,
@@ -305,14 +338,15 @@ class SnowflakeSource:
         threading.Thread(target=abort, name="snowflake-cancel", daemon=True).start()
 
 
-def retention_from_show_tables(columns: list[str], rows: list[tuple[Any, ...]], name: str) -> int | None:
-    """The retention_time (days) of table `name` in a SHOW TABLES answer, or None if it does not say."""
+def retention_by_table(columns: list[str], rows: list[tuple[Any, ...]]) -> dict[str, int | None]:
+    """Each table's retention_time (days) in a SHOW TABLES answer (None where it does not say)."""
     names = [c.lower() for c in columns]
+    out: dict[str, int | None] = {}
     for row in rows:
         found = dict(zip(names, row, strict=False))
-        if found.get("name") == name and found.get("retention_time") not in (None, ""):
-            return int(found["retention_time"])
-    return None
+        retention = found.get("retention_time")
+        out[str(found.get("name"))] = None if retention in (None, "") else int(retention)
+    return out
 
 
 def _timestamp_literal(text: str) -> str:

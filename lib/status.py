@@ -86,6 +86,29 @@ def target_owner(conn: psycopg.Connection[Any], target: str, run_id: int) -> Tar
     return TargetOwner(*row) if row else None
 
 
+def target_loads(conn: psycopg.Connection[Any], target: str, run_id: int) -> list[dict[str, Any]]:
+    """The loads whose rows a target holds: this run's table and every completed load of it by other runs
+    that were not abandoned since. Each: run_id, load_mode, watermark_column, load_scope (None: recorded
+    before scopes were)."""
+    with conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(
+            f"SELECT t.run_id, t.load_mode, t.watermark_column, t.load_scope FROM {SCHEMA}.migration_table_status t "
+            f"JOIN {SCHEMA}.migration_runs r USING (run_id) WHERE t.target_table = %s AND t.planned_chunks IS NOT NULL "
+            "AND (t.run_id = %s OR (t.status = 'completed' AND r.status <> 'abandoned')) ORDER BY t.run_id",
+            (target, run_id))
+        return list(cur.fetchall())
+
+
+def earlier_copy_by_config(conn: psycopg.Connection[Any], target: str, run_id: int) -> int | None:
+    """The latest other run of this run's config that copied `target` from scratch (load mode copy), if any."""
+    row = conn.execute(
+        f"SELECT t.run_id FROM {SCHEMA}.migration_table_status t JOIN {SCHEMA}.migration_runs r USING (run_id) "
+        "WHERE t.target_table = %s AND t.load_mode = 'copy' AND t.run_id <> %s "
+        f"AND r.config_hash = (SELECT config_hash FROM {SCHEMA}.migration_runs WHERE run_id = %s) "
+        "ORDER BY t.run_id DESC LIMIT 1", (target, run_id, run_id)).fetchone()
+    return int(row[0]) if row else None
+
+
 def create_run(conn: psycopg.Connection[Any], config_hash: str, source_name: str, metadata: dict[str, Any]) -> int:
     row = conn.execute(
         f"INSERT INTO {SCHEMA}.migration_runs (config_hash, source_name, status, metadata) "
@@ -97,10 +120,17 @@ def create_run(conn: psycopg.Connection[Any], config_hash: str, source_name: str
 
 
 def run_snapshot(conn: psycopg.Connection[Any], run_id: int) -> str | None:
-    """The Snowflake timestamp every read of this run is taken at (settings.snapshot), if it has one."""
+    """The run's Snowflake point in time (settings.snapshot), if it has one; each table says whether it reads at it."""
     row = conn.execute(f"SELECT metadata ->> 'snapshot_at' FROM {SCHEMA}.migration_runs WHERE run_id = %s",
                        (run_id,)).fetchone()
     return row[0] if row else None
+
+
+def table_reads(conn: psycopg.Connection[Any], run_id: int) -> dict[str, str]:
+    """The point in time each planned table of the run is read at (tables read live are absent)."""
+    rows = conn.execute(f"SELECT table_name, read_at FROM {SCHEMA}.migration_table_status "
+                        "WHERE run_id = %s AND read_at IS NOT NULL", (run_id,)).fetchall()
+    return {r[0]: r[1] for r in rows}
 
 
 def set_run_status(conn: psycopg.Connection[Any], run_id: int, status: str, error: str | None = None) -> None:
@@ -130,7 +160,7 @@ def planned_tables(conn: psycopg.Connection[Any], run_id: int) -> dict[str, str]
 
 # How a table's chunks meet its target (lib/load_modes.TableLoad.ledger_fields), stored with its plan.
 LOAD_FIELDS = ("load_mode", "merge_key", "destination_table", "destination", "watermark_column", "watermark_lo",
-               "watermark_hi", "watermark_lo_from")
+               "watermark_hi", "watermark_lo_from", "load_scope", "read_at")
 
 
 def store_plan(
@@ -236,7 +266,7 @@ def claim_chunk(
             "attempts = c.attempts + 1, worker = %(worker)s, started_at = clock_timestamp(), "
             "lease_expires_at = now() + make_interval(secs => %(lease)s) FROM next WHERE c.chunk_id = next.chunk_id "
             "RETURNING c.chunk_id, c.run_id, c.table_name, c.chunk_no, c.bounds, c.expected_rows, c.fence, c.attempts, "
-            "c.repair",
+            "c.repair, c.staged",
             params,
         ).fetchone()
         if row is None:
@@ -245,7 +275,7 @@ def claim_chunk(
         # and then the chunk merely looks alive until its lease expires.
         conn.execute(f"SELECT pg_try_advisory_lock(%s, {LIVENESS_KEY.format(chunk='%s', fence='%s')})",
                      (CHUNK_LOCK_CLASS, row[0], row[6]))
-    return ClaimedChunk(row[0], row[1], row[2], row[3], Bounds.from_json(row[4]), row[5], row[6], row[7], row[8])
+    return ClaimedChunk(row[0], row[1], row[2], row[3], Bounds.from_json(row[4]), row[5], row[6], row[7], row[8], row[9])
 
 
 def release_liveness_lock(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> None:
@@ -284,19 +314,20 @@ def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nby
 
 
 def mark_failed(conn: psycopg.Connection[Any], chunk: ClaimedChunk, error: str, retry_in: float | None,
-                max_attempts: int) -> str:
+                max_attempts: int, stage_next: bool = False) -> str:
     """Record a failed attempt. With `retry_in` seconds (a transient error) the chunk goes back to
-    pending, claimable after that backoff, while attempts remain; otherwise it is failed."""
+    pending, claimable after that backoff, while attempts remain; otherwise it is failed. `stage_next`: its
+    later attempts go through the stage (lib/loaders.KeyedLoader)."""
     row = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET "
         "status = CASE WHEN %(retry)s AND attempts < %(max)s THEN 'pending' ELSE 'failed' END, "
-        "retry_at = now() + make_interval(secs => %(wait)s), "
+        "retry_at = now() + make_interval(secs => %(wait)s), staged = staged OR %(stage_next)s, "
         "error = %(error)s, lease_expires_at = NULL "
         # status = 'running': when a COMMIT's outcome is unknown (connection lost during it), the
         # chunk may in fact be done; then it stays done and is not copied a second time.
         "WHERE chunk_id = %(id)s AND fence = %(fence)s AND status = 'running' RETURNING status",
         {"retry": retry_in is not None, "max": max_attempts, "wait": retry_in or 0, "error": error,
-         "id": chunk.chunk_id, "fence": chunk.fence},
+         "id": chunk.chunk_id, "fence": chunk.fence, "stage_next": stage_next},
     ).fetchone()
     return row[0] if row else "already done or reclaimed"
 
@@ -389,11 +420,14 @@ def table_rows(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any
 def store_reconciliation(
     conn: psycopg.Connection[Any], run_id: int, table: str, rows_copied: int,
     source_count: int | None, target_count: int | None, ok: bool, error: str | None, against: str = "target",
+    verdict: str | None = None,
 ) -> None:
-    """Store counts and verdict. A table that reconciles goes to 'post_load' (a completed one stays
-    completed); only finish_table, once the post-load work is done, makes it 'completed'."""
+    """Store counts and verdict (`verdict` names one the counts alone do not give: source_changed). A table that
+    reconciles goes to 'post_load' (a completed one stays completed); only finish_table, once the post-load work
+    is done, makes it 'completed'."""
     compared = rows_copied if against == "rows_read" else target_count
-    reconcile = "error" if source_count is None or compared is None else ("match" if source_count == compared else "mismatch")
+    reconcile = verdict or ("error" if source_count is None or compared is None
+                            else "match" if source_count == compared else "mismatch")
     conn.execute(
         f"UPDATE {SCHEMA}.migration_table_status SET rows_copied = %s, source_count = %s, target_count = %s, "
         "reconcile_status = %s, reconciled_at = now(), error = %s, reconciled_against = %s, "
@@ -402,6 +436,11 @@ def store_reconciliation(
         "WHERE run_id = %s AND table_name = %s",
         (rows_copied, source_count, target_count, reconcile, error, against, ok, ok, run_id, table),
     )
+
+
+def add_plan_note(conn: psycopg.Connection[Any], run_id: int, table: str, note: str) -> None:
+    conn.execute(f"UPDATE {SCHEMA}.migration_table_status SET plan_notes = plan_notes || jsonb_build_array(%s::text) "
+                 "WHERE run_id = %s AND table_name = %s", (note, run_id, table))
 
 
 @dataclass(frozen=True)

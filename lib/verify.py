@@ -28,17 +28,19 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from lib import checksum, status
 from lib import postgres_target as pg
 from lib.config import SourceConfig, TableSpec
 from lib.errors import MigrationError, classify
 from lib.jsonb_text import snowflake_udf_ddl
-from lib.load_modes import TableLoad
+from lib.load_modes import TableLoad, held_scope
 from lib.log import ctx, get_logger
 from lib.models import Bounds
 from lib.snowflake_source import SnowflakeSource, and_sql, chunk_predicate
 from lib.typemap import Column
+from lib.wire import target_column_name
 
 log = get_logger()
 
@@ -65,6 +67,7 @@ class _Check:
     load: TableLoad
     chunks: tuple[tuple[int | None, Bounds], ...]  # (None, Bounds("all")) for a whole-table check
     fields: list[checksum.Field]  # the table's canonical texts (lib/checksum.py), built once per table
+    held: str | None  # the source rows the target holds (load_modes.held_scope)
 
 
 MAX_GROUP = 32  # chunks per query: each row is tested against at most this many chunk predicates
@@ -90,12 +93,13 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
                only: dict[str, set[int | None]] | None = None) -> list[TableVerification]:
     """Checksum the done chunks of the run (all, a random `sample` fraction, or `only` these chunks per table),
     store and return the verdicts."""
-    from lib.orchestrator import table_loads
+    from lib.orchestrator import source_snapshots, table_loads
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         loads = table_loads(conn, config, run_id)
-        snapshot_at = status.run_snapshot(conn, run_id)
+        snapshots = source_snapshots(conn, config, run_id)
         done = _done_chunks(conn, run_id)
+        held = {name: held_scope(conn, run_id, spec) for name, (spec, _, _) in loads.items()}
     draw = random.Random(seed)
     checks: list[_Check] = []
     results: dict[str, TableVerification] = {}
@@ -110,13 +114,13 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
             continue
         if any(pg.chunk_predicate(b, columns) is None for _, b in chunks):
             result.whole_table = True
-            checks.append(_Check(spec, columns, load, ((None, Bounds("all")),), fields))
+            checks.append(_Check(spec, columns, load, ((None, Bounds("all")),), fields, held[name]))
             continue
         if only is not None:
             chunks = [c for c in chunks if c[0] in only.get(name, set())]
         if sample is not None and sample < 1:
             chunks = draw.sample(chunks, max(1, round(len(chunks) * sample)))
-        checks.extend(_Check(spec, columns, load, tuple(group), fields)
+        checks.extend(_Check(spec, columns, load, tuple(group), fields, held[name])
                       for group in chunk_groups(sorted(chunks, key=lambda c: c[0]), threads))
 
     sessions = _Sessions()
@@ -124,7 +128,8 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
     lock = threading.Lock()
 
     def check(item: _Check) -> list[tuple[int | None, str, str | None]]:
-        with _sessions(config, snapshot_at, sessions, opened, lock) as (source, target):
+        snapshot_at = snapshots.get(item.spec.source)
+        with _sessions(config, snapshots, sessions, opened, lock) as (source, target):
             try:
                 return [(no, verdict, None) for no, verdict in _compare(source, target, run_id, item, snapshot_at)]
             except Exception as exc:  # noqa: BLE001 - stored as these chunks' error; the others go on
@@ -160,11 +165,11 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
 
 
 @contextmanager
-def _sessions(config: SourceConfig, snapshot_at: str | None, sessions: _Sessions, opened: list[Any],
+def _sessions(config: SourceConfig, snapshots: dict[tuple[str, ...], str], sessions: _Sessions, opened: list[Any],
               lock: threading.Lock) -> Iterator[tuple[SnowflakeSource, psycopg.Connection[Any]]]:
     """This thread's Snowflake session (with the jsonb-text UDF) and PostgreSQL connection."""
     if sessions.source is None:
-        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), snapshot_at)
+        source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), snapshots)
         source.on_connect.append(snowflake_udf_ddl())
         sessions.source = source
         with lock:
@@ -182,12 +187,12 @@ def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: i
              snapshot_at: str | None) -> list[tuple[int | None, str]]:
     """Both databases checksum the group's chunks at the same time, one query each; every chunk's verdict is stored."""
     bounds = [b for _, b in item.chunks]
-    scope = item.spec.source_filter if item.load.mode in ("copy", "swap") and not item.spec.source_watermark else None
+    scope, narrowed = compared_scope(item.spec, item.load, item.held)
     destination = item.load.destination if item.load.mode != "swap" else item.spec.target
     with ThreadPoolExecutor(max_workers=1) as snowflake_side:  # both databases compute at the same time
         pending = snowflake_side.submit(source_checksums, source, item.fields, item.spec.source, bounds, scope,
                                         f"checksumming {_label(item)} in Snowflake")
-        ours_by_bucket = target_checksums(target, item.fields, destination, item.columns, bounds)
+        ours_by_bucket = target_checksums(target, item.fields, destination, item.columns, bounds, narrowed)
         theirs_by_bucket = pending.result()
     verdicts = []
     for n, (chunk_no, _) in enumerate(item.chunks):
@@ -199,6 +204,22 @@ def _compare(source: SnowflakeSource, target: psycopg.Connection[Any], run_id: i
 
 
 Sums = tuple[int, int, int]  # a chunk's rows and its two hash sums
+
+
+def compared_scope(spec: TableSpec, load: TableLoad,
+                   held: str | None) -> tuple[str | None, tuple[sql.Composable, list[Any]] | None]:
+    """What both sides compare of a table, beyond each chunk's bounds: (the source's filter, the target's).
+
+    - a watermark window: the rows whose watermark lies in the window the run copied, on both sides (rows that
+      arrived after it was planned belong to the next window);
+    - any other load: the source rows the target holds (`held`: load_modes.held_scope), whichever loads
+      brought them."""
+    if load.window is not None:
+        column = spec.target_watermark or target_column_name(load.window.column)
+        source_sql, target_sql, params = load.window.verified_predicates(column)
+        both = f"({spec.source_filter}) AND ({source_sql})" if spec.source_filter else source_sql
+        return both, (target_sql, params)
+    return held, None
 
 
 def source_checksums(source: SnowflakeSource, fields: list[checksum.Field], table: tuple[str, ...],
@@ -214,16 +235,19 @@ def source_checksums(source: SnowflakeSource, fields: list[checksum.Field], tabl
 
 
 def target_checksums(conn: psycopg.Connection[Any], fields: list[checksum.Field], destination: tuple[str, str],
-                     columns: list[Column], chunks: list[Bounds]) -> dict[int, Sums]:
-    """The same checksums in PostgreSQL."""
+                     columns: list[Column], chunks: list[Bounds],
+                     narrowed: tuple[sql.Composable, list[Any]] | None = None) -> dict[int, Sums]:
+    """The same checksums in PostgreSQL (`narrowed`: a predicate and its parameters that narrow every chunk)."""
     predicates = []
     for bounds in chunks:
         selected = pg.chunk_predicate(bounds, columns)
         assert selected is not None, "a key range, not a hash class"
         predicates.append(selected)
-    query = checksum.postgres_query(fields, destination, [where for where, _ in predicates])
+    query = checksum.postgres_query(fields, destination, [where for where, _ in predicates],
+                                    narrowed[0] if narrowed else None)
     params = [value for _, chunk_params in predicates for value in chunk_params]
-    rows = conn.execute(query, params * 2).fetchall()  # the buckets' parameters: the CASE's, then the WHERE's
+    # the buckets' parameters: the CASE's, then the WHERE's; then the narrowing predicate's
+    rows = conn.execute(query, params * 2 + (narrowed[1] if narrowed else [])).fetchall()
     return {int(b): (int(count), int(first), int(second)) for b, count, first, second in rows}
 
 
@@ -254,16 +278,25 @@ def _done_chunks(conn: psycopg.Connection[Any], run_id: int) -> dict[str, list[t
     return out
 
 
-def schedule_repairs(config: SourceConfig, run_id: int, results: list[TableVerification]) -> list[str]:
-    """Reset every differing chunk for repair, and reopen its table and the run. Returns what cannot be
-    repaired chunk-wise (whole-table comparisons)."""
-    refused = []
+def schedule_repairs(config: SourceConfig, run_id: int,
+                     results: list[TableVerification]) -> tuple[dict[str, set[int | None]], list[str]]:
+    """Reset every differing chunk for repair, and reopen its table and the run. Returns the chunks scheduled per
+    table, and what cannot be repaired: whole-table comparisons, and targets another live run loads."""
+    refused: list[str] = []
+    scheduled: dict[str, set[int | None]] = {}
+    targets = {spec.name: spec.target_name for spec in config.tables}
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn, conn.transaction():
         for result in results:
             chunks = [c for c in result.differing if c is not None]
             if None in result.differing:
                 refused.append(f"{result.table}: chunked by hash, so no key range selects a chunk in PostgreSQL: "
                                "it cannot be repaired chunk-wise; reload it (load_mode swap)")
+            owner = status.target_owner(conn, targets[result.table], run_id) if chunks else None
+            if owner is not None:
+                refused.append(f"{result.table}: its target {targets[result.table]} is being loaded "
+                               f"by run {owner.run_id} (source {owner.source_name}); a repair now would delete rows that "
+                               "run is writing. Let it finish (or abandon it), then repair")
+                continue
             if not chunks:
                 continue
             conn.execute(
@@ -273,9 +306,10 @@ def schedule_repairs(config: SourceConfig, run_id: int, results: list[TableVerif
             conn.execute(
                 f"UPDATE {status.SCHEMA}.migration_table_status SET status = 'running', reconcile_status = 'pending', "
                 "completed_at = NULL WHERE run_id = %s AND table_name = %s", (run_id, result.table))
-        if any(r.differing and any(c is not None for c in r.differing) for r in results):
+            scheduled[result.table] = set(chunks)
+        if scheduled:
             status.set_run_status(conn, run_id, "running")
-    return refused
+    return scheduled, refused
 
 
 def record_differences(config: SourceConfig, run_id: int, results: list[TableVerification]) -> None:
@@ -302,14 +336,15 @@ def verify_and_repair(config: SourceConfig, run_id: int, tables: set[str] | None
     first = verify_run(config, run_id, tables, sample, threads)
     if not repair or all(r.clean for r in first):
         return first, None, []
-    refused = schedule_repairs(config, run_id, first)
+    repaired, refused = schedule_repairs(config, run_id, first)
+    if not repaired:
+        return first, None, refused
     plan = work_plan(config, run_id)
     stats = work(plan, thread_count(config, plan))
     if stats.errors:
         log.error("repair copies failed: %s", "; ".join(stats.errors[:3]), **ctx(run_id=run_id))
     reconcile_finished_tables(config, run_id)
     finalize_run(config, run_id)
-    repaired = {r.table: set(r.differing) for r in first if any(c is not None for c in r.differing)}
     try:
         again = verify_run(config, run_id, set(repaired), None, threads, only=repaired)
     except MigrationError as exc:

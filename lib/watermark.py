@@ -1,16 +1,23 @@
-"""Watermark windows for incremental loads: `lo < watermark <= hi`, fixed when the table is planned.
+"""Watermark windows for incremental loads: `lo <= watermark <= hi`, fixed when the table is planned.
 
 - `hi` is the source's largest watermark at plan time, read as exact text (nanoseconds, all decimal
   digits), so a run that resumes after a crash copies the same window, never a moving one.
-- `lo` is the `hi` of the last *completed* load of the same source table into the same target, as
-  recorded in the ledger. Only when there is none does the target's own largest watermark serve (an
-  initial load done by a plain copy run, or by another tool). The ledger wins because it records what
-  this engine proved it copied; the target's maximum can be raised by other writers or by rows
-  merged from a window that never completed, and would then skip source rows below it.
+- `lo` is the `hi` of the last *completed* load of the same scope (source table, account, source_filter,
+  watermark column, target), as recorded in the ledger, and it is inclusive: a row that arrives later
+  with a watermark equal to the last `hi` (the same day of a DATE watermark, the same instant of a
+  timestamp) is read by the next window; the merge makes re-reading the rows already there harmless.
+- A changed scope (a widened source_filter, another watermark column) starts afresh: the rows it now
+  includes were never read. Only when the ledger holds no load of the target at all (a target loaded
+  by another tool), or a plain copy of the same scope, does the target's own largest watermark serve.
+- Values are compared at the column's full precision: timestamps at nanoseconds, numbers with every
+  decimal digit. Only the target side of a verification, which holds microseconds, is cut to those.
 - `watermark_lag` lowers `lo` (seconds for dates and timestamps, units for numbers) so that rows
-  committed late with an older watermark are read again; the merge makes re-reading them harmless.
+  committed late with an older watermark are read again.
 - Rows whose watermark is NULL cannot be ordered: the first load (no `lo`) takes them, incremental
   loads skip them and the plan notes say how many there are.
+- A window read live (not at a Snowflake snapshot) while the source changes cannot prove its count: it
+  is reconciled `source_changed` and the next window starts at its `lo` again, so that nothing that
+  arrived below its `hi` while it was read is lost.
 """
 
 from __future__ import annotations
@@ -47,14 +54,14 @@ TARGET_TYPES = {
 class Window:
     column: str  # source column
     kind: str  # numeric | date | timestamp | timestamptz
-    lo: str | None  # exclusive; None: from the beginning, NULL watermarks included
+    lo: str | None  # inclusive; None: from the beginning, NULL watermarks included
     hi: str | None  # inclusive; None: the source holds no watermark at all
     lo_from: str  # "ledger" | "target" | "none": where lo came from
 
     @property
     def empty(self) -> bool:
-        """Nothing new: the source's largest watermark is not above the last one copied."""
-        return self.lo is not None and (self.hi is None or _value(self.kind, self.hi) <= _value(self.kind, self.lo))
+        """Nothing to read: the source holds no watermark at or above the last window's end."""
+        return self.lo is not None and (self.hi is None or exact(self.kind, self.hi) < exact(self.kind, self.lo))
 
     def predicate(self) -> str:
         """The window as raw Snowflake SQL (like a source_filter); values are literals the engine rendered."""
@@ -63,7 +70,38 @@ class Window:
             return "FALSE"
         if self.lo is None:
             return f"({col} IS NULL)" if self.hi is None else f"({col} <= {_literal(self.kind, self.hi)} OR {col} IS NULL)"
-        return f"{col} > {_literal(self.kind, self.lo)} AND {col} <= {_literal(self.kind, self.hi)}"
+        return f"{col} >= {_literal(self.kind, self.lo)} AND {col} <= {_literal(self.kind, self.hi)}"
+
+    def verified_predicates(self, target_column: str) -> tuple[str, sql.Composable, list[Any]]:
+        """The window as verification selects it on both sides: (Snowflake SQL, PostgreSQL SQL, its parameters).
+
+        PostgreSQL holds timestamps at microseconds, so both sides take the rows whose watermark, cut to the
+        microsecond, lies in the window's ends cut the same way: the same rows in both databases."""
+        col, target = quote_snowflake_raw(self.column), sql.Identifier(target_column)
+        if self.empty:
+            return "FALSE", sql.SQL("FALSE"), []
+        cast = {"numeric": "numeric", "date": "date", "timestamp": "timestamp", "timestamptz": "timestamptz"}[self.kind]
+        lo = _microseconds(self.kind, self.lo) if self.lo is not None else None
+        hi = _microseconds(self.kind, self.hi) if self.hi is not None else None
+        source, target_parts, params = [], [], []
+        if lo is not None:
+            source.append(f"{col} >= {_literal(self.kind, lo)}")
+            target_parts.append(sql.SQL("{} >= %s::{}").format(target, sql.SQL(cast)))
+            params.append(lo)
+        if hi is not None:
+            if self.kind in ("timestamp", "timestamptz"):  # every nanosecond of hi's last microsecond
+                source.append(f"{col} < {_literal(self.kind, _next_microsecond(hi))}")
+            else:
+                source.append(f"{col} <= {_literal(self.kind, hi)}")
+            target_parts.append(sql.SQL("{} <= %s::{}").format(target, sql.SQL(cast)))
+            params.append(hi)
+        source_sql = " AND ".join(source)
+        target_sql: sql.Composable = sql.SQL(" AND ").join(target_parts)
+        if self.lo is None:  # the first window takes NULL watermarks too
+            source_sql = f"({source_sql} OR {col} IS NULL)" if source else f"{col} IS NULL"
+            target_sql = (sql.SQL("({} OR {} IS NULL)").format(target_sql, target) if target_parts
+                          else sql.SQL("{} IS NULL").format(target))
+        return source_sql, target_sql, params
 
 
 def kind_of(column: Column) -> str | None:
@@ -90,15 +128,48 @@ def source_max(source: Any, table: tuple[str, ...], column: str, kind: str, sour
                          f"reading the largest {column} of {'.'.join(table)}")
 
 
-def ledger_hi(conn: psycopg.Connection[Any], table: str, target: str, column: str, run_id: int) -> str | None:
-    """The window end of the last completed load of this source table into this target, if any."""
-    row = conn.execute(
-        "SELECT watermark_hi FROM migration_status.migration_table_status "
-        "WHERE table_name = %s AND target_table = %s AND watermark_column = %s AND status = 'completed' "
-        "AND watermark_hi IS NOT NULL AND run_id <> %s ORDER BY completed_at DESC LIMIT 1",
-        (table, target, column, run_id),
-    ).fetchone()
-    return row[0] if row else None
+def load_scope(account: str | None, source: tuple[str, ...], source_filter: str | None, watermark: str | None,
+               target: str) -> dict[str, Any]:
+    """What a window's high-water mark belongs to: a window of another scope never continues from it."""
+    return {"account": (account or "").lower(), "source": ".".join(source), "filter": source_filter,
+            "watermark": watermark, "target": target}
+
+
+@dataclass(frozen=True)
+class LastLoad:
+    """The ledger's word on where this scope's next window starts."""
+
+    hi: str | None  # the last completed window's end (inclusive lower end of the next one)
+    target_max_serves: bool  # no window of this scope: the target's own largest watermark may serve
+    why: str | None  # why the window starts afresh, if it does
+
+
+def last_load(conn: psycopg.Connection[Any], scope: dict[str, Any], run_id: int) -> LastLoad:
+    """Where the next window of `scope` starts, from the completed loads of its target in the ledger.
+
+    - the last completed window of the same scope: its `hi`, unless it could not prove its count while the
+      source changed (reconciled `source_changed`): then its `lo`, so it is read again;
+    - no load of the target recorded, or only plain copies of the same source and filter: the target's maximum;
+    - loads of the target of another scope only: from the beginning (a widened filter's new rows were never read).
+    """
+    rows = conn.execute(
+        "SELECT load_scope, watermark_lo, watermark_hi, reconcile_status, run_id FROM migration_status.migration_table_status "
+        "WHERE target_table = %s AND status = 'completed' AND run_id <> %s ORDER BY completed_at DESC",
+        (scope["target"], run_id),
+    ).fetchall()
+    for stored, lo, hi, reconciled, _ in rows:
+        if stored == scope:  # (hi None: the source held no watermark yet, nothing was read)
+            return LastLoad(lo if reconciled == "source_changed" else hi, False, None)
+    if all(stored is not None and {**stored, "watermark": scope["watermark"]} == scope and stored["watermark"] is None
+           for stored, *_ in rows):
+        return LastLoad(None, True, None)
+    stored, _, _, _, other_run = rows[0]
+    if stored is None:
+        why = f"the last load of {scope['target']} (run {other_run}) recorded no scope"
+    else:
+        changed = [k for k in ("account", "source", "filter", "watermark") if stored.get(k) != scope[k]]
+        why = f"its scope changed since run {other_run} ({', '.join(f'{k} {stored.get(k)!r} → {scope[k]!r}' for k in changed)})"
+    return LastLoad(None, False, f"{why}: rows it now includes were never read, so this window starts from the beginning")
 
 
 def target_max(conn: psycopg.Connection[Any], target: tuple[str, str], column: str, kind: str) -> str | None:
@@ -109,14 +180,14 @@ def target_max(conn: psycopg.Connection[Any], target: tuple[str, str], column: s
 
 
 def lowered(kind: str, value: str, lag: float) -> str:
-    """`value` minus the lag, in the watermark's own text form."""
+    """`value` minus the lag, in the watermark's own text form, at its full precision."""
     if not lag:
         return value
     if kind == "numeric":
         return _decimal_text(Decimal(value) - Decimal(str(lag)))
     if kind == "date":
-        return (date.fromisoformat(value) - timedelta(days=-(-lag // 86_400))).isoformat()
-    return (_timestamp(value) - timedelta(seconds=lag)).isoformat(sep=" ")
+        return (date.fromisoformat(value[:10]) - timedelta(days=-(-lag // 86_400))).isoformat()
+    return _from_nanoseconds(_nanoseconds(value) - int(Decimal(str(lag)) * 1_000_000_000))
 
 
 def null_note(source: Any, table: tuple[str, ...], column: str, source_filter: str | None) -> str | None:
@@ -130,19 +201,41 @@ def null_note(source: Any, table: tuple[str, ...], column: str, source_filter: s
             "(only a first load, with no earlier window, takes them)")
 
 
-def _value(kind: str, text: str) -> Any:
+def exact(kind: str, text: str) -> Any:
+    """A watermark value that compares at the column's full precision (nanoseconds, every decimal digit)."""
     if kind == "numeric":
         return Decimal(text)
     if kind == "date":
         return date.fromisoformat(text[:10])
-    return _timestamp(text)
+    return _nanoseconds(text)
 
 
-def _timestamp(text: str) -> datetime:
-    """Parse a timestamp text at up to nanoseconds; the comparison keeps microseconds (PostgreSQL's)."""
+_EPOCH = datetime(1970, 1, 1)
+
+
+def _nanoseconds(text: str) -> int:
+    """Nanoseconds since 1970 of a timestamp text with up to nine fractional digits (UTC for timestamptz)."""
     head, _, fraction = text.strip().partition(".")
     parsed = datetime.fromisoformat(head.replace("T", " ")[:19])
-    return parsed.replace(microsecond=int((fraction[:6] or "0").ljust(6, "0"))) if fraction else parsed
+    digits = "".join(ch for ch in fraction if ch.isdigit())[:9]
+    delta = parsed - _EPOCH
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + int(digits.ljust(9, "0") or 0)
+
+
+def _from_nanoseconds(value: int) -> str:
+    seconds, nanos = divmod(value, 1_000_000_000)
+    return f"{(_EPOCH + timedelta(seconds=seconds)).isoformat(sep=' ')}.{nanos:09d}"
+
+
+def _microseconds(kind: str, text: str) -> str:
+    """The value cut to the microsecond (PostgreSQL's precision); dates and numbers as they are."""
+    if kind not in ("timestamp", "timestamptz"):
+        return text
+    return _from_nanoseconds(_nanoseconds(text) // 1000 * 1000)[:-3]
+
+
+def _next_microsecond(text: str) -> str:
+    return _from_nanoseconds(_nanoseconds(text) // 1000 * 1000 + 1000)[:-3]
 
 
 def _literal(kind: str, text: str) -> str:

@@ -103,12 +103,23 @@ class Wire:
         array = batch.column(i)
         if array.type == wire:
             return array
+        if pa.types.is_timestamp(array.type) and pa.types.is_date32(wire):
+            self._check_no_time_of_day(batch, i, array)
+        # truncating time is allowed for nanoseconds (PostgreSQL keeps microseconds, as documented), not days
         options = pc.CastOptions(target_type=wire, allow_time_truncate=True)
         try:
             return pc.cast(array, options=options)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             row = _first_failing_row(array, options)
             raise self._does_not_fit(batch, i, row, f"cannot become {wire}: {exc}") from None
+
+    def _check_no_time_of_day(self, batch: pa.RecordBatch, i: int, array: pa.Array) -> None:
+        """A timestamp into a `date` column: only a value at midnight (UTC) fits; any other would lose its time."""
+        midnight = pc.cast(pc.cast(array, pa.date32()), array.type)
+        first = _first_true(pc.not_equal(midnight, array))
+        if first is not None:
+            raise self._does_not_fit(batch, i, first, "has a time of day, which a date column would drop: widen the "
+                                                      "column to timestamp, or load the value into one")
 
     def _check_range(self, batch: pa.RecordBatch, i: int, array: pa.Array) -> None:
         if pa.types.is_timestamp(array.type) and array.type.unit != "ns":  # int64 nanoseconds start in 1677

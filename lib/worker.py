@@ -19,7 +19,7 @@ from lib import faults, status
 from lib import postgres_target as pg
 from lib.budget import ReadShape, fit_threads
 from lib.config import SourceConfig, TableSpec
-from lib.errors import FenceLostError, MigrationError, TransientError, classify, with_context
+from lib.errors import FenceLostError, MigrationError, StageNextTime, TransientError, classify, with_context
 from lib.lease import LeaseKeeper, LeaseLostError, Progress
 from lib.load_modes import TableLoad
 from lib.loaders import Written, loader_for
@@ -50,9 +50,11 @@ class WorkPlan:
     tables: dict[str, tuple[TableSpec, list[Column], TableLoad]]  # spec scoped to its window, columns, load mode
     stop: threading.Event = field(default_factory=threading.Event)
     deadline: float | None = None  # time.monotonic() after which no new chunk is claimed
-    snapshot_at: str | None = None  # every read at this Snowflake timestamp (settings.snapshot)
+    snapshots: dict[tuple[str, ...], str] = field(default_factory=dict)  # source table → the point in time it is read at
     threads: int = 1  # workers allowed to claim; lowered when real result parts or batches outgrow the plan's
     shapes: dict[str, ReadShape] = field(default_factory=dict)  # per table: what a thread holds (lib/budget.py)
+    # per copy or swap table: the source rows its target holds (load_modes.held_scope), which a repair copies again
+    repair_filters: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def may_claim(self, worker_index: int = 0) -> bool:
@@ -151,7 +153,7 @@ class Worker:
             retry_in = self.plan.config.retry_policy().delay(chunk.attempts) if transient else None
             # Record before letting go of the connection: closing it drops the liveness lock, and
             # another worker would reclaim the chunk in between.
-            outcome = self._record_failure(chunk, str(error), retry_in)
+            outcome = self._record_failure(chunk, str(error), retry_in, isinstance(error, StageNextTime))
             self._reset_pg()
             if transient:
                 self._reset_source()
@@ -180,7 +182,8 @@ class Worker:
             source.cancel()
 
         keeper = LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds, progress, give_up)
-        read = source.read(spec.source, columns, chunk.bounds, spec.source_filter, settings.batch_size,
+        scope = self.plan.repair_filters.get(chunk.table_name, spec.source_filter) if chunk.repair else spec.source_filter
+        read = source.read(spec.source, columns, chunk.bounds, scope, settings.batch_size,
                            on_part=lambda part: self.plan.observe(chunk.table_name, part_bytes=part.nbytes))
         batches = Prefetcher(_ticking(read, progress), abort=keeper.lost,
                              aborted=lambda: LeaseLostError(f"chunk given up: {keeper.lost_reason}"))
@@ -188,7 +191,7 @@ class Worker:
             with keeper, conn.transaction():
                 moving = _ticking(self._measured(chunk.table_name, _with_fault_points(batches)), progress)
                 wire = Wire(columns, key=chunk.bounds.column, nul_bytes=self.plan.config.nul_bytes(spec))
-                written = loader_for(load, repair=chunk.repair).write(conn, wire, moving, chunk.bounds)
+                written = loader_for(load, chunk.repair, chunk.staged).write(conn, wire, moving, chunk.bounds)
                 status.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated,
                                  wire.notes(), sum(wire.nul_values_changed.values()))
                 faults.maybe_crash("before_commit")
@@ -201,9 +204,10 @@ class Worker:
         status.release_liveness_lock(conn, chunk)
         return written
 
-    def _record_failure(self, chunk: ClaimedChunk, error: str, retry_in: float | None) -> str:
+    def _record_failure(self, chunk: ClaimedChunk, error: str, retry_in: float | None, stage_next: bool) -> str:
         def record() -> str:
-            return status.mark_failed(self._pg(), chunk, error, retry_in, self.plan.config.settings.max_attempts)
+            return status.mark_failed(self._pg(), chunk, error, retry_in, self.plan.config.settings.max_attempts,
+                                      stage_next)
 
         try:
             return call_with_retry(record, self.plan.config.retry_policy(), f"recording the failure of chunk {chunk.chunk_id}",
@@ -221,7 +225,7 @@ class Worker:
     def _snowflake(self) -> SnowflakeSource:
         if self._source is None:
             self._source = SnowflakeSource(self.plan.config.snowflake_connect_args(), self.plan.config.retry_policy(),
-                                           self.plan.snapshot_at)
+                                           self.plan.snapshots)
         return self._source
 
     def _reset_pg(self) -> None:

@@ -78,3 +78,57 @@ def test_a_kill_at_any_point_then_resume_leaves_exactly_the_expected_rows(env, m
                         "AND status <> 'done'", (run_id,)) == 0
     if mode == "swap":
         assert env.pg_value("SELECT count(*) FROM public.items__backup_1") == len(live_before)
+
+
+class _Writer:
+    """Another writer on the source: updates (bumping the watermark past every earlier one) and inserts rows
+    until stopped, from its own Snowflake session."""
+
+    def __init__(self, env) -> None:
+        import threading
+
+        self.env, self.stop, self.writes = env, threading.Event(), 0
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        with self.env.sf() as conn, conn.cursor() as cur:
+            while not self.stop.is_set():
+                n = self.writes
+                cur.execute(f"UPDATE ITEMS SET NAME = 'update {n}', UPDATED_AT = DATEADD(second, {n}, "
+                            f"'2026-01-01'::TIMESTAMP_NTZ) WHERE ID = {(n * 7919) % ROWS}")
+                cur.execute(f"INSERT INTO ITEMS VALUES ({90000 + n}, 'insert {n}', 1, DATEADD(second, {n}, "
+                            "'2026-01-01'::TIMESTAMP_NTZ))")
+                self.writes += 1
+
+    def __enter__(self) -> _Writer:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=60)
+
+
+@pytest.mark.parametrize("reads", ["snapshot", "live"])
+def test_a_watermark_run_killed_while_the_source_is_being_written_resumes_and_the_next_window_is_exact(env, reads):
+    _source(env)
+    settings = {**FAST, **({"resume_max_age": 24} if reads == "snapshot" else {})}
+    path = env.write_config([{"source": "ITEMS", "source_watermark": "UPDATED_AT", **NUMERIC}], defaults=settings)
+    assert cli(env.env, path).returncode == 0  # the first window: a plain copy
+    env.sf_execute("UPDATE ITEMS SET NAME = 'changed', UPDATED_AT = '2025-01-01' WHERE ID % 2 = 0")  # 3 chunks' worth
+
+    with _Writer(env) as writer:
+        killed = cli({**env.env, "MIGRATION_FAULTS": "before_commit@2"}, path)
+        resumed = cli(env.env, path)
+    assert writer.writes > 0
+    assert killed.returncode == -signal.SIGKILL, killed.stdout + killed.stderr
+    assert resumed.returncode == 0 and "resuming run 2" in resumed.stdout, resumed.stdout + resumed.stderr
+
+    quiet = cli(env.env, path)  # the source at rest: the next window brings everything the writer did
+
+    assert quiet.returncode == 0, quiet.stdout + quiet.stderr
+    assert _target_rows(env) == _source_rows(env)
+    assert env.pg_value("SELECT count(*) FROM public.items") == env.pg_value("SELECT count(DISTINCT id) FROM public.items")
+    verdicts = [r[0] for r in env.pg_rows(f"SELECT reconcile_status FROM {status.SCHEMA}.migration_table_status "
+                                          "ORDER BY run_id")]
+    assert verdicts[-1] == "match" and (reads == "live" or verdicts == ["match"] * len(verdicts)), verdicts

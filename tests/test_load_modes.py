@@ -106,8 +106,9 @@ def test_watermark_runs_bring_exactly_the_changed_rows_and_nothing_when_nothing_
     loads = [(mode, read, inserted, updated, _when(lo), _when(hi)) for _, mode, read, inserted, updated, lo, hi in _loads(env)]
     first_hi, second_hi = datetime(2024, 1, 1, 0, 49, 59), datetime(2025, 2, 1, 0, 0, 24)
     assert loads[0] == ("copy", ROWS + 1, ROWS + 1, 0, None, first_hi)
-    assert loads[1] == ("merge", 28, 25, 3, first_hi, second_hi)
-    assert loads[2] == ("merge", 0, 0, 0, second_hi, second_hi)
+    # lo is inclusive: each window reads the rows at the last one's hi again (one here), and merges them to nothing
+    assert loads[1] == ("merge", 28 + 1, 25, 3, first_hi, second_hi)
+    assert loads[2] == ("merge", 1, 0, 0, second_hi, second_hi)
     notes = env.pg_value(f"SELECT plan_notes::text FROM {status.SCHEMA}.migration_table_status WHERE run_id = 2")
     assert "2 row(s) have a NULL UPDATED_AT" in notes and "from the ledger" in notes
 

@@ -75,6 +75,31 @@ def test_second_run_resumes_with_nothing_to_do_and_no_resume_starts_fresh(env) -
     assert env.pg_value("SELECT count(*) FROM public.small") == 500  # truncated once, copied again
 
 
+def test_no_resume_on_a_table_this_config_copied_refuses_a_stale_catch_up_and_says_how_to_copy_again(env) -> None:
+    """Keyed (the engine built its primary key) or keyless, a table the config copied is not silently caught up
+    under --no-resume; the way the message gives reloads it, changed rows included."""
+    env.sf_execute("CREATE TABLE KEYED (ID NUMBER(18,0) PRIMARY KEY, V VARCHAR)",
+                   "INSERT INTO KEYED SELECT SEQ8(), 'v' || SEQ8() FROM TABLE(GENERATOR(ROWCOUNT => 300))",
+                   "CREATE TABLE LOOSE AS SELECT 'v' || SEQ8() AS V FROM TABLE(GENERATOR(ROWCOUNT => 300))")
+    tables = [{"source": "KEYED"}, {"source": "LOOSE"}]
+    assert run(env.config(tables)).status == "completed"
+    env.sf_execute("UPDATE KEYED SET V = 'changed' WHERE ID < 10", "UPDATE LOOSE SET V = 'changed' WHERE V = 'v1'")
+
+    fresh = run(env.config(tables, no_resume=True))
+
+    assert fresh.status == "completed_with_errors"
+    errors = [t["error"] for t in fresh.tables]
+    assert all("holds the rows run 1 of this config copied" in e and "--load-mode swap" in e for e in errors), errors
+    assert env.pg_value("SELECT count(*) FROM public.keyed WHERE v = 'changed'") == 0  # nothing was written
+
+    reload = run(env.config(tables, no_resume=True, load_mode="swap"))
+
+    assert reload.status == "completed", reload.tables
+    assert sorted(env.pg_rows("SELECT id, v FROM public.keyed")) == sorted(
+        (int(i), v) for i, v in env.sf_rows("SELECT ID, V FROM KEYED"))
+    assert sorted(env.pg_rows("SELECT v FROM public.loose")) == sorted(env.sf_rows("SELECT V FROM LOOSE"))
+
+
 def test_run_older_than_resume_window_is_not_resumed_and_the_log_says_why(env, caplog) -> None:
     env.sf_execute("CREATE TABLE W AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 100))")
     tables = [{"source": "W", "truncate_onstart": True}]

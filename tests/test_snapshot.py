@@ -7,7 +7,7 @@ import pytest
 
 from lib import status
 from lib.orchestrator import run
-from lib.snowflake_source import SnowflakeSource, retention_from_show_tables
+from lib.snowflake_source import SnowflakeSource, retention_by_table
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 
@@ -34,7 +34,7 @@ def test_every_statement_that_reads_table_data_carries_the_runs_snapshot(env, sf
     missing = [s for s in reading if at not in s]
     assert not missing, missing[:3]
     notes = env.pg_value(f"SELECT string_agg(plan_notes::text, ' ') FROM {status.SCHEMA}.migration_table_status")
-    assert f"snapshot {snapshot}: read AT(TIMESTAMP); Time Travel keeps 7 day(s)" in notes
+    assert f"reads: AT(TIMESTAMP => {snapshot}), one point in time; Time Travel keeps 7 day(s)" in notes
 
 
 def test_a_retention_shorter_than_the_resume_window_is_a_warning_with_the_numbers_and_none_fails(env, monkeypatch) -> None:
@@ -51,11 +51,12 @@ def test_a_retention_shorter_than_the_resume_window_is_a_warning_with_the_number
 
 @pytest.mark.parametrize(("rows", "expected"), [
     ([("2024-01-01", "SNAP", "DB", "PUBLIC", "TABLE", "", "", 10, 1024, "OWNER", "1")], 1),
-    ([("2024-01-01", "SNAP_X", "DB", "PUBLIC", "TABLE", "", "", 10, 1024, "OWNER", "90"),
+    ([("2024-01-01", "SNAP_X", "DB", "PUBLIC", "TABLE", "", "", 10, 1024, "OWNER", "3"),
       ("2024-01-01", "SNAP", "DB", "PUBLIC", "TABLE", "", "", 10, 1024, "OWNER", "90")], 90),
     ([("2024-01-01", "SNAP", "DB", "PUBLIC", "TABLE", "", "", 10, 1024, "OWNER", "")], None),
+    ([("2024-01-01", "OTHER", "DB", "PUBLIC", "TABLE", "", "", 10, 1024, "OWNER", "1")], None),
 ])
 def test_the_retention_is_read_from_a_show_tables_answer(rows, expected) -> None:
     columns = ["created_on", "name", "database_name", "schema_name", "kind", "comment", "cluster_by", "rows", "bytes",
                "owner", "retention_time"]
-    assert retention_from_show_tables(columns, rows, "SNAP") == expected
+    assert retention_by_table(columns, rows).get("SNAP") == expected

@@ -1,0 +1,154 @@
+"""Watermark windows that cannot lose a row: the lower end is inclusive, values compare at full precision, a
+high-water mark belongs to its whole scope, a source that changes during a window neither loses rows nor blocks
+the next window, and verify checks the window the run copied."""
+
+from __future__ import annotations
+
+import pytest
+
+from lib import faults, status
+from lib.orchestrator import run
+from lib.verify import verify_run
+from lib.watermark import Window, last_load, load_scope, lowered
+
+NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
+
+
+def _source(env, watermark_type: str = "TIMESTAMP_NTZ", rows: int = 1000) -> None:
+    value = ("DATEADD(day, FLOOR(SEQ8() / 100), '2024-01-01'::DATE)" if watermark_type == "DATE"
+             else "DATEADD(second, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ)")
+    env.sf_execute(f"CREATE TABLE ITEMS (ID NUMBER(18,0) PRIMARY KEY, NAME VARCHAR, UPDATED_AT {watermark_type})",
+                   f"INSERT INTO ITEMS SELECT SEQ8(), 'item ' || SEQ8(), {value} FROM TABLE(GENERATOR(ROWCOUNT => {rows}))")
+
+
+def _same(env) -> None:
+    source = {int(r[0]): (r[1], str(r[2])) for r in env.sf_rows("SELECT ID, NAME, UPDATED_AT FROM ITEMS")}
+    target = {int(r[0]): (r[1], str(r[2])) for r in env.pg_rows("SELECT id, name, updated_at FROM public.items")}
+    assert target == source
+    assert env.pg_value("SELECT count(*) FROM public.items") == len(source), "a row was doubled"
+
+
+WINDOW = [{"source": "ITEMS", "source_watermark": "UPDATED_AT", **NUMERIC}]
+
+
+def test_a_row_that_arrives_later_on_the_last_windows_day_is_read_by_the_next_window(env) -> None:
+    _source(env, "DATE")
+    assert run(env.config(WINDOW, chunk_rows=400)).status == "completed"
+    last_day = env.sf_rows("SELECT MAX(UPDATED_AT) FROM ITEMS")[0][0]
+    env.sf_execute(f"INSERT INTO ITEMS VALUES (5000, 'late on the last day', '{last_day}')")
+
+    second = run(env.config(WINDOW, chunk_rows=400))
+
+    assert second.status == "completed", second.tables
+    _same(env)
+
+
+def test_a_row_that_arrives_later_at_the_last_windows_exact_timestamp_is_read_by_the_next_window(env) -> None:
+    _source(env)
+    assert run(env.config(WINDOW, chunk_rows=400)).status == "completed"
+    env.sf_execute("INSERT INTO ITEMS SELECT 5000, 'late, same instant', MAX(UPDATED_AT) FROM ITEMS")
+    assert run(env.config(WINDOW, chunk_rows=400)).status == "completed"
+    _same(env)
+
+
+def test_window_values_compare_at_nanoseconds_and_every_decimal_digit() -> None:
+    nanos = Window("TS", "timestamp", "2024-01-01 00:00:00.123456000", "2024-01-01 00:00:00.123456789", "ledger")
+    assert not nanos.empty, "a window whose ends differ below the microsecond is not empty"
+    assert nanos.predicate() == ('"TS" >= \'2024-01-01 00:00:00.123456000\'::TIMESTAMP_NTZ(9) '
+                                 'AND "TS" <= \'2024-01-01 00:00:00.123456789\'::TIMESTAMP_NTZ(9)')
+    assert not Window("N", "numeric", "1.0000000000000000000001", "1.0000000000000000000002", "ledger").empty
+    assert Window("N", "numeric", "2", "1.99999999999999999999", "ledger").empty
+    assert not Window("D", "date", "2024-01-05", "2024-01-05", "ledger").empty, "the boundary day is read again"
+    assert lowered("timestamp", "2024-01-01 00:00:00.000000001", 0.5) == "2023-12-31 23:59:59.500000001"
+    assert lowered("timestamptz", "2024-03-01 00:00:00", 86_400) == "2024-02-29 00:00:00.000000000"
+    # verification cuts both sides to PostgreSQL's microseconds, the same way
+    source_sql, _, params = nanos.verified_predicates("ts")
+    assert params == ["2024-01-01 00:00:00.123456", "2024-01-01 00:00:00.123456"]
+    assert "'2024-01-01 00:00:00.123457'::TIMESTAMP_NTZ(9)" in source_sql
+
+
+def test_a_widened_source_filter_starts_the_window_afresh_and_copies_the_rows_it_now_includes(env) -> None:
+    _source(env)
+    narrow = [{**WINDOW[0], "source_filter": "ID < 500"}]
+    assert run(env.config(narrow, chunk_rows=400)).status == "completed"
+    assert env.pg_value("SELECT count(*) FROM public.items") == 500
+
+    wide = run(env.config(WINDOW, chunk_rows=400))
+
+    assert wide.status == "completed", wide.tables
+    _same(env)
+    notes = env.pg_value(f"SELECT plan_notes::text FROM {status.SCHEMA}.migration_table_status WHERE run_id = 2")
+    assert "window starts afresh" in notes and "filter 'ID < 500' → None" in notes
+
+
+def test_a_high_water_mark_belongs_to_its_whole_scope(env) -> None:
+    with env.pg() as conn:
+        from lib import ledger_schema
+
+        ledger_schema.apply_migrations(conn)
+        scope = load_scope("acct", ("DB", "S", "T"), "X > 1", "TS", "public.t")
+        conn.execute(f"INSERT INTO {status.SCHEMA}.migration_runs (config_hash, source_name, status) VALUES ('h', 's', 'completed')")
+        conn.execute(f"INSERT INTO {status.SCHEMA}.migration_table_status (run_id, table_name, target_table, status, "
+                     "watermark_column, watermark_lo, watermark_hi, load_scope, completed_at) VALUES "
+                     "(1, 'DB.S.T', 'public.t', 'completed', 'TS', NULL, '2024-05-01', %s, now())",
+                     (__import__("json").dumps(scope),))
+        assert last_load(conn, scope, 99).hi == "2024-05-01"
+        for changed in ({"account": "other"}, {"source": "DB.S.U"}, {"filter": None}, {"watermark": "TS2"}):
+            other = last_load(conn, {**scope, **changed}, 99)
+            assert other.hi is None and not other.target_max_serves and other.why, changed
+        assert last_load(conn, {**scope, "target": "public.u"}, 99).target_max_serves  # nothing loaded there yet
+
+
+def _update_after_first_commit(env, monkeypatch, *statements: str) -> list[str]:
+    real, done = faults.maybe_crash, []
+
+    def hook(point: str) -> None:
+        if point == "after_commit" and not done:
+            done.append(point)
+            env.sf_execute(*statements)
+        real(point)
+
+    monkeypatch.setattr(faults, "maybe_crash", hook)
+    return done
+
+
+# rows of the first chunk move out of the second window right after that chunk commits: counted now, the window
+# holds fewer rows than were read
+MOVE = "UPDATE ITEMS SET NAME = 'moved', UPDATED_AT = '2030-01-01 00:00:00' WHERE ID < 10"
+
+
+@pytest.mark.parametrize("reads", ["snapshot", "live"])
+def test_a_source_updated_during_a_window_loses_nothing_and_never_blocks_the_next_window(env, monkeypatch, reads) -> None:
+    settings = {"parallel_threads": 1, **({"resume_max_age": 24} if reads == "snapshot" else {})}
+    _source(env)
+    assert run(env.config(WINDOW, chunk_rows=400, **settings)).status == "completed"
+    env.sf_execute("UPDATE ITEMS SET NAME = 'changed', UPDATED_AT = DATEADD(day, 1, UPDATED_AT) WHERE ID % 2 = 0")
+    moved = _update_after_first_commit(env, monkeypatch, MOVE)
+
+    second = run(env.config(WINDOW, chunk_rows=200, **settings))
+
+    assert moved and second.status == "completed", second.tables
+    verdict = env.pg_value(f"SELECT reconcile_status FROM {status.SCHEMA}.migration_table_status WHERE run_id = 2")
+    assert verdict == ("match" if reads == "snapshot" else "source_changed")
+    third = run(env.config(WINDOW, chunk_rows=200, **settings))
+    assert third.status == "completed" and third.run_id == 3, third.tables
+    _same(env)
+
+
+def test_verify_of_a_watermark_table_checks_the_window_the_run_copied(env) -> None:
+    _source(env)
+    config = env.config(WINDOW, chunk_rows=400)
+    assert run(config).status == "completed"
+    env.sf_execute("UPDATE ITEMS SET NAME = 'changed', UPDATED_AT = '2026-01-01' WHERE ID < 10")
+    assert run(env.config(WINDOW, chunk_rows=400)).status == "completed"
+    # rows that arrive after the run planned its window are the next window's, not a difference
+    env.sf_execute("INSERT INTO ITEMS SELECT 10000 + SEQ8(), 'after', '2027-01-01' FROM TABLE(GENERATOR(ROWCOUNT => 50))",
+                   "UPDATE ITEMS SET NAME = 'changed again', UPDATED_AT = '2027-01-02' WHERE ID BETWEEN 500 AND 510")
+
+    results = verify_run(config, 2, threads=2)
+
+    assert all(r.clean for r in results), results
+    assert sum(r.checked for r in results) >= 1
+    with env.pg() as conn:  # and a real difference inside the window is found
+        conn.execute("UPDATE public.items SET name = 'damaged' WHERE id = 3")
+    assert not all(r.clean for r in verify_run(config, 2, threads=2))
