@@ -64,6 +64,11 @@ bench-plan: venv
 bench-ledger: venv
 	$(PY) -m bench.ledger_bench
 
+## bench-swap: how long a swap holds the live table (5,000,000 rows, two indexes; SWAP_BENCH_ROWS=500000 for a smoke run)
+.PHONY: bench-swap
+bench-swap: venv
+	$(PY) -m bench.swap_bench
+
 ## bench: throughput on a 5M-row mixed-type table: server COPY limit, end to end (1/2/default threads), write path, read path (BENCH_ROWS=200000 for a smoke run)
 .PHONY: bench
 bench: venv

@@ -337,7 +337,7 @@ def cmd_rollback(config: SourceConfig, yes: bool) -> int:
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
         for spec in config.tables:
-            backup = swap.rollback(conn, spec.target)
+            backup = swap.rollback(conn, spec.target, config.settings.swap_lock_timeout_seconds)
             print(f"{spec.target_name}: backup {'.'.join(backup)} swapped back in; the table it replaced is now "
                   f"{'.'.join(backup)} (rollback again to undo)")
     return EXIT_OK

@@ -284,41 +284,64 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
     finally:
         source.close()
     for spec, _, load in loads.values():
-        finish_table(conn, run_id, spec, load)
+        finish_table(conn, run_id, spec, load, config.settings.swap_lock_timeout_seconds)
     return results
 
 
-def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, load: TableLoad) -> bool:
-    """The post-load step of a reconciled table, in one transaction: build its primary key (if planned) or,
-    in swap mode, swap the shadow in; ANALYZE; mark it completed. A crash leaves it 'post_load' for the next
-    attempt; two callers at once are serialised by the ledger row's lock and the second finds nothing to do.
-    Returns True if this call completed the table."""
+def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, load: TableLoad,
+                 swap_lock_timeout: float = 2.0) -> bool:
+    """The post-load step of a reconciled table: build its primary key (if planned) or, in swap mode, swap the
+    shadow in; ANALYZE; mark it completed. A crash leaves it 'post_load' for the next attempt; two callers at
+    once are serialised by the ledger row's lock and the second finds nothing to do.
+
+    A swap first prepares the shadow (its indexes, keys, grants, statistics) in its own transaction, which
+    never locks the live table; then one short transaction waits at most `swap_lock_timeout` seconds for the
+    live table's lock (readers queue behind a waiting lock) and swaps. A timeout retries only that
+    transaction. Returns True if this call completed the table."""
     started = time.monotonic()
     step = None
+    swapping = load.mode == "swap" and load.destination != spec.target  # (after the swap: a repair's post-load)
     what = f"finishing {spec.target_name} after the load"
+    began = 0.0
     try:
+        if swapping:
+            what = f"preparing {'.'.join(load.destination)} to replace {spec.target_name}"
+            with conn.transaction():
+                if status.claim_post_load(conn, run_id, spec.name) is None:
+                    return False
+                conn.execute("SET LOCAL statement_timeout = 0")  # index builds on a big table may take hours
+                swap.prepare(conn, spec.target, load.destination, run_id)
         with conn.transaction():
             step = status.claim_post_load(conn, run_id, spec.name)
             if step is None:
                 return False
-            conn.execute("SET LOCAL statement_timeout = 0")  # an index build on a big table may take hours
-            if load.mode == "swap" and load.destination != spec.target:  # (after the swap: a repair's post-load)
+            conn.execute("SET LOCAL statement_timeout = 0")
+            if swapping:
                 what = f"swapping {'.'.join(load.destination)} in for {spec.target_name}"
+                conn.execute(f"SET LOCAL lock_timeout = {max(1, int(swap_lock_timeout * 1000))}")
+                began = time.monotonic()
                 backup = swap.swap_in(conn, spec.target, load.destination, run_id, spec.name)
-                log.info("swapped in: the old table is kept as %s", ".".join(backup), **ctx(run_id=run_id, table=spec.name))
-            elif step.primary_key and not pg.has_primary_key(conn, spec.target):
-                what = f"building the primary key of {spec.target_name} after the load"
-                pg.add_primary_key(conn, spec.target, step.primary_key)
-            pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
+            else:
+                if step.primary_key and not pg.has_primary_key(conn, spec.target):
+                    what = f"building the primary key of {spec.target_name} after the load"
+                    pg.add_primary_key(conn, spec.target, step.primary_key)
+                pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
             faults.maybe_crash("post_load")
             status.complete_post_load(conn, run_id, spec.name, bool(step.primary_key))
     except Exception as exc:
         error = classify(exc, what)
+        if swapping and isinstance(exc, psycopg.errors.LockNotAvailable):
+            error = TransientError(f"{what}: other sessions held {spec.target_name} longer than swap_lock_timeout_seconds "
+                                   f"({swap_lock_timeout:g} s); the shadow is ready, the swap alone is tried again")
         if isinstance(error, TransientError):
             raise error from exc
         status.fail_post_load(conn, run_id, spec.name, str(error))
         log.error("%s", error, **ctx(run_id=run_id, table=spec.name))
         return False
+    if swapping:
+        log.info("swapped in: the old table is kept as %s; the live table was locked for %.3fs (from asking for "
+                 "its lock to the swap's commit)", ".".join(backup), time.monotonic() - began,
+                 **ctx(run_id=run_id, table=spec.name))
     if step.primary_key:
         log.info("primary key (%s) built in %.1fs", ", ".join(step.primary_key), time.monotonic() - started,
                  **ctx(run_id=run_id, table=spec.name))

@@ -206,7 +206,7 @@ def test_a_swap_refuses_what_it_cannot_carry_over_and_lists_all_of_it(env) -> No
     _source(env)
     _live(env)
     with env.pg() as conn:
-        conn.execute("CREATE VIEW public.cheap_items AS SELECT * FROM public.items WHERE price < 10")
+        conn.execute("CREATE MATERIALIZED VIEW public.cheap_items AS SELECT * FROM public.items WHERE price < 10")
         conn.execute("CREATE TABLE public.orders (item_id bigint REFERENCES public.items (id))")
         conn.execute("CREATE FUNCTION public.touch() RETURNS trigger LANGUAGE plpgsql AS $$BEGIN RETURN NEW; END$$")
         conn.execute("CREATE TRIGGER touch BEFORE UPDATE ON public.items FOR EACH ROW EXECUTE FUNCTION public.touch()")
@@ -215,7 +215,8 @@ def test_a_swap_refuses_what_it_cannot_carry_over_and_lists_all_of_it(env) -> No
 
     error = result.tables[0]["error"]
     assert result.tables[0]["status"] == "failed"
-    for fragment in ("foreign key orders_item_id_fkey on orders references it", "view or rule cheap_items",
+    for fragment in ("foreign key orders_item_id_fkey on orders references it",
+                     "materialized view cheap_items depends on it and cannot be carried to the new table",
                      "trigger touch is defined on it"):
         assert fragment in error, error
     assert env.pg_value("SELECT count(*) FROM public.items") == 500
