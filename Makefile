@@ -50,9 +50,12 @@ lint-aws: venv node_modules/.installed
 	$(VENV)/bin/cfn-lint aws/template.yaml
 
 ## test: the whole suite against real components (fakesnow server, embedded PostgreSQL)
+# Each invocation gets its own temporary root: two suites at once in one checkout would otherwise clean up
+# each other's stacks (pytest keeps only its newest numbered directories).
 test: venv lint lint-aws
 	@mkdir -p .pytest_tmp
-	PYTEST_DEBUG_TEMPROOT=$(CURDIR)/.pytest_tmp $(PY) -m pytest -q -n $(TEST_WORKERS)
+	@tmp=$$(mktemp -d $(CURDIR)/.pytest_tmp/run.XXXXXX); \
+	PYTEST_DEBUG_TEMPROOT=$$tmp $(PY) -m pytest -q -n $(TEST_WORKERS); status=$$?; rm -rf $$tmp; exit $$status
 
 ## bench-plan: planning queries and seconds per strategy on a 10M-row fakesnow table (PLAN_BENCH_ROWS=200000 for a smoke run)
 .PHONY: bench-plan

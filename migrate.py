@@ -25,7 +25,9 @@ from lib.config import LOAD_MODES, SETTING_NAMES, TABLE_OVERRIDE_KEYS, Settings,
 from lib.errors import ConfigError, MigrationError
 from lib.log import get_logger
 
-EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_INTERRUPTED = 0, 1, 2, 130
+# 3: the run is not finished and nothing failed: it goes on in another process (this start joined it), or waits
+# for something the next start does (a swap that could not get its lock)
+EXIT_OK, EXIT_ERRORS, EXIT_CONFIG, EXIT_UNFINISHED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,6 +62,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="path to config.json (default: ./config.json or $MIGRATION_CONFIG)")
     p.add_argument("--table", action="append", dest="tables", help="only this table (repeatable)")
     p.add_argument("--no-resume", action="store_true", default=None, help="start a fresh run")
+    p.add_argument("--abandon-live", action="store_true", default=None, dest="abandon_live",
+                   help="with --no-resume: abandon the run even while its workers are alive")
     p.add_argument("--json", action="store_true", default=None, help="print the result as JSON")
     # every setting that a Step Functions execution may override is a flag too
     for name in SETTING_NAMES:
@@ -77,7 +81,7 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def overrides_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    keys = ("tables", "no_resume", *SETTING_NAMES, *TABLE_OVERRIDE_KEYS)
+    keys = ("tables", "no_resume", "abandon_live", *SETTING_NAMES, *TABLE_OVERRIDE_KEYS)
     return {key: getattr(args, key) for key in keys if getattr(args, key, None) is not None}
 
 
@@ -109,11 +113,19 @@ def main(argv: list[str] | None = None) -> int:
             return cmd_rollback(config, args.yes)
         return cmd_run(config, bool(args.json))
     except KeyboardInterrupt:
-        log.warning("interrupted: the run stays resumable; start the same command again to continue")
+        log.warning("interrupted: the run stays resumable; to continue it: %s", resume_command(argv))
         return EXIT_INTERRUPTED
     except MigrationError as exc:
         log.error("%s", exc)
         return EXIT_ERRORS
+
+
+def resume_command(argv: list[str] | None) -> str:
+    """The command that resumes the interrupted one: the same, without the flags that would start afresh."""
+    import shlex
+
+    kept = [a for a in (sys.argv[1:] if argv is None else argv) if a not in ("--no-resume", "--abandon-live")]
+    return shlex.join([sys.executable, sys.argv[0], *kept])
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -124,12 +136,22 @@ def cmd_run(config: SourceConfig, as_json: bool) -> int:
     from lib.orchestrator import run
 
     result = run(config)
+    stale = [t for t in result.tables if t.get("changed_by")] if result.mode == "nothing_to_do" else []
     if as_json:
         print(json.dumps(result.__dict__, default=str, indent=2))
     else:
         print(f"\n{result.message}")
         print_summary(result.run_id, result.status, result.tables, result.seconds)
-    return EXIT_OK if result.status == "completed" else EXIT_ERRORS
+        for t in stale:
+            print(f"  ! {t['target']} was loaded by {t['changed_by']} after run {result.run_id} completed: the counts "
+                  f"above are run {result.run_id}'s, not what the table holds now. To copy it again: --no-resume")
+        if result.status == "running" and not any(t["chunks_failed"] for t in result.tables):
+            print(f"run {result.run_id} is not finished and nothing failed: it goes on in another process, or the "
+                  f"next start finishes it (migrate.py status --source {config.name} shows which)")
+    if result.status == "completed":
+        return EXIT_ERRORS if stale else EXIT_OK
+    failed = result.status != "running" or any(t["chunks_failed"] or t["status"] == "failed" for t in result.tables)
+    return EXIT_ERRORS if failed else EXIT_UNFINISHED
 
 
 def print_summary(run_id: int, run_status: str, tables: list[dict[str, Any]], seconds: float) -> None:
@@ -141,8 +163,12 @@ def print_summary(run_id: int, run_status: str, tables: list[dict[str, Any]], se
          f"{t['rows_per_s']:,}" if t["rows_copied_now"] else "-", f"{t['mb_per_s']}" if t["rows_copied_now"] else "-"]
         for t in tables
     ]
+    for row, t in zip(rows, tables, strict=True):
+        if t.get("changed_by"):
+            row[8] = f"{t['reconcile']}, then changed by {t['changed_by']}"
     widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows, strict=False)]
-    print(f"run {run_id}: {run_status} in {seconds:.1f}s")
+    print(f"run {run_id}: {run_status} in {seconds:.1f}s" if run_status != "running"
+          else f"run {run_id}: running for {seconds:.1f}s")
     for line in [headers, *rows]:
         print("  " + "  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)))
     for t in tables:
@@ -159,54 +185,74 @@ def print_summary(run_id: int, run_status: str, tables: list[dict[str, Any]], se
             print(f"  ! {t['table']}: {t['error']}")
 
 
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def _num(value: Any) -> str:
     return "-" if value is None else f"{value:,}"
 
 
 def cmd_plan(config: SourceConfig, as_json: bool) -> int:
-    from lib.budget import MIB, fit_threads, requested_threads
+    """Plan every table as a run would (reads, checks, load mode, key, window, chunks), changing nothing; list
+    every table's problem at once."""
+    from lib import ledger_schema
+    from lib import postgres_target as pg
+    from lib.budget import MIB, ReadShape, fit_threads, requested_threads
     from lib.plan_view import plan_summary, render_plan
-    from lib.planner import plan_table
-    from lib.planning import read_fit
+    from lib.planning import preview
     from lib.snowflake_source import SnowflakeSource
-    from lib.typemap import columns_from_description
 
     source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
-    failed = False
+    problems: list[str] = []
     out: list[dict[str, Any]] = []
     try:
-        for spec in config.tables:
-            try:
-                columns = columns_from_description(source.describe(spec.source))
-                fit = read_fit(source, config, spec, columns)
-                plan = plan_table(source, spec, columns, fit.chunk_rows)
-                plan.notes.extend([fit.note] if fit.note else [])
-                shape = fit.shape(config.settings)
+        with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+            ledger_schema.apply_migrations(conn)
+            for spec in config.tables:
+                try:
+                    planned = preview(conn, source, config, spec)
+                except MigrationError as exc:
+                    problems.append(f"{spec.name}: {exc}")
+                    out.append({"table": spec.name, "target": spec.target_name, "error": str(exc)})
+                    if not as_json:
+                        print(f"{spec.name} → {spec.target_name}: ERROR {exc}\n")
+                    continue
+                plan, load = planned.plan, planned.load
+                largest = max((c.expected_rows for c in plan.chunks), default=1)
+                shape = ReadShape.for_settings(plan.source_results or "whole", plan.row_bytes or 1, max(largest, 1),
+                                               config.settings)
                 threads, _ = fit_threads(requested_threads(config.settings.parallel_threads), [shape],
                                          config.settings.memory_budget_mb)
-            except MigrationError as exc:
-                failed = True
-                out.append({"table": spec.name, "error": str(exc)})
+                window = load.window
+                how = {"mode": load.mode, "key": list(load.key) or None,
+                       "window": None if window is None else {"column": window.column, "lo": window.lo, "hi": window.hi,
+                                                             "lo_from": window.lo_from},
+                       "reads_at": planned.read_at}
                 if not as_json:
-                    print(f"{spec.name}: ERROR {exc}")
-                continue
-            memory = (f"{fit.results} results, {fit.row_bytes} bytes a row (sampled); a thread holds "
-                      f"{shape.describe()}; {threads} thread(s) fit memory_budget_mb")
-            if not as_json:
-                print(render_plan(spec.name, spec.target_name, plan))
-                print(f"  memory: {memory}")
-            out.append({"memory": {"source_results": fit.results, "row_bytes": fit.row_bytes,
-                                   "per_thread_mb": round(shape.per_thread() / MIB, 1), "threads": threads},
-                "table": spec.name, "target": spec.target_name, "strategy": plan.strategy, "reason": plan.reason,
-                "chunks": len(plan.chunks), "rows": plan.expected_rows, "queries": plan.queries,
-                "seconds": plan.seconds, **plan_summary(plan), "notes": plan.notes,
-                "bounds": [{"chunk": c.chunk_no, "where": c.bounds.describe(), "rows": c.expected_rows} for c in plan.chunks],
-            })
+                    print(render_plan(spec.name, spec.target_name, plan))
+                    print(f"  load: {load.mode}" + (f" on ({', '.join(load.key)})" if load.key else "")
+                          + (f"; window {window.column} >= {window.lo} and <= {window.hi}" if window and window.lo
+                             else f"; first window {window.column} <= {window.hi}" if window else "")
+                          + f"; reads {'AT ' + planned.read_at if planned.read_at else 'live'}")
+                    print(f"  memory: {plan.source_results} results, {plan.row_bytes} bytes a row (sampled); a thread "
+                          f"holds {shape.describe()}; {threads} thread(s) fit memory_budget_mb\n")
+                out.append({"memory": {"source_results": plan.source_results, "row_bytes": plan.row_bytes,
+                                       "per_thread_mb": round(shape.per_thread() / MIB, 1), "threads": threads},
+                            "table": spec.name, "target": spec.target_name, "load": how, "strategy": plan.strategy,
+                            "reason": plan.reason, "chunks": len(plan.chunks), "rows": plan.expected_rows,
+                            "queries": plan.queries, "seconds": plan.seconds, **plan_summary(plan), "notes": plan.notes,
+                            "bounds": [{"chunk": c.chunk_no, "where": c.bounds.describe(), "rows": c.expected_rows}
+                                       for c in plan.chunks]})
     finally:
         source.close()
     if as_json:
-        print(json.dumps(out, indent=2))
-    return EXIT_ERRORS if failed else EXIT_OK
+        print(json.dumps(out, indent=2, default=str))
+    elif problems:
+        print(f"{len(problems)} of {len(config.tables)} table(s) would fail:")
+        for problem in problems:
+            print(f"  ! {problem}")
+    return EXIT_ERRORS if problems else EXIT_OK
 
 
 def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | None:
@@ -218,13 +264,14 @@ def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
         if run_id is None:
-            latest = status.find_latest_run(conn, config.fingerprint())
+            latest = status.find_run_for(conn, config.fingerprint(), config.name, [t.name for t in config.tables])
             if latest is None:
                 return None
             run_id = latest.run_id
         s = status.SCHEMA
         run = conn.execute(
-            f"SELECT run_id, status, started_at, completed_at, hours, resume_max_age_hours, error FROM {s}.run_summary "
+            f"SELECT run_id, status, started_at, completed_at, hours, resume_max_age_hours, error, "
+            f"extract(epoch FROM coalesce(completed_at, now()) - started_at) FROM {s}.run_summary "
             "WHERE run_id = %s", (run_id,)).fetchone()
         if run is None:
             return None
@@ -237,15 +284,23 @@ def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | 
         recent = dict(conn.execute(  # rows per second over the last five minutes, per table
             f"SELECT table_name, sum(rows_copied) / 300.0 FROM {s}.migration_chunk_status WHERE run_id = %s "
             "AND status = 'done' AND completed_at > now() - interval '5 minutes' GROUP BY 1", (run_id,)).fetchall())
-    tables = summarize(config, run_id, None)
+        live = status.live_sessions(conn, run_id)
+        last_activity = conn.execute(
+            f"SELECT greatest((SELECT max(greatest(started_at, completed_at)) FROM {s}.migration_chunk_status "
+            f"WHERE run_id = %s), (SELECT updated_at FROM {s}.migration_runs WHERE run_id = %s))",
+            (run_id, run_id)).fetchone()[0]
+    no_worker = run[1] == "running" and live == 0
+    selected = {t.name for t in config.tables}
+    tables = [t for t in summarize(config, run_id, None) if t["table"] in selected]
     for t in tables:
         remaining = max((t["expected_rows"] or 0) - t["rows_copied"], 0)
-        rate = float(recent.get(t["table"]) or 0)
+        rate = float(recent.get(t["table"]) or 0) if not no_worker else 0.0
         t["recent_rows_per_s"] = round(rate)
         t["eta_seconds"] = round(remaining / rate) if rate and remaining else (0 if not remaining else None)
     active = run[1] in ("running", "completed_with_errors", "failed")
     return {
         "run_id": run[0], "status": run[1], "started_at": run[2], "completed_at": run[3], "hours": float(run[4]),
+        "seconds": round(float(run[7]), 1), "live_workers": live, "stalled_since": last_activity if no_worker else None,
         "resume_window_hours_left": round(float(run[5]) - float(run[4]), 1) if active else None,
         "error": run[6], "tables": tables,
         "failed_chunks": [dict(zip(("table", "chunk", "predicate", "attempts", "error"), f, strict=True)) for f in failed],
@@ -259,10 +314,15 @@ def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | 
 def print_report(report: dict[str, Any]) -> None:
     window = report["resume_window_hours_left"]
     print(f"run {report['run_id']}: {report['status']}, started {report['started_at']:%Y-%m-%d %H:%M:%S %Z} "
-          f"({report['hours']} h)" + (f", {window} h left in the resume window" if window is not None else ""))
+          f"({_duration(report['seconds'])})" + (f", {window} h left in the resume window" if window is not None else ""))
+    if report["stalled_since"] is not None:
+        print(f"  stalled: no live worker since {report['stalled_since']:%Y-%m-%d %H:%M:%S %Z} (the process that ran it "
+              "stopped); start the same command again to resume it")
+    elif report["status"] == "running":
+        print(f"  {report['live_workers']} session(s) working on it now")
     if report["error"]:
         print(f"  error: {report['error']}")
-    print_summary(report["run_id"], report["status"], report["tables"], 0.0)
+    print_summary(report["run_id"], report["status"], report["tables"], report["seconds"])
     for t in report["tables"]:
         if t["eta_seconds"]:
             print(f"  {t['table']}: {t['recent_rows_per_s']:,} rows/s over the last 5 min, ETA {t['eta_seconds']} s")
@@ -282,7 +342,7 @@ def cmd_status(config: SourceConfig, as_json: bool, run_id: int | None = None, w
     while True:
         report = status_report(config, run_id)
         if report is None:
-            print("no run of this config yet" if run_id is None else f"no run {run_id}")
+            print("no run of this config or of these tables yet" if run_id is None else f"no run {run_id}")
             return EXIT_OK if run_id is None else EXIT_ERRORS
         if as_json:
             print(json.dumps(report, default=str, indent=2))
@@ -355,9 +415,9 @@ def cmd_verify(config: SourceConfig, sample: float | None, repair: bool, run_id:
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
         if run_id is None:
-            latest = status.find_latest_run(conn, config.fingerprint())
+            latest = status.find_run_for(conn, config.fingerprint(), config.name, [t.name for t in config.tables])
             if latest is None:
-                print("no run of this config yet: nothing to verify")
+                print("no run of this config or of these tables yet: nothing to verify")
                 return EXIT_ERRORS
             run_id = latest.run_id
     threads = config.settings.parallel_threads or 2
@@ -378,16 +438,25 @@ def cmd_verify(config: SourceConfig, sample: float | None, repair: bool, run_id:
 
 def _print_verification(run_id: int, results: list[Any], label: str) -> None:
     headers = ["table", "chunks checked", "matched", "differing", "errors", "compared for NULLs only"]
-    rows = [[r.table + (" (whole table)" if r.whole_table else ""), str(r.checked), str(r.matched),
-             ", ".join("table" if c is None else str(c) for c in r.differing) or "-", str(len(r.errors)),
-             ", ".join(r.nulls_only) or "-"] for r in results]
+    rows = [[r.table + (" (whole table)" if r.whole_table else ""), f"{r.checked:,}", f"{r.matched:,}",
+             f"{len(r.differing):,}", f"{len(r.errors):,}", ", ".join(r.nulls_only) or "-"] for r in results]
     widths = [max(len(x) for x in col) for col in zip(headers, *rows, strict=False)]
     print(f"run {run_id}: {label}")
     for line in [headers, *rows]:
         print("  " + "  ".join(v.ljust(w) for v, w in zip(line, widths, strict=True)))
     for r in results:
+        if r.differing:
+            chunks = ", ".join("the whole table" if c is None else f"#{c}" for c in r.differing[:20])
+            more = f" and {len(r.differing) - 20} more" if len(r.differing) > 20 else ""
+            print(f"  differing chunks of {r.table}: {chunks}{more}")
         for error in r.errors[:5]:
             print(f"  ! {r.table}: {error}")
+    if any(r.differing for r in results):
+        print("  A chunk differs when its rows are not the same on both sides: a row changed or deleted in Snowflake "
+              "after it was copied, or changed in PostgreSQL. `verify --repair` copies such chunks again (a plain copy "
+              "deletes the chunk's rows first; a catch-up or merge merges and deletes nothing, so a row deleted in "
+              "Snowflake stays: reload those tables with --no-resume --load-mode swap). "
+              "migration_status.verification shows each chunk's counts on both sides.")
 
 
 def cmd_abandon(config: SourceConfig, run_id: int, yes: bool) -> int:
@@ -429,9 +498,9 @@ def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
-        latest = status.find_latest_run(conn, config.fingerprint())
+        latest = status.find_run_for(conn, config.fingerprint(), config.name, [t.name for t in config.tables])
         if latest is None:
-            print("no run of this config yet: nothing to reconcile")
+            print("no run of this config or of these tables yet: nothing to reconcile")
             return EXIT_ERRORS
         results = reconcile_tables(conn, config, latest.run_id, only_running=False, skipped=skipped)
         states = {t["table_name"]: (t["status"], t["error"]) for t in status.table_rows(conn, latest.run_id)}

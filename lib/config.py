@@ -121,7 +121,7 @@ LOAD_MODES = ("in_place", "swap")
 TABLE_OVERRIDE_KEYS = {"load_mode", "insert_only_mode"}
 
 # Keys an execution (Step Functions input or CLI flag) may override. Everything else is refused.
-OVERRIDE_KEYS = {"source_name", "tables", "no_resume", *SETTING_NAMES, *TABLE_OVERRIDE_KEYS}
+OVERRIDE_KEYS = {"source_name", "tables", "no_resume", "abandon_live", *SETTING_NAMES, *TABLE_OVERRIDE_KEYS}
 
 
 @dataclass(frozen=True)
@@ -171,6 +171,7 @@ class SourceConfig:
     tables: tuple[TableSpec, ...]
     settings: Settings
     no_resume: bool = False
+    abandon_live: bool = False  # no_resume may abandon a run whose workers are alive
     _secret_cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def retry_policy(self) -> RetryPolicy:
@@ -299,6 +300,7 @@ def parse_config(raw: Any, source_name: str | None, overrides: dict[str, Any]) -
         tables=tuple(tables),
         settings=settings,
         no_resume=overrides.get("no_resume", False),
+        abandon_live=overrides.get("abandon_live", False),
     )
 
 
@@ -315,7 +317,7 @@ def _parse_overrides(raw: dict[str, Any], problems: list[str]) -> dict[str, Any]
                 out[key] = value
             else:
                 problems.append(f"override 'source_name' must be a source name (a string), got {value!r}")
-        elif key in ("no_resume", "insert_only_mode"):
+        elif key in ("no_resume", "abandon_live", "insert_only_mode"):
             parsed = parse_bool(value)
             if parsed is None:
                 problems.append(f"override {key!r} must be true or false (a JSON boolean, or the string "

@@ -64,30 +64,36 @@ class TableLoad:
 
 def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column], run_id: int,
             source_key: Callable[[], list[str]], notes: list[str],
-            window: Window | None, no_resume: bool = False) -> tuple[TableLoad, dict[str, str] | None, list[str]]:
+            window: Window | None, no_resume: bool = False,
+            dry_run: bool = False) -> tuple[TableLoad, dict[str, str] | None, list[str]]:
     """Inside the planning transaction: create, truncate, check or shadow the target and choose the mode.
 
     `no_resume`: the user asked to copy everything again. A target this config copied before then holds rows
     that a catch-up would leave as they are (changed rows stale): refused, saying how to reload it.
+    `dry_run` (migrate.py plan): the same decisions and checks, but no table is created, truncated or shadowed.
 
     Returns the load, the existing target's column types by source column (None for a new table), and
     the key to build after the load (target column names; a new table only).
     """
-    types = pg.ensure_table(conn, spec.target, columns)
-    if types is None:  # just created
+    types = (pg.existing_types(conn, spec.target, columns) if dry_run
+             else pg.ensure_table(conn, spec.target, columns))
+    if types is None:  # just created (or, in a dry run, would be)
         key = _key_to_build(spec, columns, source_key)
         if spec.load_mode == "swap":
             notes.append(f"target {spec.target_name} did not exist: loaded in place, there is nothing to protect")
         return TableLoad("copy", spec.target, (), window), None, key
     if spec.load_mode == "swap":
         swap.refuse_if_blocked(conn, spec.target)
-        shadow = swap.create_shadow(conn, spec.target, run_id, spec.name)
+        shadow = (spec.target[0], swap.shadow_name(spec.target[1], run_id)) if dry_run else \
+            swap.create_shadow(conn, spec.target, run_id, spec.name)
         notes.append(f"loaded into shadow table {'.'.join(shadow)}; swapped in for {spec.target_name} only after it "
                      f"reconciles, keeping the old table as {swap.backup_name(spec.target[1], run_id)}")
         return TableLoad("swap", shadow, (), window), types, []
     if spec.truncate_onstart:
-        pg.truncate(conn, spec.target)
-        notes.append(f"target {spec.target_name} truncated (truncate_onstart) when this run was planned")
+        if not dry_run:
+            pg.truncate(conn, spec.target)
+        notes.append(f"target {spec.target_name} " + ("is emptied (truncate_onstart) when the run plans it" if dry_run
+                     else "truncated (truncate_onstart) when this run was planned"))
         return TableLoad("copy", spec.target, (), window), types, []
     holds_rows = pg.has_rows(conn, spec.target)
     if not holds_rows and not spec.merges:

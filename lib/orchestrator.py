@@ -30,7 +30,7 @@ from lib.budget import (
     widest,
 )
 from lib.config import SourceConfig, TableSpec
-from lib.errors import MigrationError, TransientError, classify
+from lib.errors import FatalError, MigrationError, TransientError, classify
 from lib.load_modes import TableLoad, held_scope
 from lib.log import ctx, get_logger
 from lib.planning import plan_missing_tables, refresh_target_types, scoped_spec
@@ -82,6 +82,7 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
     # one Snowflake session (opened on first use) reads the snapshot time and plans the tables
     source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
     with contextlib.closing(source), pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        source.preflight()
         ledger_schema.apply_migrations(conn)
         key = _hash_lock_key(conn, config_hash)
         conn.execute("SET lock_timeout = 0")  # waiting for another starter (planning many tables) is intended
@@ -102,6 +103,12 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
                 latest = None
             superseded: tuple[int, str] | None = None
             if latest and config.no_resume and not retry_of_this_start:
+                alive = status.live_sessions(conn, latest.run_id) if latest.status == "running" else 0
+                if alive and not config.abandon_live:
+                    raise FatalError(
+                        f"run {latest.run_id} of this config is being worked on now ({alive} live session(s)): "
+                        "--no-resume would abandon it under its workers. Stop them first (Ctrl-C, or let them "
+                        "finish), or add --abandon-live to abandon it anyway")
                 log.info("no_resume: not resuming run %s (%s); starting a fresh run", latest.run_id, latest.status)
                 superseded = (latest.run_id, "superseded by a --no-resume run") if latest.status != "completed" else None
                 latest = None
@@ -396,8 +403,9 @@ def run(config: SourceConfig) -> RunResult:
     token = uuid.uuid4().hex  # retries of this start resume the run it created, even under no_resume
     start = retried(lambda: start_run(config, token), "starting the run")
     if start.mode == "nothing_to_do":
-        return RunResult(start.run_id, start.mode, "completed", start.message, 0.0,
-                         tables=retried(lambda: summarize(config, start.run_id, None), "summarizing"))
+        tables = retried(lambda: summarize(config, start.run_id, None), "summarizing")
+        return RunResult(start.run_id, start.mode, "completed", start.message,
+                         retried(lambda: run_seconds(config, start.run_id), "reading the run's duration"), tables=tables)
     wall_start = retried(lambda: _db_now(config), "reading the clock")
     interrupted, error = False, None
     final = "running"
@@ -426,6 +434,14 @@ def run(config: SourceConfig) -> RunResult:
                      tables=retried(lambda: summarize(config, start.run_id, wall_start), "summarizing"))
 
 
+def run_seconds(config: SourceConfig, run_id: int) -> float:
+    """How long the run took (to now, while it is not finished), as the ledger says."""
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        row = conn.execute(f"SELECT extract(epoch FROM coalesce(completed_at, now()) - started_at) "
+                           f"FROM {status.SCHEMA}.migration_runs WHERE run_id = %s", (run_id,)).fetchone()
+    return round(float(row[0]), 2) if row and row[0] is not None else 0.0
+
+
 def _db_now(config: SourceConfig) -> Any:
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         row = conn.execute("SELECT now()").fetchone()
@@ -449,6 +465,7 @@ def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, A
                 secs = max(float(secs or 0), 0.001)
                 speed[name] = (int(rows), round(int(rows) / secs), round(int(nbytes or 0) / secs / 2**20, 1))
         counts = status.chunk_counts(conn, run_id)
+        later = status.later_loads(conn, run_id)
     out = []
     for t in tables:
         name = t["table_name"]
@@ -466,5 +483,8 @@ def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, A
             "rows_updated": c.get("rows_updated", 0),
             "window": {"column": wm_column, "lo": t["watermark_lo"], "hi": t["watermark_hi"]} if wm_column else None,
             "values_changed": c.get("values_changed", 0),
+            # a later run (of any config) loaded this target since: this run's counts no longer describe it
+            "changed_by": (f"run {later[t['target_table']][0]} (source {later[t['target_table']][1]})"
+                           if t["target_table"] in later else None),
         })
     return out

@@ -70,8 +70,26 @@ def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run
             status.record_table_failure(conn, run_id, spec.name, spec.target_name, str(error))
 
 
+@dataclass(frozen=True)
+class PlannedTable:
+    """What planning decided for a table (`migrate.py plan` prints it; a run stores it)."""
+
+    plan: TablePlan
+    load: load_modes.TableLoad
+    read_at: str | None
+    columns: list[Column]
+
+
+def preview(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig,
+            spec: TableSpec) -> PlannedTable:
+    """Plan a table exactly as a run would (the same reads, checks, load mode, key and window), but change
+    nothing: no table is created, truncated or shadowed, nothing is stored. Raises what the run would meet."""
+    snapshot = source.now() if config.settings.snapshot is not False else None
+    return _plan_one(conn, source, config, 0, spec, snapshot, dry_run=True)
+
+
 def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
-              spec: TableSpec, snapshot: str | None) -> None:
+              spec: TableSpec, snapshot: str | None, dry_run: bool = False) -> PlannedTable:
     described = source.describe(spec.source)
     columns = columns_from_description(described)
     read_at, read_notes = reads_at(source, spec, config, snapshot)
@@ -110,7 +128,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                           if window.lo is not None else f"first window: {window.column} <= {window.hi}, and NULLs")
         if window.lo is not None and (note := null_note(source, spec.source, window.column, spec.source_filter)):
             plan.notes.append(note)
-    with conn.transaction():
+    with conn.transaction(force_rollback=dry_run):
         status.lock_target(conn, spec.target_name)
         owner = status.target_owner(conn, spec.target_name, run_id)
         if owner is not None:
@@ -122,7 +140,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
             )
         load, existing_types, key = load_modes.prepare(conn, spec, columns, run_id,
                                                        lambda: source.primary_key(spec.source), plan.notes, window,
-                                                       config.no_resume)
+                                                       config.no_resume, dry_run)
         if load.staged:
             _check_source_key(source, scoped_spec(spec, window), columns, load.key, read_at, plan.notes)
         if existing_types is not None:
@@ -133,6 +151,9 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                                       "it alone is sent as text and cast by PostgreSQL; the other columns stay binary")
         if key:
             plan.notes.append(f"primary key ({', '.join(key)}) is built after the load")
+        planned = PlannedTable(plan, replace(load, read_at=read_at), read_at, columns_from_description(described))
+        if dry_run:
+            return planned
         status.store_plan(conn, run_id, spec.name, spec.target_name, plan, described,
                           {**load.ledger_fields(), "load_scope": json.dumps(scope), "read_at": read_at})
         if key:
@@ -144,6 +165,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     )
     for note in plan.notes:
         log.info("plan note: %s", note, **ctx(run_id=run_id, table=spec.name))
+    return planned
 
 
 def _check_source_key(source: SnowflakeSource, spec: TableSpec, columns: list[Column], key: tuple[str, ...],

@@ -61,17 +61,24 @@ def types_by_source_column(conn: psycopg.Connection[Any], target: tuple[str, str
     return {c.name: existing[target_column_name(c.name)] for c in columns if target_column_name(c.name) in existing}
 
 
+def existing_types(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> dict[str, str] | None:
+    """An existing target's column types by source column name, checked to have every column; None if there is
+    no such table."""
+    if not table_exists(conn, target):
+        return None
+    types = types_by_source_column(conn, target, columns)
+    missing = [target_column_name(c.name) for c in columns if c.name not in types]
+    if missing:
+        raise FatalError(f"target table {'.'.join(target)} exists but lacks column(s) {', '.join(missing)}")
+    return types
+
+
 def ensure_table(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> dict[str, str] | None:
     """Create the target table when missing (returns None), or check that an existing one has every
     column and return its column types by source column name."""
     names = target_column_names(columns)
-    if table_exists(conn, target):
-        types = types_by_source_column(conn, target, columns)
-        missing = [target_column_name(c.name) for c in columns if c.name not in types]
-        if missing:
-            raise FatalError(
-                f"target table {'.'.join(target)} exists but lacks column(s) {', '.join(missing)}"
-            )
+    types = existing_types(conn, target, columns)
+    if types is not None:
         return types
     conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target[0])))
     column_defs = sql.SQL(", ").join(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -22,7 +23,7 @@ import snowflake.connector
 
 from lib.chunking import DayCount, HourCount, KeyBucket
 from lib.connections import RESULT_CHUNK_MB_KEY, SNOWFLAKE_FORCED
-from lib.errors import FatalError, classify
+from lib.errors import FatalError, TransientError, classify
 from lib.identifiers import quote_snowflake, snowflake_name
 from lib.models import Bounds
 from lib.retry import RetryPolicy, call_with_retry
@@ -32,6 +33,30 @@ T = TypeVar("T")
 
 # Rows read at planning to measure a table's Arrow bytes per row for the memory budget
 SAMPLE_ROWS = 1000
+
+# The connector turns an Arrow answer into rows or tables with a C++ iterator. The first one a process builds
+# sets up its logger inside std::call_once, and that calls Python (an import, logging.getLogger), where the
+# GIL may pass to another thread. If that thread is building its first iterator too, it waits on the
+# once-flag while holding the GIL, and the whole process freezes for good (the call_once/GIL deadlock of
+# ARROW-10519). A fresh run's planning builds one alone; a resumed run, a Lambda worker slot or `verify`
+# start with several threads reading at once. So until an iterator exists, answers are taken one at a time.
+_FIRST_ARROW_ANSWER = threading.Lock()
+_arrow_iterator_built = threading.Event()
+
+
+@contextlib.contextmanager
+def _one_at_a_time_until_arrow_is_set_up() -> Iterator[None]:
+    if _arrow_iterator_built.is_set():
+        yield
+        return
+    with _FIRST_ARROW_ANSWER:
+        yield
+
+
+def _built_from(part: pa.Table | pa.RecordBatch | None) -> None:
+    """A part with rows came out of the connector's C++ iterator: its one-time setup is over."""
+    if part is not None and part.num_rows:
+        _arrow_iterator_built.set()
 
 
 @dataclass(frozen=True)
@@ -75,8 +100,29 @@ class SnowflakeSource:
                     for statement in self.on_connect:
                         cur.execute(statement)
             except Exception as exc:
-                raise classify(exc, "connecting to Snowflake") from exc
+                raise classify(exc, f"connecting to Snowflake ({self.where()})") from exc
         return self._conn
+
+    def where(self) -> str:
+        """The account and address this session logs in to, for messages (never a credential)."""
+        host = self._args.get("host") or f"{self._args.get('account')}.snowflakecomputing.com"
+        port = self._args.get("port") or 443
+        return f"account {self._args.get('account')} at {self._args.get('protocol') or 'https'}://{host}:{port}"
+
+    def preflight(self, attempts: int = 2) -> None:
+        """Log in once, before any table is planned: an unreachable Snowflake fails the start at once, once, naming
+        where it looked, instead of every table's queries retrying it in turn."""
+        for attempt in range(1, attempts + 1):
+            try:
+                self.connection()
+                return
+            except TransientError as exc:
+                if attempt == attempts:
+                    raise FatalError(
+                        f"Snowflake is unreachable: {exc}. Check account, host, port and protocol in the snowflake "
+                        "block of the config, and that this machine can reach that address (proxy, firewall, "
+                        "private link)") from exc
+                time.sleep(self._retry.delay(attempt))
 
     def table_sql(self, table: tuple[str, ...]) -> str:
         """The table in a FROM clause: at its snapshot, if it is read at one."""
@@ -129,7 +175,8 @@ class SnowflakeSource:
         def once() -> T:
             with self.connection().cursor() as cur:
                 run(cur, sql, params)
-                return take(cur)
+                with _one_at_a_time_until_arrow_is_set_up():  # taking the answer builds its iterator
+                    return take(cur)
 
         return call_with_retry(once, self._retry, context, on_retry=self.close)
 
@@ -272,6 +319,7 @@ class SnowflakeSource:
 
         def measure(cur: Any) -> tuple[int, int]:
             parts = list(cur.fetch_arrow_batches(force_microsecond_precision=True))
+            _built_from(parts[0] if parts else None)
             return sum(p.num_rows for p in parts), sum(p.nbytes for p in parts)
 
         count, nbytes = self._query(sql, {"n": rows}, f"sampling rows of {'.'.join(table)}", measure)
@@ -302,8 +350,11 @@ class SnowflakeSource:
             run(cur, sql, params)
             # microseconds in every batch: otherwise the connector picks the unit per batch (nanoseconds, or
             # microseconds for years outside 1677-2262) and cannot combine one result chunk's batches
-            parts = cur.fetch_arrow_batches(force_microsecond_precision=True)
-            while (part := next(parts, None)) is not None:
+            with _one_at_a_time_until_arrow_is_set_up():  # the first part's iterator is built here
+                parts = cur.fetch_arrow_batches(force_microsecond_precision=True)
+                part = next(parts, None)
+                _built_from(part)
+            while part is not None:
                 if on_part is not None:
                     on_part(part)
                 batches = part.to_batches(max_chunksize=batch_size) if isinstance(part, pa.Table) else [part]
@@ -311,6 +362,7 @@ class SnowflakeSource:
                 batches.reverse()
                 while batches:
                     yield batches.pop()  # no reference left here once the consumer lets the batch go
+                part = next(parts, None)
         except GeneratorExit:
             raise
         except Exception as exc:

@@ -47,8 +47,50 @@ def find_latest_run(conn: psycopg.Connection[Any], config_hash: str) -> RunRow |
     return RunRow(row[0], row[1], row[2], float(row[3]), row[4]) if row else None
 
 
+def find_run_for(conn: psycopg.Connection[Any], config_hash: str, source_name: str,
+                 tables: list[str]) -> RunRow | None:
+    """The run a command about these tables means: the latest of this config, else (a --table subset is a
+    config of its own, and so is the whole after a subset ran) the latest run of the source that planned one."""
+    latest = find_latest_run(conn, config_hash)
+    if latest is not None:
+        return latest
+    row = conn.execute(
+        f"SELECT r.run_id, r.status, r.started_at, extract(epoch FROM now() - r.started_at) / 3600.0, "
+        f"r.metadata ->> 'start_token' FROM {SCHEMA}.migration_runs r WHERE r.source_name = %s AND r.status <> 'abandoned' "
+        f"AND EXISTS (SELECT 1 FROM {SCHEMA}.migration_table_status t WHERE t.run_id = r.run_id AND t.table_name = ANY(%s)) "
+        "ORDER BY r.started_at DESC, r.run_id DESC LIMIT 1", (source_name, tables)).fetchone()
+    return RunRow(row[0], row[1], row[2], float(row[3]), row[4]) if row else None
+
+
 # Second key class of the advisory lock that makes taking a target table's ownership atomic ("MJ").
 TARGET_LOCK_CLASS = 0x4D4A
+# Key class of the shared advisory lock every worker connection of a run holds ("MK"): the run's pulse.
+RUN_LOCK_CLASS = 0x4D4B
+
+
+def hold_run(conn: psycopg.Connection[Any], run_id: int) -> None:
+    """Mark `conn`'s session as working on the run until it closes (status tells a live run from a stalled one)."""
+    conn.execute("SELECT pg_advisory_lock_shared(%s, (%s::bigint %% 2147483647)::int)", (RUN_LOCK_CLASS, run_id))
+
+
+def live_sessions(conn: psycopg.Connection[Any], run_id: int) -> int:
+    """Sessions working on the run now (see hold_run)."""
+    row = conn.execute("SELECT count(DISTINCT pid) FROM pg_locks WHERE locktype = 'advisory' AND classid = %s "
+                       "AND objid = (%s::bigint %% 2147483647)::oid AND objsubid = 2 AND granted AND database = "
+                       "(SELECT oid FROM pg_database WHERE datname = current_database())",
+                       (RUN_LOCK_CLASS, run_id)).fetchone()
+    return int(row[0]) if row else 0
+
+
+def later_loads(conn: psycopg.Connection[Any], run_id: int) -> dict[str, tuple[int, str]]:
+    """Each target of the run that a later run (of any config) planned since → (that run, its source name)."""
+    rows = conn.execute(
+        f"SELECT DISTINCT ON (mine.target_table) mine.target_table, t.run_id, r.source_name "
+        f"FROM {SCHEMA}.migration_table_status mine JOIN {SCHEMA}.migration_table_status t "
+        "ON t.target_table = mine.target_table AND t.run_id > mine.run_id AND t.planned_chunks IS NOT NULL "
+        f"JOIN {SCHEMA}.migration_runs r ON r.run_id = t.run_id WHERE mine.run_id = %s "
+        "ORDER BY mine.target_table, t.run_id DESC", (run_id,)).fetchall()
+    return {r[0]: (int(r[1]), r[2]) for r in rows}
 
 
 @dataclass(frozen=True)

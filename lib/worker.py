@@ -57,9 +57,15 @@ class WorkPlan:
     repair_filters: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
+    claims: int = 0  # chunks this process claimed
+
     def may_claim(self, worker_index: int = 0) -> bool:
-        return (not self.stop.is_set() and worker_index < self.threads
-                and (self.deadline is None or time.monotonic() < self.deadline))
+        """Another chunk may be claimed: no stop asked, the thread is within the allowed threads, and time is left
+        before the deadline. An invocation whose setup ate its time budget (a busy machine, a cold start) still
+        copies one chunk on its first thread, so that every Step Functions loop makes progress."""
+        if self.stop.is_set() or worker_index >= self.threads:
+            return False
+        return self.deadline is None or time.monotonic() < self.deadline or (worker_index == 0 and not self.claims)
 
     def observe(self, table: str, part_bytes: int = 0, batch_bytes: int = 0) -> None:
         """A real result part or batch of `table`: when it is bigger than the plan assumed and the threads no
@@ -102,6 +108,8 @@ class Worker:
                     chunk = status.claim_chunk(
                         self._pg(), self.plan.run_id, self.name, settings.lease_seconds, settings.max_attempts
                     )
+                    if chunk is not None:
+                        self.plan.claims += 1
                     if chunk is None:
                         wait = status.seconds_until_retry(self._pg(), self.plan.run_id)
                         if wait is None:
@@ -220,6 +228,7 @@ class Worker:
     def _pg(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = pg.connect(self.plan.config.postgres_connect_args(), autocommit=True)
+            status.hold_run(self._conn, self.plan.run_id)
         return self._conn
 
     def _snowflake(self) -> SnowflakeSource:

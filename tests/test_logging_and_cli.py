@@ -43,5 +43,6 @@ def test_every_override_is_also_a_cli_flag() -> None:
     assert overrides == {"tables": ["A"], "no_resume": True, "resume_max_age": 8760.0, "parallel_threads": 3,
                          "batch_size": 1000, "max_attempts": 5, "retry_base_seconds": 0.5, "load_mode": "swap",
                          "insert_only_mode": "true"}
-    assert set(SETTING_NAMES) | {"tables", "no_resume", "load_mode", "insert_only_mode"} == OVERRIDE_KEYS - {"source_name"}
+    assert set(SETTING_NAMES) | {"tables", "no_resume", "abandon_live", "load_mode", "insert_only_mode"} == \
+        OVERRIDE_KEYS - {"source_name"}
     assert OVERRIDE_KEYS - {"source_name"} <= {action.dest for action in build_parser()._actions}

@@ -56,5 +56,6 @@ def test_time_budget_stops_claiming_and_leaves_the_rest_for_the_next_invocation(
     start = start_run(config)
     plan = work_plan(config, start.run_id, deadline=time.monotonic())  # no time left at all
     stats = work(plan, 2)
-    assert stats.chunks_done == 0 and _states(env) == {"pending": 11}
+    # only the one chunk every invocation copies, so that each loop of a state machine makes progress
+    assert stats.chunks_done == 1 and _states(env) == {"pending": 10, "done": 1}
     assert run(config).status == "completed"

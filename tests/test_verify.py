@@ -86,7 +86,8 @@ def test_verify_exits_1_naming_the_chunk_and_repair_makes_it_exit_0(env) -> None
     with env.pg() as conn:
         conn.execute('UPDATE public."AllTypes" SET amount = amount + 0.01 WHERE id = %s', (ROW,))
     found = cli(env.env, path, "verify")
-    assert found.returncode == 1 and f"  {_chunk_of(env, ROW)}  " in found.stdout, found.stdout
+    assert found.returncode == 1 and f"differing chunks of {env.sf_database}.PUBLIC.AllTypes: #{_chunk_of(env, ROW)}" \
+        in found.stdout, found.stdout
     repaired = cli(env.env, path, "verify", "--repair")
     assert repaired.returncode == 0 and "after repair" in repaired.stdout, repaired.stdout + repaired.stderr
 
