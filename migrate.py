@@ -133,7 +133,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 
 def cmd_run(config: SourceConfig, as_json: bool) -> int:
-    from lib.orchestrator import run
+    from lib.run.orchestrator import run
 
     result = run(config)
     stale = [t for t in result.tables if t.get("changed_by")] if result.mode == "nothing_to_do" else []
@@ -196,12 +196,12 @@ def _num(value: Any) -> str:
 def cmd_plan(config: SourceConfig, as_json: bool) -> int:
     """Plan every table as a run would (reads, checks, load mode, key, window, chunks), changing nothing; list
     every table's problem at once."""
-    from lib import ledger_schema
-    from lib import postgres_target as pg
-    from lib.budget import MIB, ReadShape, fit_threads, requested_threads
-    from lib.plan_view import plan_summary, render_plan
-    from lib.planning import preview
-    from lib.snowflake_source import SnowflakeSource
+    from lib.ledger import schema as ledger_schema
+    from lib.plan.budget import MIB, ReadShape, fit_threads, requested_threads
+    from lib.plan.render import plan_summary, render_plan
+    from lib.plan.tables import preview
+    from lib.source.snowflake import SnowflakeSource
+    from lib.target import postgres as pg
 
     source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy())
     problems: list[str] = []
@@ -257,18 +257,20 @@ def cmd_plan(config: SourceConfig, as_json: bool) -> int:
 
 def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | None:
     """Everything an operator asks about one run (default: the latest of this config)."""
-    from lib import ledger_schema, status, swap
-    from lib import postgres_target as pg
-    from lib.orchestrator import summarize
+    from lib import ledger
+    from lib.ledger import schema as ledger_schema
+    from lib.run.orchestrator import summarize
+    from lib.target import postgres as pg
+    from lib.target import swap
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
         if run_id is None:
-            latest = status.find_run_for(conn, config.fingerprint(), config.name, [t.name for t in config.tables])
+            latest = ledger.find_run_for(conn, config.fingerprint(), config.name, [t.name for t in config.tables])
             if latest is None:
                 return None
             run_id = latest.run_id
-        s = status.SCHEMA
+        s = ledger.SCHEMA
         run = conn.execute(
             f"SELECT run_id, status, started_at, completed_at, hours, resume_max_age_hours, error, "
             f"extract(epoch FROM coalesce(completed_at, now()) - started_at) FROM {s}.run_summary "
@@ -284,7 +286,7 @@ def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | 
         recent = dict(conn.execute(  # rows per second over the last five minutes, per table
             f"SELECT table_name, sum(rows_copied) / 300.0 FROM {s}.migration_chunk_status WHERE run_id = %s "
             "AND status = 'done' AND completed_at > now() - interval '5 minutes' GROUP BY 1", (run_id,)).fetchall())
-        live = status.live_sessions(conn, run_id)
+        live = ledger.live_sessions(conn, run_id)
         last_activity = conn.execute(
             f"SELECT greatest((SELECT max(greatest(started_at, completed_at)) FROM {s}.migration_chunk_status "
             f"WHERE run_id = %s), (SELECT updated_at FROM {s}.migration_runs WHERE run_id = %s))",
@@ -358,8 +360,10 @@ def cmd_cleanup(config: SourceConfig, older_than_days: float, yes: bool) -> int:
     """List (and with --yes remove) what the engine keeps beyond its use: backups of this source's targets
     beyond `keep_backups`, shadow tables no live run will swap in, and ledger rows of abandoned runs
     older than the retention. Target tables themselves are never touched."""
-    from lib import ledger_schema, status, swap
-    from lib import postgres_target as pg
+    from lib import ledger
+    from lib.ledger import schema as ledger_schema
+    from lib.target import postgres as pg
+    from lib.target import swap
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
@@ -368,7 +372,7 @@ def cmd_cleanup(config: SourceConfig, older_than_days: float, yes: bool) -> int:
         for m in tables:
             print(f"{m.kind} {m.schema}.{m.name} of {m.target} (run {m.run_id}, created {m.created_at:%Y-%m-%d %H:%M}): {m.why}")
         rows = conn.execute(
-            f"SELECT run_id, source_name, started_at, metadata ->> 'abandoned_because' FROM {status.SCHEMA}.migration_runs "
+            f"SELECT run_id, source_name, started_at, metadata ->> 'abandoned_because' FROM {ledger.SCHEMA}.migration_runs "
             "WHERE status = 'abandoned' AND source_name = %s AND started_at < now() - %s * interval '1 day' "
             "ORDER BY run_id", (config.name, older_than_days)).fetchall()
         for run_id, source, started, why in rows:
@@ -379,7 +383,7 @@ def cmd_cleanup(config: SourceConfig, older_than_days: float, yes: bool) -> int:
         elif yes:
             for m in tables:
                 swap.drop(conn, m)
-            conn.execute(f"DELETE FROM {status.SCHEMA}.migration_runs WHERE run_id = ANY(%s)", ([r[0] for r in rows],))
+            conn.execute(f"DELETE FROM {ledger.SCHEMA}.migration_runs WHERE run_id = ANY(%s)", ([r[0] for r in rows],))
             print(f"dropped {len(tables)} table(s); deleted the ledger rows of {len(rows)} abandoned run(s)")
         else:
             print(f"{len(tables)} table(s) would be dropped and {len(rows)} run(s) deleted; add --yes to do it")
@@ -388,8 +392,9 @@ def cmd_cleanup(config: SourceConfig, older_than_days: float, yes: bool) -> int:
 
 def cmd_rollback(config: SourceConfig, yes: bool) -> int:
     """Swap the newest backup of each selected table (--table) back in, each in one transaction."""
-    from lib import ledger_schema, swap
-    from lib import postgres_target as pg
+    from lib.ledger import schema as ledger_schema
+    from lib.target import postgres as pg
+    from lib.target import swap
 
     if len(config.tables) != 1 and not yes:
         print(f"rollback acts on {len(config.tables)} tables; name one with --table, or add --yes for all of them")
@@ -405,9 +410,10 @@ def cmd_rollback(config: SourceConfig, yes: bool) -> int:
 
 def cmd_verify(config: SourceConfig, sample: float | None, repair: bool, run_id: int | None, as_json: bool) -> int:
     """Checksum every done chunk (or a sample) on both sides; with --repair, copy the differing ones again."""
-    from lib import ledger_schema, status
-    from lib import postgres_target as pg
-    from lib.verify import verify_and_repair
+    from lib import ledger
+    from lib.ledger import schema as ledger_schema
+    from lib.run.repair import verify_and_repair
+    from lib.target import postgres as pg
 
     if sample is not None and not 0 < sample <= 1:
         print("--sample must be a fraction above 0 and at most 1", file=sys.stderr)
@@ -415,7 +421,7 @@ def cmd_verify(config: SourceConfig, sample: float | None, repair: bool, run_id:
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
         if run_id is None:
-            latest = status.find_run_for(conn, config.fingerprint(), config.name, [t.name for t in config.tables])
+            latest = ledger.find_run_for(conn, config.fingerprint(), config.name, [t.name for t in config.tables])
             if latest is None:
                 print("no run of this config or of these tables yet: nothing to verify")
                 return EXIT_ERRORS
@@ -462,12 +468,13 @@ def _print_verification(run_id: int, results: list[Any], label: str) -> None:
 def cmd_abandon(config: SourceConfig, run_id: int, yes: bool) -> int:
     """Give a run of this source up: it is never resumed, its workers can no longer commit, and the
     target tables it was loading can be loaded by another run. Rows it already copied stay."""
-    from lib import ledger_schema, status
-    from lib import postgres_target as pg
+    from lib import ledger
+    from lib.ledger import schema as ledger_schema
+    from lib.target import postgres as pg
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
-        row = conn.execute(f"SELECT status, source_name FROM {status.SCHEMA}.migration_runs WHERE run_id = %s",
+        row = conn.execute(f"SELECT status, source_name FROM {ledger.SCHEMA}.migration_runs WHERE run_id = %s",
                            (run_id,)).fetchone()
         if row is None or row[1] != config.name:
             print(f"no run {run_id} of source {config.name}")
@@ -476,34 +483,35 @@ def cmd_abandon(config: SourceConfig, run_id: int, yes: bool) -> int:
             print(f"run {run_id} is {row[0]}: nothing to abandon")
             return EXIT_ERRORS
         targets = [r[0] for r in conn.execute(
-            f"SELECT target_table FROM {status.SCHEMA}.migration_table_status WHERE run_id = %s "
+            f"SELECT target_table FROM {ledger.SCHEMA}.migration_table_status WHERE run_id = %s "
             "AND planned_chunks IS NOT NULL AND status <> 'completed' ORDER BY 1", (run_id,)).fetchall()]
         print(f"run {run_id} ({row[0]}) loads {', '.join(targets) or 'no table'}; rows it copied stay in place")
         if not yes:
             print("add --yes to abandon it")
             return EXIT_OK
-        status.abandon_run(conn, run_id, "abandoned by an operator (migrate.py abandon)")
+        ledger.abandon_run(conn, run_id, "abandoned by an operator (migrate.py abandon)")
         print(f"run {run_id} abandoned: its targets are free for another run")
     return EXIT_OK
 
 
 def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
     """Re-count source and target of every configured table of the latest run, store and print it."""
-    from lib import ledger_schema, status
-    from lib import postgres_target as pg
-    from lib.orchestrator import finalize_run, reconcile_tables
+    from lib import ledger
+    from lib.ledger import schema as ledger_schema
+    from lib.run.orchestrator import finalize_run, reconcile_tables
+    from lib.target import postgres as pg
 
     def skipped(name: str, chunks: dict[str, int]) -> None:
         print(f"{name}: still copying ({chunks['pending']} pending, {chunks['running']} running): skipped")
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         ledger_schema.apply_migrations(conn)
-        latest = status.find_run_for(conn, config.fingerprint(), config.name, [t.name for t in config.tables])
+        latest = ledger.find_run_for(conn, config.fingerprint(), config.name, [t.name for t in config.tables])
         if latest is None:
             print("no run of this config or of these tables yet: nothing to reconcile")
             return EXIT_ERRORS
         results = reconcile_tables(conn, config, latest.run_id, only_running=False, skipped=skipped)
-        states = {t["table_name"]: (t["status"], t["error"]) for t in status.table_rows(conn, latest.run_id)}
+        states = {t["table_name"]: (t["status"], t["error"]) for t in ledger.table_rows(conn, latest.run_id)}
 
     final = finalize_run(config, latest.run_id)  # a mismatch found now makes a completed run completed_with_errors
     if as_json:

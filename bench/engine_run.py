@@ -4,7 +4,7 @@
 
 Prints one JSON line: the run's outcome, this process's peak RSS (VmHWM) and its RSS once the engine
 was imported, its CPU seconds, and the memory budget's estimate for the threads the run used, from the
-shapes the orchestrator budgets with (work_plan; lib/budget.py).
+shapes the orchestrator budgets with (work_plan; lib/plan/budget.py).
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from lib import postgres_target as pg
-from lib import status
-from lib.budget import MIB, estimate_bytes, widest
+from lib import ledger
 from lib.config import load_config
-from lib.orchestrator import run, work_plan
+from lib.plan.budget import MIB, estimate_bytes, widest
+from lib.run.orchestrator import run, work_plan
+from lib.target import postgres as pg
 
 
 def vm(key: str) -> float:
@@ -36,9 +36,9 @@ def main() -> None:
     result = run(config)
     shapes = list(work_plan(config, result.run_id).shapes.values())  # what the orchestrator budgeted with
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        workers = conn.execute(f"SELECT count(DISTINCT worker) FROM {status.SCHEMA}.migration_chunk_status "
+        workers = conn.execute(f"SELECT count(DISTINCT worker) FROM {ledger.SCHEMA}.migration_chunk_status "
                                "WHERE run_id = %s AND status = 'done'", (result.run_id,)).fetchone()[0]  # type: ignore[index]
-        stored = list(status.read_shapes(conn, result.run_id).values())
+        stored = list(ledger.read_shapes(conn, result.run_id).values())
     usage = resource.getrusage(resource.RUSAGE_SELF)
     shape = widest(shapes)
     report: dict[str, Any] = {

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import psycopg
 
-from lib import ledger_schema, status
+from lib import ledger
+from lib.ledger import schema as ledger_schema
 from scripts.local_stack import LocalStack
 
 RESULTS = Path(__file__).resolve().parent / "results" / "ledger.json"
@@ -33,7 +34,7 @@ def main() -> None:
             args = stack.pg_args("ledger_bench")
             with psycopg.connect(**args, autocommit=True) as conn:
                 ledger_schema.apply_migrations(conn)
-                s = status.SCHEMA
+                s = ledger.SCHEMA
                 conn.execute(f"ALTER TABLE {s}.migration_chunk_status ALTER COLUMN chunk_id RESTART WITH {2**31 - 1000}")
                 conn.execute(f"INSERT INTO {s}.migration_runs (config_hash, source_name, status) VALUES ('h', 's', 'running')")
                 conn.execute(f"INSERT INTO {s}.migration_table_status (run_id, table_name, target_table) VALUES (1, 't', 'public.t')")
@@ -48,7 +49,7 @@ def main() -> None:
             for _ in range(100):
                 with psycopg.connect(**args, autocommit=True) as worker:
                     began = time.perf_counter()
-                    chunk = status.claim_chunk(worker, 1, "bench", 600, 3)
+                    chunk = ledger.claim_chunk(worker, 1, "bench", 600, 3)
                     seconds.append(time.perf_counter() - began)
                     assert chunk is not None and chunk.chunk_id >= 2**31
                     with worker.transaction():

@@ -35,11 +35,12 @@ from typing import Any
 from snowflake.connector.cursor import SnowflakeCursor
 from snowflake.connector.network import SnowflakeRestful
 
-from lib.chunking import DayCount, plan_dates
 from lib.config import TableSpec
-from lib.models import TablePlan
-from lib.planner import plan_table
-from lib.snowflake_source import SnowflakeSource, columns_from_description
+from lib.models import DayCount, TablePlan
+from lib.plan.chunking import plan_dates
+from lib.plan.strategy import plan_table
+from lib.source.snowflake import SnowflakeSource
+from lib.typemap import columns_from_description
 from scripts.local_stack import LocalStack
 
 DATABASE, SCHEMA = "BENCH", "PUBLIC"

@@ -2,7 +2,7 @@
 
     python -m bench.swap_bench            # SWAP_BENCH_ROWS=500000 for a smoke run
 
-The shadow is prepared as a run prepares it (lib/swap.py: indexes, keys, grants, ANALYZE, without the live
+The shadow is prepared as a run prepares it (lib/target/swap.py: indexes, keys, grants, ANALYZE, without the live
 table's lock), then swapped in by one transaction; the live table's lock is held from LOCK TABLE to COMMIT.
 For comparison, the same swap with the index builds inside the locked transaction (how it was done before).
 Results: bench/results/swap.json.
@@ -19,7 +19,8 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from lib import ledger_schema, swap
+from lib.ledger import schema as ledger_schema
+from lib.target import swap
 from scripts.local_stack import LocalStack
 
 RESULTS = Path(__file__).resolve().parent / "results" / "swap.json"

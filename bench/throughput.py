@@ -71,25 +71,19 @@ import psycopg
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from lib import checksum, status
-from lib import postgres_target as pg
-from lib.budget import (
-    COPIES_PER_BATCH,
-    MIB,
-    STREAMED_PART_COPIES,
-    THREAD_OVERHEAD_BYTES,
-    WHOLE_RESULT_COPIES,
-    ReadShape,
-)
+from lib import ledger
+from lib.check import checksum
+from lib.check.verify import chunk_groups, source_checksums, target_checksums, verify_run
 from lib.config import Settings, load_config
-from lib.connections import snowflake_kwargs
-from lib.loaders import CopyLoader, KeyedLoader
+from lib.config.connections import snowflake_kwargs
 from lib.log import get_logger
 from lib.models import Bounds
-from lib.snowflake_source import SnowflakeSource
+from lib.plan.budget import COPIES_PER_BATCH, MIB, STREAMED_PART_COPIES, THREAD_OVERHEAD_BYTES, WHOLE_RESULT_COPIES, ReadShape
+from lib.source.snowflake import SnowflakeSource
+from lib.target import postgres as pg
+from lib.target.loaders import CopyLoader, KeyedLoader
+from lib.target.wire import Wire
 from lib.typemap import Column, columns_from_description
-from lib.verify import chunk_groups, source_checksums, target_checksums, verify_run
-from lib.wire import Wire
 from scripts.local_stack import LocalStack
 
 DATABASE, SCHEMA, TABLE = "BENCH", "PUBLIC", "SRC"
@@ -544,7 +538,7 @@ class Bench:
         with self.pg_conn(db) as conn:
             first, last = conn.execute(
                 f"SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at)) "
-                f"FROM {status.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done'",
+                f"FROM {ledger.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done'",
                 (report["run_id"],),
             ).fetchone() or (None, None)
         if first is not None and last is not None:
@@ -576,7 +570,7 @@ class Bench:
         """(f): verify_run of the copy (b) left in its database, against that copy's seconds."""
         db = "bench_e2e_whole_2"
         with self.pg_conn(db) as conn:
-            run_id = int(conn.execute(f"SELECT max(run_id) FROM {status.SCHEMA}.migration_runs").fetchone()[0])  # type: ignore[index]
+            run_id = int(conn.execute(f"SELECT max(run_id) FROM {ledger.SCHEMA}.migration_runs").fetchone()[0])  # type: ignore[index]
         verdicts: list[Any] = []
 
         def body() -> int:
@@ -723,7 +717,7 @@ def print_table(report: dict[str, Any]) -> None:
           f"chunks of {CHUNK_ROWS:,} rows, batches of {BATCH_SIZE:,}; RSS = peak VmHWM per phase (+ above the RSS at its start); "
           "CPU s = user+system seconds of this process / the fakesnow server / all PostgreSQL processes / "
           "everything else on the machine (other work: noise); estimate = the memory budget's for the threads used "
-          f"(lib/budget.py), bound = estimate + {BASE_MB} MiB, what the peak RSS must stay under")
+          f"(lib/plan/budget.py), bound = estimate + {BASE_MB} MiB, what the peak RSS must stay under")
 
 
 def main() -> None:

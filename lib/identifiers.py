@@ -67,3 +67,18 @@ def quote_snowflake_raw(ident: str) -> str:
 
 def snowflake_name(parts: tuple[str, ...]) -> str:
     return ".".join(quote_snowflake(p) for p in parts)
+
+
+def raw_sql(fragment: str) -> str:
+    """A raw SQL fragment from the config (source_filter) inside a statement: its `%` are not placeholders."""
+    return fragment.replace("%", "%%")
+
+
+def where_sql(source_filter: str | None) -> str:
+    """` WHERE (filter)` for a statement, or nothing: a config's source_filter, its `%` escaped."""
+    return f" WHERE ({raw_sql(source_filter)})" if source_filter else ""
+
+
+def and_sql(source_filter: str | None) -> str:
+    """` AND (filter)` after a statement's own condition, or nothing."""
+    return f" AND ({raw_sql(source_filter)})" if source_filter else ""

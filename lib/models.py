@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any, Literal
 
 BoundKind = Literal["all", "range", "null", "hash"]
@@ -79,7 +81,7 @@ class TablePlan:
     queries: int = 0
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
-    source_results: str | None = None  # "whole" or "streamed": how Snowflake answers a chunk (lib/budget.py)
+    source_results: str | None = None  # "whole" or "streamed": how Snowflake answers a chunk (lib/plan/budget.py)
     row_bytes: int | None = None  # Arrow bytes per row, sampled at planning
     mutable: str | None = None  # why the chunks are cut on values that may change (a column the engine chose)
 
@@ -98,5 +100,28 @@ class ClaimedChunk:
     expected_rows: int
     fence: int
     attempts: int
-    repair: bool = False  # verify --repair: the chunk is copied again (lib/loaders.py says how each load does it)
+    repair: bool = False  # verify --repair: the chunk is copied again (lib/target/loaders.py says how each load does it)
     staged: bool = False  # an earlier attempt's direct copy hit the key: through the stage this time
+
+
+@dataclass(frozen=True)
+class DayCount:
+    day: date | None  # None: rows whose key is NULL
+    rows: int
+
+
+@dataclass(frozen=True)
+class HourCount:
+    hour: datetime  # start of the hour (DATE_TRUNC('HOUR', key))
+    rows: int
+
+
+@dataclass(frozen=True)
+class KeyBucket:
+    """Rows of consecutive sorted keys: every key in [low, high], `rows` of them, `high_rows` of
+    which hold the key `high`. A key value never spans two buckets."""
+
+    low: Decimal
+    high: Decimal
+    rows: int
+    high_rows: int

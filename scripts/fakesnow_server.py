@@ -7,7 +7,7 @@ Project-owned adjustments, all at start-up and none touching fakesnow's files:
   without clients having to send fakesnow-specific session parameters;
 - Snowflake functions verification uses that fakesnow lacks: MD5_NUMBER_LOWER64 (a DuckDB macro with
   Snowflake's definition: the lower 64 bits of the MD5 digest, big-endian) and the temporary UDF
-  MIGRATION_JSONB_TEXT (lib/jsonb_text.py, registered as a DuckDB function; its CREATE statement is
+  MIGRATION_JSONB_TEXT (lib/check/jsonb_text.py, registered as a DuckDB function; its CREATE statement is
   answered without running it);
 - `AT(TIMESTAMP => ...)` (Time Travel) is emulated by copy on write: the first read of a table AT a
   timestamp registers it; the first statement after that which may change the table (INSERT, UPDATE,
@@ -141,7 +141,7 @@ def stand_in_sql(sql: str) -> str:
 
 def _jsonb_text_vector(documents: pa.Array) -> pa.Array:
     """MIGRATION_JSONB_TEXT for a vector of values at a time (a per-row Python UDF costs DuckDB far more)."""
-    from lib.jsonb_text import jsonb_text
+    from lib.check.jsonb_text import jsonb_text
 
     return pa.array([jsonb_text(d) for d in documents.to_pylist()], pa.string())
 
@@ -151,7 +151,7 @@ def _patch_functions() -> None:
     import duckdb
     import fakesnow.instance
 
-    from lib.jsonb_text import UDF_NAME
+    from lib.check.jsonb_text import UDF_NAME
 
     original = fakesnow.instance.FakeSnow.connect
 

@@ -16,28 +16,13 @@ import os
 import time
 from typing import Any
 
-from lib import postgres_target as pg
-from lib import status
-from lib.budget import fit_connections
+from lib import ledger
 from lib.config import SourceConfig, load_config
 from lib.log import get_logger
-from lib.orchestrator import (
-    finalize_run,
-    reconcile_finished_tables,
-    start_run,
-    thread_count,
-    verify_finished_tables,
-    work,
-    work_plan,
-)
-from lib.step_functions import (
-    DISTRIBUTED_ABOVE,
-    HISTORY_LIMIT,
-    continuation_name,
-    events_per_loop,
-    max_loops_for,
-    split_input,
-)
+from lib.plan.budget import fit_connections
+from lib.run.orchestrator import finalize_run, reconcile_finished_tables, start_run, thread_count, verify_finished_tables, work, work_plan
+from lib.run.step_functions import DISTRIBUTED_ABOVE, HISTORY_LIMIT, continuation_name, events_per_loop, max_loops_for, split_input
+from lib.target import postgres as pg
 
 SAFETY_MARGIN_SECONDS = float(os.environ.get("WORK_SAFETY_MARGIN_SECONDS", "60"))
 
@@ -109,7 +94,7 @@ def check(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Chunk counts of the run, and the loop number for the continue-as-new decision."""
     config = _config(event)
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        counts = status.chunk_counts(conn, int(event["run_id"]))
+        counts = ledger.chunk_counts(conn, int(event["run_id"]))
     totals = {k: sum(c[k] for c in counts.values()) for k in ("pending", "running", "done", "failed")}
     return {**totals, "remaining": totals["pending"] + totals["running"], "loop": int(event.get("loop", 0)) + 1}
 
@@ -142,8 +127,8 @@ def record_failure(event: dict[str, Any], context: Any = None) -> dict[str, Any]
         return {"recorded": False, "error": message}
     config = _config({"input": state["input"]})
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        status.finalize_run_counters(conn, int(run_id))
-        status.set_run_status(conn, int(run_id), "failed", message)
+        ledger.finalize_run_counters(conn, int(run_id))
+        ledger.set_run_status(conn, int(run_id), "failed", message)
     return {"recorded": True, "run_id": run_id, "error": message}
 
 

@@ -27,8 +27,8 @@ def cli_popen(env: dict[str, str], config: Path, *args: str) -> subprocess.Popen
 def fail_planning_once(monkeypatch: Any, table: str) -> list[str]:
     """Planning `table` (the source table's name) fails once with a transient error, then works again.
     Returns the list that records the failure."""
-    from lib import planning
     from lib.errors import TransientError
+    from lib.plan import tables as planning
 
     real, failed = planning.plan_table, []
 

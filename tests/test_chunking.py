@@ -10,9 +10,9 @@ from decimal import Decimal
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from lib.chunking import BUCKETS_PER_CHUNK, DayCount, HourCount, KeyBucket, plan_dates, plan_numeric
-from lib.models import Bounds, TablePlan
-from lib.orchestrator import run
+from lib.models import Bounds, DayCount, HourCount, KeyBucket, TablePlan
+from lib.plan.chunking import BUCKETS_PER_CHUNK, plan_dates, plan_numeric
+from lib.run.orchestrator import run
 
 
 def contains(bounds: Bounds, key: Decimal | date | datetime | None) -> bool:

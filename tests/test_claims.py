@@ -5,10 +5,10 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from lib import postgres_target as pg
-from lib import status
+from lib import ledger as status
 from lib.errors import FenceLostError
-from lib.orchestrator import start_run
+from lib.run.orchestrator import start_run
+from lib.target import postgres as pg
 from lib.typemap import columns_from_description
 
 

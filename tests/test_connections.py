@@ -13,9 +13,9 @@ from snowflake.connector.arrow_context import ArrowConverterContext
 from snowflake.connector.constants import IterUnit
 from snowflake.connector.result_batch import _create_nanoarrow_iterator
 
-from lib import postgres_target as pg
 from lib.config import ConfigError, parse_config
-from lib.snowflake_source import SnowflakeSource
+from lib.source.snowflake import SnowflakeSource
+from lib.target import postgres as pg
 from lib.typemap import map_column
 
 TABLES = [{"source": "T"}]

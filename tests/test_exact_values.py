@@ -3,9 +3,9 @@ a value that an existing target column cannot hold whole fails its chunk instead
 
 from __future__ import annotations
 
-from lib import status
-from lib.orchestrator import run
-from lib.verify import verify_run
+from lib import ledger as status
+from lib.check.verify import verify_run
+from lib.run.orchestrator import run
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lib import status
-from lib.orchestrator import run
+from lib import ledger as status
+from lib.run.orchestrator import run
 from tests.helpers import cli
 
 
@@ -49,7 +49,7 @@ def test_source_filter_applies_to_planning_copying_and_reconciliation(env) -> No
 
 def test_rows_added_after_planning_are_copied_and_counts_reconcile(env) -> None:
     """Open-ended first/last ranges and a NULL chunk catch keys that did not exist at plan time."""
-    from lib.orchestrator import start_run
+    from lib.run.orchestrator import start_run
 
     env.sf_execute("CREATE TABLE G (ID NUMBER(18,0), V VARCHAR)",
                    "INSERT INTO G SELECT SEQ8() + 100, 'x' FROM TABLE(GENERATOR(ROWCOUNT => 300))")

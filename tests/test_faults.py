@@ -10,8 +10,9 @@ from decimal import Decimal
 
 import pytest
 
-from lib import faults, status
-from lib.orchestrator import run
+from lib import faults
+from lib import ledger as status
+from lib.run.orchestrator import run
 from tests.helpers import cli, cli_popen
 
 ROWS = 20_000

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from lib.chunking import BUCKETS_PER_CHUNK, DayCount, HourCount, hash_modulus, plan_dates, plan_hash, plan_numeric
-from lib.models import TablePlan
-from lib.plan_view import render_plan
+from lib.models import DayCount, HourCount, TablePlan
+from lib.plan.chunking import BUCKETS_PER_CHUNK, hash_modulus, plan_dates, plan_hash, plan_numeric
+from lib.plan.render import render_plan
 from tests.test_chunking import buckets_like_the_source
 
 GOLDEN = Path(__file__).parent / "golden"

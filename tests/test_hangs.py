@@ -7,9 +7,9 @@ from __future__ import annotations
 import threading
 import time
 
-from lib import status
-from lib.lease import LeaseKeeper, Progress
-from lib.orchestrator import run, start_run
+from lib import ledger as status
+from lib.ledger.lease import LeaseKeeper, Progress
+from lib.run.orchestrator import run, start_run
 
 ROWS = 3000
 LEASE = 3

@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from lib.jsonb_text import JSONB_TEXT_JS, jsonb_text
+from lib.check.jsonb_text import JSONB_TEXT_JS, jsonb_text
 
 DOCUMENTS = [
     '{"b": 1, "a": 2, "aa": 3, "é": 4, "z": 5}',  # by byte length, then bytes: "é" is two bytes

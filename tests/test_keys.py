@@ -4,8 +4,9 @@ rows behind a `match`."""
 
 from __future__ import annotations
 
-from lib import faults, status
-from lib.orchestrator import run
+from lib import faults
+from lib import ledger as status
+from lib.run.orchestrator import run
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 

@@ -7,8 +7,10 @@ import json
 
 import pytest
 
-from lib import ledger_schema, status
-from lib.orchestrator import run, start_run
+from lib import ledger as status
+from lib.ledger import chunks
+from lib.ledger import schema as ledger_schema
+from lib.run.orchestrator import run, start_run
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 
@@ -74,7 +76,7 @@ def _claim_buffers(conn, run_id: int) -> int:
     """Shared buffers a claim's selection of the next chunk touches (EXPLAIN ANALYZE, rolled back)."""
     with conn.transaction(force_rollback=True):
         plan = conn.execute(
-            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT chunk_id {status._CLAIMABLE} AND attempts < 3 "
+            f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) SELECT chunk_id {chunks._CLAIMABLE} AND attempts < 3 "
             "ORDER BY chunk_id LIMIT 1 FOR UPDATE SKIP LOCKED", {"run_id": run_id}).fetchone()[0]
     top = (plan if isinstance(plan, list) else json.loads(plan))[0]["Plan"]
     return int(top.get("Shared Hit Blocks", 0)) + int(top.get("Shared Read Blocks", 0))

@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from lib import status
+from lib import ledger as status
 from tests.helpers import cli
 from tests.test_load_modes import LIVE_DDL, NUMERIC, ROWS, _source, _source_rows, _target_rows
 

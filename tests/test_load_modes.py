@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from lib import status
-from lib.orchestrator import reconcile_finished_tables, run, start_run, work, work_plan
+from lib import ledger as status
+from lib.run.orchestrator import reconcile_finished_tables, run, start_run, work, work_plan
 
 ROWS = 3000
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
@@ -226,7 +226,7 @@ def test_a_swap_refuses_what_it_cannot_carry_over_and_lists_all_of_it(env) -> No
 def test_a_chunk_whose_key_range_was_empty_falls_back_to_the_stage_when_rows_appear(env, monkeypatch) -> None:
     """New-key chunks of a catch-up are copied straight into the target; if another writer puts a row into
     the range meanwhile, the COPY meets the key, rolls back, and the retry merges through the stage."""
-    from lib import postgres_target
+    from lib.target import postgres as postgres_target
 
     _source(env)
     with env.pg() as conn:

@@ -21,21 +21,13 @@ from typing import Any
 
 import pytest
 
-from lib.budget import (
-    MIB,
-    WORKER_MEMORY_ENV,
-    ReadShape,
-    estimate_bytes,
-    fit_chunk_rows,
-    fit_threads,
-    memory_budget_bytes,
-)
 from lib.config import ConfigError, load_config
-from lib.connections import RESULT_CHUNK_MB_KEY
+from lib.config.connections import RESULT_CHUNK_MB_KEY
 from lib.models import Bounds
-from lib.orchestrator import run, start_run, thread_count, work_plan
-from lib.prefetch import Prefetcher
-from lib.snowflake_source import SnowflakeSource
+from lib.plan.budget import MIB, WORKER_MEMORY_ENV, ReadShape, estimate_bytes, fit_chunk_rows, fit_threads, memory_budget_bytes
+from lib.run.orchestrator import run, start_run, thread_count, work_plan
+from lib.source.prefetch import Prefetcher
+from lib.source.snowflake import SnowflakeSource
 from lib.typemap import columns_from_description
 from scripts.local_stack import LocalStack
 from tests.helpers import cli

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from lib import faults, status
-from lib.orchestrator import run
+from lib import faults
+from lib import ledger as status
+from lib.run.orchestrator import run
 
 # The stand-in keeps Time Travel for 1 day (Snowflake's default): a resume window of 24 h is covered by it.
 COVERED = {"resume_max_age": 24, "parallel_threads": 1}

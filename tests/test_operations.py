@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from lib import status
-from lib.orchestrator import run, start_run
+from lib import ledger as status
+from lib.run.orchestrator import run, start_run
 from tests.helpers import cli
 
 

@@ -8,8 +8,8 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from lib import status
-from lib.orchestrator import run, start_run
+from lib import ledger as status
+from lib.run.orchestrator import run, start_run
 from tests.helpers import cli
 
 DOCS = Path(__file__).resolve().parent.parent / "docs"

@@ -8,11 +8,11 @@ import signal
 import pyarrow as pa
 import pytest
 
-from lib import postgres_target as pg
-from lib import status
+from lib import ledger as status
 from lib.config import load_config
 from lib.errors import FenceLostError
-from lib.orchestrator import run, start_run, work, work_plan
+from lib.run.orchestrator import run, start_run, work, work_plan
+from lib.target import postgres as pg
 from lib.typemap import columns_from_description
 from tests.helpers import cli
 

@@ -7,9 +7,10 @@ from __future__ import annotations
 import signal
 import threading
 
-from lib import postgres_target as pg
-from lib import status
-from lib.orchestrator import finish_table, table_loads
+from lib import ledger as status
+from lib.run.orchestrator import finish_table
+from lib.target import postgres as pg
+from lib.target.load_modes import table_loads
 from tests.helpers import cli
 
 ROWS = 2000

@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from lib.prefetch import Prefetcher
+from lib.source.prefetch import Prefetcher
 
 
 def test_items_arrive_in_order_while_the_next_is_read_ahead() -> None:

@@ -8,7 +8,7 @@ import re
 from rich.console import Console
 from rich.progress import Progress
 
-from lib.progress import TableProgress, render
+from lib.run.progress import TableProgress, render
 from tests.helpers import cli
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lib.orchestrator import run
+from lib.run.orchestrator import run
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 

@@ -3,9 +3,9 @@ only the load's own rows, and never a target another run owns."""
 
 from __future__ import annotations
 
-from lib import status
-from lib.orchestrator import run
-from lib.verify import verify_and_repair
+from lib import ledger as status
+from lib.run.orchestrator import run
+from lib.run.repair import verify_and_repair
 
 DATE_CHUNKS = {"chunking_columns": ["TS"], "chunking_column_types": ["date"]}
 

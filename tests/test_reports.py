@@ -8,9 +8,9 @@ import signal
 import sys
 import time
 
-from lib import status
+from lib import ledger as status
 from lib.config import load_config
-from lib.orchestrator import start_run
+from lib.run.orchestrator import start_run
 from tests.helpers import cli, cli_popen
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}

@@ -6,8 +6,8 @@ from __future__ import annotations
 import signal
 import time
 
-from lib import status
-from lib.orchestrator import run
+from lib import ledger as status
+from lib.run.orchestrator import run
 from tests.helpers import cli, cli_popen, fail_planning_once
 
 BIG_ROWS = 400_000
@@ -133,7 +133,7 @@ def test_truncate_onstart_empties_the_target_when_planned_never_on_resume(env) -
         conn.execute("INSERT INTO public.t SELECT -g FROM generate_series(1, 50) g")
     tables = [{"source": "T", "truncate_onstart": True, "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}]
     config = env.config(tables, chunk_rows=100)
-    from lib.orchestrator import start_run
+    from lib.run.orchestrator import start_run
 
     start_run(config)  # plans and truncates; nothing copied yet
     assert env.pg_value("SELECT count(*) FROM public.t") == 0

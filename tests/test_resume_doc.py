@@ -7,8 +7,9 @@ import re
 from pathlib import Path
 from typing import Any
 
-from lib import ledger_schema, status
-from lib.orchestrator import run, start_run
+from lib import ledger as status
+from lib.ledger import schema as ledger_schema
+from lib.run.orchestrator import run, start_run
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "resume.md"
 SQL_BLOCK = re.compile(r"^```sql\n(.*?)^```", re.DOTALL | re.MULTILINE)

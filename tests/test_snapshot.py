@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from lib import status
-from lib.orchestrator import run
-from lib.snowflake_source import SnowflakeSource, retention_by_table
+from lib import ledger as status
+from lib.run.orchestrator import run
+from lib.source.snowflake import SnowflakeSource, retention_by_table
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 

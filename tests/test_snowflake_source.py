@@ -8,7 +8,7 @@ import pytest
 
 from lib.errors import FatalError
 from lib.models import Bounds
-from lib.snowflake_source import SnowflakeSource
+from lib.source.snowflake import SnowflakeSource
 from lib.typemap import columns_from_description
 
 

@@ -17,16 +17,9 @@ import pytest
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
-from lib import status
+from lib import ledger as status
 from lib.errors import ConfigError, FatalError, TransientError
-from lib.step_functions import (
-    EXECUTION_OVERHEAD_EVENTS,
-    HISTORY_LIMIT,
-    continuation_name,
-    events_per_loop,
-    max_loops_for,
-    split_input,
-)
+from lib.run.step_functions import EXECUTION_OVERHEAD_EVENTS, HISTORY_LIMIT, continuation_name, events_per_loop, max_loops_for, split_input
 from scripts import lambda_handler
 from tests.helpers import fail_planning_once
 

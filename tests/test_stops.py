@@ -5,8 +5,8 @@ from __future__ import annotations
 import signal
 import time
 
-from lib import status
-from lib.orchestrator import run, start_run, work, work_plan
+from lib import ledger as status
+from lib.run.orchestrator import run, start_run, work, work_plan
 from tests.helpers import cli, cli_popen
 
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from lib.orchestrator import run
-from lib.planner import choose_strategy
+from lib.plan.strategy import choose_strategy
+from lib.run.orchestrator import run
 from lib.typemap import map_column
 from tests.helpers import cli
 

@@ -8,9 +8,9 @@ import threading
 
 import pytest
 
-from lib import status
+from lib import ledger as status
 from lib.errors import TransientError
-from lib.orchestrator import run
+from lib.run.orchestrator import run
 from tests.helpers import cli
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}

@@ -3,8 +3,8 @@ entries in the ledger, each planned, copied, reconciled, reported and selectable
 
 from __future__ import annotations
 
-from lib import status
-from lib.orchestrator import run
+from lib import ledger as status
+from lib.run.orchestrator import run
 from tests.helpers import cli
 
 ENTRIES = [

@@ -8,7 +8,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from lib.orchestrator import run
+from lib.run.orchestrator import run
 from scripts.demo_data import ALL_TYPES_DDL, TRICKY_STRINGS, all_types_insert
 from tests.conftest import ROOT
 

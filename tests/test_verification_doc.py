@@ -6,7 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from lib import status
+from lib import ledger as status
 from tests.helpers import cli
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "verification.md"

@@ -6,10 +6,11 @@ from __future__ import annotations
 import signal
 import time
 
-from lib import status
+from lib import ledger as status
+from lib.check.verify import verify_run
 from lib.config import load_config
-from lib.orchestrator import run
-from lib.verify import verify_and_repair, verify_run
+from lib.run.orchestrator import run
+from lib.run.repair import verify_and_repair
 from scripts.demo_data import ALL_TYPES_DDL, all_types_insert
 from tests.helpers import cli
 from tests.test_types_roundtrip import EXTREMES

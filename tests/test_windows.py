@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from lib import faults, status
-from lib.orchestrator import run
-from lib.verify import verify_run
-from lib.watermark import Window, last_load, load_scope, lowered
+from lib import faults
+from lib import ledger as status
+from lib.check.verify import verify_run
+from lib.run.orchestrator import run
+from lib.target.windows import Window, last_load, load_scope, lowered
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 
@@ -83,7 +84,7 @@ def test_a_widened_source_filter_starts_the_window_afresh_and_copies_the_rows_it
 
 def test_a_high_water_mark_belongs_to_its_whole_scope(env) -> None:
     with env.pg() as conn:
-        from lib import ledger_schema
+        from lib.ledger import schema as ledger_schema
 
         ledger_schema.apply_migrations(conn)
         scope = load_scope("acct", ("DB", "S", "T"), "X > 1", "TS", "public.t")

@@ -12,8 +12,8 @@ import pytest
 from psycopg import errors as pg_errors
 
 from lib.errors import FatalError, classify, is_transient
+from lib.target.wire import Wire
 from lib.typemap import map_column
-from lib.wire import Wire
 
 COLUMNS = [map_column("ID", "NUMBER", 18, 0), map_column("TS", "TIMESTAMP_NTZ"), map_column("DAY", "DATE"),
            map_column("AMOUNT", "NUMBER", 38, 10), map_column("NOTE", "VARCHAR"), map_column("DOC", "VARIANT")]

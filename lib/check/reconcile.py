@@ -11,7 +11,7 @@ A table passes only when every chunk is done AND the counts match; anything else
 reason, so "completed with a mismatch" can never be reported as success. One exception is named as
 such: a watermark window or merge read live (not at a snapshot) whose source changed while it was
 read cannot be proven by counts; it is reconciled `source_changed` and read again by the next run
-(lib/watermark.py), rather than failing every resume of a run whose source keeps changing.
+(lib/target/windows.py), rather than failing every resume of a run whose source keeps changing.
 """
 
 from __future__ import annotations
@@ -21,12 +21,12 @@ from typing import Any
 
 import psycopg
 
-from lib import postgres_target as pg
-from lib import status
+from lib import ledger
 from lib.config import TableSpec
 from lib.errors import MigrationError, classify
-from lib.load_modes import TableLoad, held_scope
-from lib.snowflake_source import SnowflakeSource
+from lib.source.snowflake import SnowflakeSource
+from lib.target import postgres as pg
+from lib.target.load_modes import TableLoad, held_scope
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ def reconcile_table(
     chunks: dict[str, int], load: TableLoad,
 ) -> Reconciliation:
     """Count both sides and store the verdict. `spec` is scoped to the run's window (planning.scoped_spec);
-    `chunks` is the table's entry of status.chunk_counts."""
+    `chunks` is the table's entry of ledger.chunk_counts."""
     problems: list[str] = []
     source_count = target_count = None
     against = "rows_read" if load.staged else "target"
@@ -60,7 +60,7 @@ def reconcile_table(
         problems.append(f"target count failed: {classify(exc)}")
     if chunks.get("failed"):
         errors = conn.execute(
-            f"SELECT chunk_no, error FROM {status.SCHEMA}.migration_chunk_status "
+            f"SELECT chunk_no, error FROM {ledger.SCHEMA}.migration_chunk_status "
             "WHERE run_id = %s AND table_name = %s AND status = 'failed' ORDER BY chunk_no LIMIT 3",
             (run_id, spec.name),
         ).fetchall()
@@ -76,13 +76,13 @@ def reconcile_table(
             verdict = "source_changed"
             again = (f"the next window starts at this one's lower end ({load.window.lo})" if load.window and load.window.lo
                      else "the next window reads from the beginning" if load.window else "the next merge reads it again")
-            status.add_plan_note(conn, run_id, spec.name, (
+            ledger.add_plan_note(conn, run_id, spec.name, (
                 f"the source changed while this {'window' if load.window else 'merge'} was read live: {source_count} "
                 f"row(s) in scope now, {compared} {what}; counts cannot prove it, so {again}"))
         else:
             problems.append(f"row counts differ: source {source_count}, {what} {compared} ({compared - source_count:+d})")
     error = "; ".join(problems) or None
     rec = Reconciliation(spec.name, error is None, rows_read, source_count, target_count, error)
-    status.store_reconciliation(conn, run_id, spec.name, rec.rows_copied, source_count, target_count, rec.ok, error,
+    ledger.store_reconciliation(conn, run_id, spec.name, rec.rows_copied, source_count, target_count, rec.ok, error,
                                 against, verdict)
     return rec

@@ -36,8 +36,8 @@ from psycopg import sql
 from lib import faults
 from lib.errors import FatalError
 from lib.identifiers import PG_MAX_IDENTIFIER_BYTES
-from lib.ledger_schema import SCHEMA
-from lib.postgres_target import table_ident
+from lib.ledger.schema import SCHEMA
+from lib.target.postgres import table_ident
 
 
 def derived_name(base: str, suffix: str) -> str:

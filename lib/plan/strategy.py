@@ -9,11 +9,11 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from lib.chunking import BUCKETS_PER_CHUNK, hash_modulus, plan_dates, plan_hash, plan_numeric, plan_single
 from lib.config import TableSpec
 from lib.errors import FatalError
 from lib.models import TablePlan
-from lib.snowflake_source import SnowflakeSource
+from lib.plan.chunking import BUCKETS_PER_CHUNK, hash_modulus, plan_dates, plan_hash, plan_numeric, plan_single
+from lib.source.snowflake import SnowflakeSource
 from lib.typemap import Column
 
 DATE_TYPES = {"DATE", "TIMESTAMP_NTZ", "TIMESTAMP_TZ", "TIMESTAMP_LTZ", "DATETIME"}

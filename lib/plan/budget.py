@@ -30,15 +30,6 @@ COPIES_PER_BATCH = 4
 THREAD_OVERHEAD_BYTES = 40 * MIB
 # Share of a Lambda's memory the threads may use; the rest is the runtime, libraries and slack.
 LAMBDA_MEMORY_SHARE = 0.6
-RESULT_MODES = ("auto", "streamed", "whole")
-
-
-def source_results_problem(value: object) -> str | None:
-    """Why `source_results` is not a valid mode, or None."""
-    if value in RESULT_MODES:
-        return None
-    return (f"source_results must be one of {', '.join(RESULT_MODES)}, got {value!r} (auto: streamed when the "
-            "Snowflake session reports CLIENT_RESULT_CHUNK_SIZE, as Snowflake's does)")
 
 
 # Set on every function of the Step Functions stack to the work function's memory: the Plan function

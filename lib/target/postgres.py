@@ -13,19 +13,11 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from lib.errors import FatalError, classify
+from lib.config.connections import connect as connect  # opening a PostgreSQL connection: pg.connect(...)
+from lib.errors import FatalError
 from lib.models import Bounds
+from lib.target.wire import Wire, target_column_name
 from lib.typemap import Column
-from lib.wire import Wire, target_column_name  # target_column_name: the one source→target name rule
-
-
-def connect(args: dict[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
-    """Open a connection with libpq parameters as built by SourceConfig.postgres_connect_args."""
-    kwargs = {"application_name": "snowflake-pg-migrate", **args}
-    try:
-        return psycopg.connect(autocommit=autocommit, **kwargs)
-    except Exception as exc:
-        raise classify(exc, "connecting to PostgreSQL") from exc
 
 
 def table_ident(target: tuple[str, str]) -> sql.Composed:

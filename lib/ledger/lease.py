@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from lib import postgres_target as pg
+from lib.config.connections import connect
 from lib.errors import TransientError
+from lib.ledger.schema import SCHEMA
 from lib.log import ctx, get_logger
 from lib.models import ClaimedChunk
-from lib.status import SCHEMA
 
 
 class LeaseLostError(TransientError):
@@ -79,7 +79,7 @@ class LeaseKeeper:
                 seen = current
                 sent = time.monotonic()
                 try:
-                    conn = conn or pg.connect(self._args, autocommit=True)
+                    conn = conn or connect(self._args, autocommit=True)
                     renewed = conn.execute(
                         f"UPDATE {SCHEMA}.migration_chunk_status SET lease_expires_at = now() + make_interval(secs => %s) "
                         "WHERE chunk_id = %s AND fence = %s AND status = 'running'",

@@ -17,7 +17,7 @@ these three numbers travel.
 | TIMESTAMP_TZ / LTZ | microseconds since the epoch, UTC | DATE_PART(EPOCH_MICROSECOND, c) | extract(epoch FROM c) * 1e6 |
 | TIME | microseconds since midnight | DATEDIFF(microsecond, '00:00:00', c) | extract(epoch FROM c) * 1e6 |
 | BINARY | lower-case hex | LOWER(HEX_ENCODE(c)) | encode(c, 'hex') |
-| VARIANT, OBJECT, ARRAY | jsonb's text form (lib/jsonb_text.py), length-prefixed | MIGRATION_JSONB_TEXT(TO_JSON(c)) | c::text |
+| VARIANT, OBJECT, ARRAY | jsonb's text form (lib/check/jsonb_text.py), length-prefixed | MIGRATION_JSONB_TEXT(TO_JSON(c)) | c::text |
 | FLOAT | NULL or not only | 'f' | 'f' |
 | VARCHAR into a citext column | the text, length-prefixed | c | c::text |
 
@@ -33,10 +33,10 @@ from dataclasses import dataclass
 
 from psycopg import sql
 
+from lib.check.jsonb_text import UDF_NAME
 from lib.identifiers import quote_snowflake
-from lib.jsonb_text import UDF_NAME
+from lib.target.wire import target_column_name
 from lib.typemap import Column
-from lib.wire import target_column_name
 
 SLICE = (1 << 30) - 1  # each of the two sums adds 30 bits of a row's hash
 

@@ -21,11 +21,10 @@ from typing import Any, TypeVar
 import pyarrow as pa
 import snowflake.connector
 
-from lib.chunking import DayCount, HourCount, KeyBucket
-from lib.connections import RESULT_CHUNK_MB_KEY, SNOWFLAKE_FORCED
+from lib.config.connections import RESULT_CHUNK_MB_KEY, SNOWFLAKE_FORCED
 from lib.errors import FatalError, TransientError, classify
-from lib.identifiers import quote_snowflake, snowflake_name
-from lib.models import Bounds
+from lib.identifiers import and_sql, quote_snowflake, snowflake_name, where_sql
+from lib.models import Bounds, DayCount, HourCount, KeyBucket
 from lib.retry import RetryPolicy, call_with_retry
 from lib.typemap import Column, columns_from_description
 
@@ -149,7 +148,7 @@ class SnowflakeSource:
         return self._retention[(db, schema)].get(name)
 
     def checksums(self, sql: str, params: dict[str, Any] | None, context: str) -> dict[int, tuple[int, int, int]]:
-        """{bucket: (rows, sum 1, sum 2)} of a checksum query (lib/checksum.py); the sums travel as exact text."""
+        """{bucket: (rows, sum 1, sum 2)} of a checksum query (lib/check/checksum.py); the sums travel as exact text."""
         # Snowflake answers exact integers; the stand-in (DuckDB) may print them as "123.0"
         return {int(bucket): (int(count), int(Decimal(first)), int(Decimal(second)))
                 for bucket, count, first, second in self._fetchall(sql, params, context)}
@@ -453,21 +452,6 @@ def run(cur: Any, sql: str, params: dict[str, Any] | None = None) -> Any:
     """Execute on a connector cursor, always with a parameter dict: the connector then interpolates every
     statement the same way, so the `%%` written by quote_snowflake and raw_sql always becomes `%`."""
     return cur.execute(sql, params or {})
-
-
-def raw_sql(fragment: str) -> str:
-    """A raw SQL fragment from the config (source_filter) inside a statement: its `%` are not placeholders."""
-    return fragment.replace("%", "%%")
-
-
-def where_sql(source_filter: str | None) -> str:
-    """` WHERE (filter)` for a statement, or nothing: a config's source_filter, its `%` escaped."""
-    return f" WHERE ({raw_sql(source_filter)})" if source_filter else ""
-
-
-def and_sql(source_filter: str | None) -> str:
-    """` AND (filter)` after a statement's own condition, or nothing."""
-    return f" AND ({raw_sql(source_filter)})" if source_filter else ""
 
 
 def _as_datetime(value: Any) -> datetime:

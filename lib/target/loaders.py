@@ -1,4 +1,4 @@
-"""The write step of a chunk, one small strategy per load mode (lib/load_modes.py chooses it once per
+"""The write step of a chunk, one small strategy per load mode (lib/target/load_modes.py chooses it once per
 table). Every loader runs inside the chunk's transaction; the worker then marks the chunk done under
 its fence and commits, the same way for every mode."""
 
@@ -12,12 +12,12 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from lib import postgres_target as pg
 from lib.errors import FatalError, StageNextTime
-from lib.load_modes import TableLoad
 from lib.models import Bounds
+from lib.target import postgres as pg
+from lib.target.load_modes import TableLoad
+from lib.target.wire import Wire
 from lib.typemap import Column
-from lib.wire import Wire
 
 
 @dataclass(frozen=True)

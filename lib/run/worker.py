@@ -15,21 +15,21 @@ from typing import Any
 import psycopg
 import pyarrow as pa
 
-from lib import faults, status
-from lib import postgres_target as pg
-from lib.budget import ReadShape, fit_threads
+from lib import faults, ledger
 from lib.config import SourceConfig, TableSpec
 from lib.errors import FenceLostError, MigrationError, StageNextTime, TransientError, classify, with_context
-from lib.lease import LeaseKeeper, LeaseLostError, Progress
-from lib.load_modes import TableLoad
-from lib.loaders import Written, loader_for
+from lib.ledger.lease import LeaseKeeper, LeaseLostError, Progress
 from lib.log import ctx, get_logger
 from lib.models import ClaimedChunk
-from lib.prefetch import Prefetcher
+from lib.plan.budget import ReadShape, fit_threads
 from lib.retry import call_with_retry
-from lib.snowflake_source import SnowflakeSource
+from lib.source.prefetch import Prefetcher
+from lib.source.snowflake import SnowflakeSource
+from lib.target import postgres as pg
+from lib.target.load_modes import TableLoad
+from lib.target.loaders import Written, loader_for
+from lib.target.wire import Wire
 from lib.typemap import Column
-from lib.wire import Wire
 
 
 @dataclass
@@ -52,7 +52,7 @@ class WorkPlan:
     deadline: float | None = None  # time.monotonic() after which no new chunk is claimed
     snapshots: dict[tuple[str, ...], str] = field(default_factory=dict)  # source table → the point in time it is read at
     threads: int = 1  # workers allowed to claim; lowered when real result parts or batches outgrow the plan's
-    shapes: dict[str, ReadShape] = field(default_factory=dict)  # per table: what a thread holds (lib/budget.py)
+    shapes: dict[str, ReadShape] = field(default_factory=dict)  # per table: what a thread holds (lib/plan/budget.py)
     # per copy or swap table: the source rows its target holds (load_modes.held_scope), which a repair copies again
     repair_filters: dict[str, str | None] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -105,13 +105,13 @@ class Worker:
         try:
             while self.plan.may_claim(self.index):
                 try:
-                    chunk = status.claim_chunk(
+                    chunk = ledger.claim_chunk(
                         self._pg(), self.plan.run_id, self.name, settings.lease_seconds, settings.max_attempts
                     )
                     if chunk is not None:
                         self.plan.claims += 1
                     if chunk is None:
-                        wait = status.seconds_until_retry(self._pg(), self.plan.run_id)
+                        wait = ledger.seconds_until_retry(self._pg(), self.plan.run_id)
                         if wait is None:
                             break
                         time.sleep(min(wait, 1.0) + 0.01)
@@ -200,7 +200,7 @@ class Worker:
                 moving = _ticking(self._measured(chunk.table_name, _with_fault_points(batches)), progress)
                 wire = Wire(columns, key=chunk.bounds.column, nul_bytes=self.plan.config.nul_bytes(spec))
                 written = loader_for(load, chunk.repair, chunk.staged).write(conn, wire, moving, chunk.bounds)
-                status.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated,
+                ledger.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated,
                                  wire.notes(), sum(wire.nul_values_changed.values()))
                 faults.maybe_crash("before_commit")
         finally:
@@ -209,12 +209,12 @@ class Worker:
                                  chunk.chunk_no, **ctx(run_id=chunk.run_id, table=chunk.table_name))
                 self._reset_source(wait=False)
         faults.maybe_crash("after_commit")
-        status.release_liveness_lock(conn, chunk)
+        ledger.release_liveness_lock(conn, chunk)
         return written
 
     def _record_failure(self, chunk: ClaimedChunk, error: str, retry_in: float | None, stage_next: bool) -> str:
         def record() -> str:
-            return status.mark_failed(self._pg(), chunk, error, retry_in, self.plan.config.settings.max_attempts,
+            return ledger.mark_failed(self._pg(), chunk, error, retry_in, self.plan.config.settings.max_attempts,
                                       stage_next)
 
         try:
@@ -228,7 +228,7 @@ class Worker:
     def _pg(self) -> psycopg.Connection[Any]:
         if self._conn is None or self._conn.closed:
             self._conn = pg.connect(self.plan.config.postgres_connect_args(), autocommit=True)
-            status.hold_run(self._conn, self.plan.run_id)
+            ledger.hold_run(self._conn, self.plan.run_id)
         return self._conn
 
     def _snowflake(self) -> SnowflakeSource:

@@ -11,38 +11,14 @@ Invariants every strategy keeps (tests check them):
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from decimal import Decimal
 
-from lib.models import Bounds, PlannedChunk, TablePlan
+from lib.models import Bounds, DayCount, HourCount, KeyBucket, PlannedChunk, TablePlan
 
 # The numeric stats query cuts the sorted keys into buckets of chunk_rows / BUCKETS_PER_CHUNK rows,
 # so chunks can be packed to within about a quarter of the target size.
 BUCKETS_PER_CHUNK = 4
-
-
-@dataclass(frozen=True)
-class DayCount:
-    day: date | None  # None: rows whose key is NULL
-    rows: int
-
-
-@dataclass(frozen=True)
-class HourCount:
-    hour: datetime  # start of the hour (DATE_TRUNC('HOUR', key))
-    rows: int
-
-
-@dataclass(frozen=True)
-class KeyBucket:
-    """Rows of consecutive sorted keys: every key in [low, high], `rows` of them, `high_rows` of
-    which hold the key `high`. A key value never spans two buckets."""
-
-    low: Decimal
-    high: Decimal
-    rows: int
-    high_rows: int
 
 
 def plan_single(total_rows: int, reason: str) -> TablePlan:

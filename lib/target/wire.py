@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from typing import Any
 
 import pgpq
 import pgpq.encoders as pgpq_encoders
@@ -32,21 +31,8 @@ from lib.typemap import Column
 PG_MIN_MICROSECONDS = -210_866_803_200_000_000
 PG_MIN_DAYS, PG_MAX_DAYS = -2_440_588, 2_145_042_905
 
-NUL_POLICIES = ("fail", "strip", "replace:<char>")
 # A JSON \u0000 escape not preceded by an escaping backslash (jsonb refuses it), with what precedes it.
 _JSON_NUL = r"(^|[^\\])((?:\\\\)*)\\u0000"
-
-
-def nul_policy_problem(value: Any) -> str | None:
-    """Why `nul_bytes` is not a valid policy, or None."""
-    if value in ("fail", "strip"):
-        return None
-    if isinstance(value, str) and value.startswith("replace:"):
-        char = value[len("replace:"):]
-        if len(char) == 1 and char != "\x00":
-            return None
-        return f"nul_bytes {value!r}: replace:<char> takes exactly one character (not NUL)"
-    return f"nul_bytes must be one of {', '.join(NUL_POLICIES)}, got {value!r}"
 
 
 def target_column_name(source_name: str) -> str:

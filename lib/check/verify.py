@@ -1,4 +1,4 @@
-"""Verification: every done chunk's content checksum (lib/checksum.py), computed inside Snowflake and inside
+"""Verification: every done chunk's content checksum (lib/check/checksum.py), computed inside Snowflake and inside
 PostgreSQL, compared and stored in `migration_status.chunk_checksums`; and the repair of the chunks
 that differ.
 
@@ -30,17 +30,19 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from lib import checksum, status
-from lib import postgres_target as pg
+from lib import ledger
+from lib.check import checksum
+from lib.check.jsonb_text import snowflake_udf_ddl
 from lib.config import SourceConfig, TableSpec
-from lib.errors import MigrationError, classify
-from lib.jsonb_text import snowflake_udf_ddl
-from lib.load_modes import TableLoad, held_scope
+from lib.errors import classify
+from lib.identifiers import and_sql
 from lib.log import ctx, get_logger
 from lib.models import Bounds
-from lib.snowflake_source import SnowflakeSource, and_sql, chunk_predicate
+from lib.source.snowflake import SnowflakeSource, chunk_predicate
+from lib.target import postgres as pg
+from lib.target.load_modes import TableLoad, held_scope
+from lib.target.wire import target_column_name
 from lib.typemap import Column
-from lib.wire import target_column_name
 
 log = get_logger()
 
@@ -66,7 +68,7 @@ class _Check:
     columns: list[Column]
     load: TableLoad
     chunks: tuple[tuple[int | None, Bounds], ...]  # (None, Bounds("all")) for a whole-table check
-    fields: list[checksum.Field]  # the table's canonical texts (lib/checksum.py), built once per table
+    fields: list[checksum.Field]  # the table's canonical texts (lib/check/checksum.py), built once per table
     held: str | None  # the source rows the target holds (load_modes.held_scope)
 
 
@@ -93,7 +95,8 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
                only: dict[str, set[int | None]] | None = None) -> list[TableVerification]:
     """Checksum the done chunks of the run (all, a random `sample` fraction, or `only` these chunks per table),
     store and return the verdicts."""
-    from lib.orchestrator import source_snapshots, table_loads
+    from lib.ledger.tables import source_snapshots
+    from lib.target.load_modes import table_loads
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         loads = table_loads(conn, config, run_id)
@@ -261,7 +264,7 @@ def _store(conn: psycopg.Connection[Any], run_id: int, item: _Check, chunk_no: i
            snapshot_at: str | None, error: str | None) -> None:
     fields = item.fields
     conn.execute(
-        f"INSERT INTO {status.SCHEMA}.chunk_checksums (run_id, table_name, chunk_no, source_rows, source_sum1, "
+        f"INSERT INTO {ledger.SCHEMA}.chunk_checksums (run_id, table_name, chunk_no, source_rows, source_sum1, "
         "source_sum2, target_rows, target_sum1, target_sum2, result, compared, nulls_only, snapshot_at, error) "
         "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
         (run_id, item.spec.name, chunk_no, *(theirs or (None, None, None)), *(ours or (None, None, None)), verdict,
@@ -270,7 +273,7 @@ def _store(conn: psycopg.Connection[Any], run_id: int, item: _Check, chunk_no: i
 
 
 def _done_chunks(conn: psycopg.Connection[Any], run_id: int) -> dict[str, list[tuple[int, Bounds]]]:
-    rows = conn.execute(f"SELECT table_name, chunk_no, bounds FROM {status.SCHEMA}.migration_chunk_status "
+    rows = conn.execute(f"SELECT table_name, chunk_no, bounds FROM {ledger.SCHEMA}.migration_chunk_status "
                         "WHERE run_id = %s AND status = 'done' ORDER BY table_name, chunk_no", (run_id,)).fetchall()
     out: dict[str, list[tuple[int, Bounds]]] = {}
     for name, chunk_no, bounds in rows:
@@ -291,7 +294,7 @@ def schedule_repairs(config: SourceConfig, run_id: int,
             if None in result.differing:
                 refused.append(f"{result.table}: chunked by hash, so no key range selects a chunk in PostgreSQL: "
                                "it cannot be repaired chunk-wise; reload it (load_mode swap)")
-            owner = status.target_owner(conn, targets[result.table], run_id) if chunks else None
+            owner = ledger.target_owner(conn, targets[result.table], run_id) if chunks else None
             if owner is not None:
                 refused.append(f"{result.table}: its target {targets[result.table]} is being loaded "
                                f"by run {owner.run_id} (source {owner.source_name}); a repair now would delete rows that "
@@ -300,15 +303,15 @@ def schedule_repairs(config: SourceConfig, run_id: int,
             if not chunks:
                 continue
             conn.execute(
-                f"UPDATE {status.SCHEMA}.migration_chunk_status SET status = 'pending', repair = true, attempts = 0, "
+                f"UPDATE {ledger.SCHEMA}.migration_chunk_status SET status = 'pending', repair = true, attempts = 0, "
                 "retry_at = NULL, lease_expires_at = NULL WHERE run_id = %s AND table_name = %s AND chunk_no = ANY(%s)",
                 (run_id, result.table, chunks))
             conn.execute(
-                f"UPDATE {status.SCHEMA}.migration_table_status SET status = 'running', reconcile_status = 'pending', "
+                f"UPDATE {ledger.SCHEMA}.migration_table_status SET status = 'running', reconcile_status = 'pending', "
                 "completed_at = NULL WHERE run_id = %s AND table_name = %s", (run_id, result.table))
             scheduled[result.table] = set(chunks)
         if scheduled:
-            status.set_run_status(conn, run_id, "running")
+            ledger.set_run_status(conn, run_id, "running")
     return scheduled, refused
 
 
@@ -322,32 +325,7 @@ def record_differences(config: SourceConfig, run_id: int, results: list[TableVer
                      f"({', '.join('whole table' if c is None else str(c) for c in result.differing[:10])})"
                      + (f", {len(result.errors)} could not be checked ({result.errors[0]})" if result.errors else "")
                      + "; see migration_status.verification, repair with: migrate.py verify --repair")
-            conn.execute(f"UPDATE {status.SCHEMA}.migration_table_status SET status = 'failed', error = %s "
+            conn.execute(f"UPDATE {ledger.SCHEMA}.migration_table_status SET status = 'failed', error = %s "
                          "WHERE run_id = %s AND table_name = %s", (error, run_id, result.table))
 
 
-def verify_and_repair(config: SourceConfig, run_id: int, tables: set[str] | None, sample: float | None,
-                      repair: bool, threads: int) -> tuple[list[TableVerification], list[TableVerification] | None,
-                                                           list[str]]:
-    """Verify; with `repair`, copy the differing chunks again and verify those tables again.
-    Returns (first results, results after repair or None, what could not be repaired)."""
-    from lib.orchestrator import finalize_run, reconcile_finished_tables, thread_count, work, work_plan
-
-    first = verify_run(config, run_id, tables, sample, threads)
-    if not repair or all(r.clean for r in first):
-        return first, None, []
-    repaired, refused = schedule_repairs(config, run_id, first)
-    if not repaired:
-        return first, None, refused
-    plan = work_plan(config, run_id)
-    stats = work(plan, thread_count(config, plan))
-    if stats.errors:
-        log.error("repair copies failed: %s", "; ".join(stats.errors[:3]), **ctx(run_id=run_id))
-    reconcile_finished_tables(config, run_id)
-    finalize_run(config, run_id)
-    try:
-        again = verify_run(config, run_id, set(repaired), None, threads, only=repaired)
-    except MigrationError as exc:
-        log.error("verifying the repairs failed: %s", exc, **ctx(run_id=run_id))
-        raise
-    return first, again, refused

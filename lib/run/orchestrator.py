@@ -12,35 +12,28 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import psycopg
 
-from lib import faults, ledger_schema, status, swap
-from lib import postgres_target as pg
-from lib.budget import (
-    MIB,
-    ReadShape,
-    estimate_bytes,
-    fit_connections,
-    fit_threads,
-    memory_budget_bytes,
-    requested_threads,
-    widest,
-)
+from lib import faults, ledger
+from lib.check.reconcile import Reconciliation, reconcile_table
 from lib.config import SourceConfig, TableSpec
 from lib.errors import FatalError, MigrationError, TransientError, classify
-from lib.load_modes import TableLoad, held_scope
+from lib.ledger import schema as ledger_schema
+from lib.ledger.tables import source_snapshots
 from lib.log import ctx, get_logger
-from lib.planning import plan_missing_tables, refresh_target_types, scoped_spec
-from lib.progress import ProgressMonitor
-from lib.reconcile import Reconciliation, reconcile_table
+from lib.plan.budget import MIB, ReadShape, estimate_bytes, fit_connections, fit_threads, memory_budget_bytes, requested_threads, widest
+from lib.plan.tables import plan_missing_tables, refresh_target_types, scoped_spec
 from lib.retry import call_with_retry
-from lib.snowflake_source import SnowflakeSource
-from lib.typemap import Column, columns_from_description, estimated_row_bytes
-from lib.watermark import kind_of
-from lib.worker import Worker, WorkerStats, WorkPlan
+from lib.run.progress import ProgressMonitor
+from lib.run.worker import Worker, WorkerStats, WorkPlan
+from lib.source.snowflake import SnowflakeSource
+from lib.target import postgres as pg
+from lib.target import swap
+from lib.target.load_modes import TableLoad, held_scope, table_loads
+from lib.typemap import estimated_row_bytes
 
 log = get_logger()
 T = TypeVar("T")
@@ -88,7 +81,7 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
         conn.execute("SET lock_timeout = 0")  # waiting for another starter (planning many tables) is intended
         conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
-            latest = status.find_latest_run(conn, config_hash)
+            latest = ledger.find_latest_run(conn, config_hash)
             retry_of_this_start = bool(latest and start_token and latest.start_token == start_token)
             repeatable = any(t.repeatable for t in config.tables)
             if latest and latest.status == "completed" and (not config.no_resume or retry_of_this_start):
@@ -103,7 +96,7 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
                 latest = None
             superseded: tuple[int, str] | None = None
             if latest and config.no_resume and not retry_of_this_start:
-                alive = status.live_sessions(conn, latest.run_id) if latest.status == "running" else 0
+                alive = ledger.live_sessions(conn, latest.run_id) if latest.status == "running" else 0
                 if alive and not config.abandon_live:
                     raise FatalError(
                         f"run {latest.run_id} of this config is being worked on now ({alive} live session(s)): "
@@ -121,9 +114,9 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
                 latest = None
             if latest:
                 run_id, mode = latest.run_id, "resumed"
-                retried = status.reset_failed(conn, run_id)
-                status.set_run_status(conn, run_id, "running")
-                status.record_resume_window(conn, run_id, max_age)
+                retried = ledger.reset_failed(conn, run_id)
+                ledger.set_run_status(conn, run_id, "running")
+                ledger.record_resume_window(conn, run_id, max_age)
                 refresh_target_types(conn, config, run_id)
                 message = f"resuming run {run_id} (started {latest.age_hours:.1f} h ago, was {latest.status})"
                 if retried:
@@ -134,8 +127,8 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
                     metadata["snapshot_at"] = source.now()
                 with conn.transaction():  # abandoning the old run and creating the new one: all or nothing
                     if superseded:
-                        status.abandon_run(conn, *superseded)
-                    run_id = status.create_run(conn, config_hash, config.name, metadata)
+                        ledger.abandon_run(conn, *superseded)
+                    run_id = ledger.create_run(conn, config_hash, config.name, metadata)
                 mode, message = "fresh", f"started run {run_id}"
             log.info(message, **ctx(run_id=run_id))
             plan_missing_tables(conn, config, run_id, source)
@@ -149,7 +142,7 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         loads = table_loads(conn, config, run_id)
         snapshots = source_snapshots(conn, config, run_id)
-        stored_shapes = status.read_shapes(conn, run_id)
+        stored_shapes = ledger.read_shapes(conn, run_id)
         repair_filters = {name: held_scope(conn, run_id, spec) for name, (spec, _, load) in loads.items()
                           if not load.staged and load.window is None}
     tables = {name: (scoped_spec(spec, load.window), columns, load) for name, (spec, columns, load) in loads.items()}
@@ -161,30 +154,6 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) 
                                               max(largest_chunk, 1), settings)
     return WorkPlan(config, run_id, tables, deadline=deadline, snapshots=snapshots, shapes=shapes,
                     repair_filters=repair_filters)
-
-
-def source_snapshots(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> dict[tuple[str, ...], str]:
-    """Each planned source table of the run that is read at a point in time → that time (lib/planning.py)."""
-    reads = status.table_reads(conn, run_id)
-    return {spec.source: reads[spec.name] for spec in config.tables if spec.name in reads}
-
-
-def table_loads(conn: psycopg.Connection[Any], config: SourceConfig,
-                run_id: int) -> dict[str, tuple[TableSpec, list[Column], TableLoad]]:
-    """Each planned table of the run: its spec, its stored columns and its stored load mode."""
-    rows = status.table_load_rows(conn, run_id)
-    out = {}
-    for spec in config.tables:
-        row = rows.get(spec.name)
-        if row is None:
-            continue
-        columns = columns_from_description(row["source_columns"])
-        kinds = {c.name: kind_of(c) for c in columns}
-        load = TableLoad.from_ledger(row, spec.target, kinds.get(row["watermark_column"] or ""))
-        if load.mode == "swap" and swap.shadow_of(conn, run_id, spec.name) is None:
-            load = replace(load, destination=spec.target)  # swapped in: the shadow is the live table now
-        out[spec.name] = (spec, columns, load)
-    return out
 
 
 def thread_count(config: SourceConfig, plan: WorkPlan, at_most: int | None = None) -> int:
@@ -273,8 +242,8 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
     """Count source and target of each table whose chunks are all done or failed (`only_running`: and that
     is not reconciled yet; `skipped` hears of the others), then finish every table that waits for its
     post-load step: a matching table is completed only by that step."""
-    counts = status.chunk_counts(conn, run_id)
-    states = {r["table_name"]: r["status"] for r in status.table_rows(conn, run_id)}
+    counts = ledger.chunk_counts(conn, run_id)
+    states = {r["table_name"]: r["status"] for r in ledger.table_rows(conn, run_id)}
     loads = table_loads(conn, config, run_id)
     results = []
     source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), source_snapshots(conn, config, run_id))
@@ -314,12 +283,12 @@ def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, lo
         if swapping:
             what = f"preparing {'.'.join(load.destination)} to replace {spec.target_name}"
             with conn.transaction():
-                if status.claim_post_load(conn, run_id, spec.name) is None:
+                if ledger.claim_post_load(conn, run_id, spec.name) is None:
                     return False
                 conn.execute("SET LOCAL statement_timeout = 0")  # index builds on a big table may take hours
                 swap.prepare(conn, spec.target, load.destination, run_id)
         with conn.transaction():
-            step = status.claim_post_load(conn, run_id, spec.name)
+            step = ledger.claim_post_load(conn, run_id, spec.name)
             if step is None:
                 return False
             conn.execute("SET LOCAL statement_timeout = 0")
@@ -334,7 +303,7 @@ def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, lo
                     pg.add_primary_key(conn, spec.target, step.primary_key)
                 pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
             faults.maybe_crash("post_load")
-            status.complete_post_load(conn, run_id, spec.name, bool(step.primary_key))
+            ledger.complete_post_load(conn, run_id, spec.name, bool(step.primary_key))
     except Exception as exc:
         error = classify(exc, what)
         if swapping and isinstance(exc, psycopg.errors.LockNotAvailable):
@@ -342,7 +311,7 @@ def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, lo
                                    f"({swap_lock_timeout:g} s); the shadow is ready, the swap alone is tried again")
         if isinstance(error, TransientError):
             raise error from exc
-        status.fail_post_load(conn, run_id, spec.name, str(error))
+        ledger.fail_post_load(conn, run_id, spec.name, str(error))
         log.error("%s", error, **ctx(run_id=run_id, table=spec.name))
         return False
     if swapping:
@@ -357,10 +326,10 @@ def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, lo
 
 def verify_finished_tables(config: SourceConfig, run_id: int) -> list[Any]:
     """settings.verify: content checksums of every completed table's chunks; a table that differs is failed."""
-    from lib.verify import record_differences, verify_run
+    from lib.check.verify import record_differences, verify_run
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        completed = {t["table_name"] for t in status.table_rows(conn, run_id) if t["status"] == "completed"}
+        completed = {t["table_name"] for t in ledger.table_rows(conn, run_id) if t["status"] == "completed"}
     if not completed:
         return []
     results = verify_run(config, run_id, completed, None, config.settings.parallel_threads or 2)
@@ -371,10 +340,10 @@ def verify_finished_tables(config: SourceConfig, run_id: int) -> list[Any]:
 def finalize_run(config: SourceConfig, run_id: int, interrupted: bool = False, error: str | None = None) -> str:
     """Persist the run's true status and counters, derived from the table and chunk ledgers."""
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        counters = status.finalize_run_counters(conn, run_id)
-        counts = status.chunk_counts(conn, run_id)
+        counters = ledger.finalize_run_counters(conn, run_id)
+        counts = ledger.chunk_counts(conn, run_id)
         unfinished = any(c["pending"] or c["running"] for c in counts.values())
-        tables = status.table_rows(conn, run_id)
+        tables = ledger.table_rows(conn, run_id)
         open_tables = any(t["status"] in ("pending", "running", "post_load") for t in tables)
         if interrupted or unfinished or open_tables:
             final = "running"  # resumable: the next start with this config picks it up
@@ -384,7 +353,7 @@ def finalize_run(config: SourceConfig, run_id: int, interrupted: bool = False, e
             final = "completed_with_errors"
         else:
             final = "completed"
-        status.set_run_status(conn, run_id, final, error)
+        ledger.set_run_status(conn, run_id, final, error)
     return final
 
 
@@ -438,7 +407,7 @@ def run_seconds(config: SourceConfig, run_id: int) -> float:
     """How long the run took (to now, while it is not finished), as the ledger says."""
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         row = conn.execute(f"SELECT extract(epoch FROM coalesce(completed_at, now()) - started_at) "
-                           f"FROM {status.SCHEMA}.migration_runs WHERE run_id = %s", (run_id,)).fetchone()
+                           f"FROM {ledger.SCHEMA}.migration_runs WHERE run_id = %s", (run_id,)).fetchone()
     return round(float(row[0]), 2) if row and row[0] is not None else 0.0
 
 
@@ -452,20 +421,20 @@ def _db_now(config: SourceConfig) -> Any:
 def summarize(config: SourceConfig, run_id: int, since: Any) -> list[dict[str, Any]]:
     """Per table: ledger state plus rows/s and MB/s of the chunks copied since `since`."""
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        tables = status.table_rows(conn, run_id)
+        tables = ledger.table_rows(conn, run_id)
         speed = {}
         if since is not None:
             for name, rows, nbytes, secs in conn.execute(
                 f"SELECT table_name, sum(rows_copied), sum(bytes_copied), "
                 "extract(epoch FROM max(completed_at) - min(started_at)) "
-                f"FROM {status.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done' "
+                f"FROM {ledger.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done' "
                 "AND completed_at >= %s GROUP BY 1",
                 (run_id, since),
             ).fetchall():
                 secs = max(float(secs or 0), 0.001)
                 speed[name] = (int(rows), round(int(rows) / secs), round(int(nbytes or 0) / secs / 2**20, 1))
-        counts = status.chunk_counts(conn, run_id)
-        later = status.later_loads(conn, run_id)
+        counts = ledger.chunk_counts(conn, run_id)
+        later = ledger.later_loads(conn, run_id)
     out = []
     for t in tables:
         name = t["table_name"]

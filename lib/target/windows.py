@@ -31,8 +31,7 @@ import psycopg
 from psycopg import sql
 
 from lib.errors import FatalError
-from lib.identifiers import quote_snowflake, quote_snowflake_raw
-from lib.snowflake_source import and_sql, where_sql
+from lib.identifiers import quote_snowflake_raw
 from lib.typemap import Column
 
 # Snowflake base type → watermark kind. Anything else cannot be compared reliably (text, JSON, binary).
@@ -115,19 +114,6 @@ def scope_filter(source_filter: str | None, window: Window | None) -> str | None
     return " AND ".join(present) or None
 
 
-def source_max(source: Any, table: tuple[str, ...], column: str, kind: str, source_filter: str | None) -> str | None:
-    """The source's largest watermark as exact text (source: a SnowflakeSource)."""
-    col = quote_snowflake(column)
-    expression = {
-        "numeric": f"TO_VARCHAR(MAX({col}))",
-        "date": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD')",
-        "timestamp": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD HH24:MI:SS.FF9')",
-        "timestamptz": f"TO_VARCHAR(CONVERT_TIMEZONE('UTC', MAX({col})), 'YYYY-MM-DD HH24:MI:SS.FF9')",
-    }[kind]
-    return source.scalar(f"SELECT {expression} FROM {source.table_sql(table)}{where_sql(source_filter)}",
-                         f"reading the largest {column} of {'.'.join(table)}")
-
-
 def load_scope(account: str | None, source: tuple[str, ...], source_filter: str | None, watermark: str | None,
                target: str) -> dict[str, Any]:
     """What a window's high-water mark belongs to: a window of another scope never continues from it."""
@@ -188,17 +174,6 @@ def lowered(kind: str, value: str, lag: float) -> str:
     if kind == "date":
         return (date.fromisoformat(value[:10]) - timedelta(days=-(-lag // 86_400))).isoformat()
     return _from_nanoseconds(_nanoseconds(value) - int(Decimal(str(lag)) * 1_000_000_000))
-
-
-def null_note(source: Any, table: tuple[str, ...], column: str, source_filter: str | None) -> str | None:
-    """A plan note when rows have no watermark: incremental loads cannot see them."""
-    count = int(source.scalar(f"SELECT COUNT(*) FROM {source.table_sql(table)} WHERE {quote_snowflake(column)} IS NULL"
-                              f"{and_sql(source_filter)}",
-                              f"counting rows of {'.'.join(table)} without {column}") or 0)
-    if not count:
-        return None
-    return (f"{count} row(s) have a NULL {column}: an incremental window cannot order them, so they are not read "
-            "(only a first load, with no earlier window, takes them)")
 
 
 def exact(kind: str, text: str) -> Any:

@@ -7,7 +7,15 @@ A key that is not listed here is a configuration error, never silently dropped: 
 
 from __future__ import annotations
 
+import json
+import os
 from typing import Any
+
+import psycopg
+
+from lib.config.secrets import ENV_REF, SECRETS_MANAGER_PREFIX, is_reference
+from lib.config.settings import suggest
+from lib.errors import classify
 
 # Keys of the `snowflake` block passed to snowflake.connector.connect (connector 4.x names).
 SNOWFLAKE_KEYS = frozenset({
@@ -118,3 +126,48 @@ def postgres_kwargs(resolved: dict[str, Any], statement_timeout_seconds: int, lo
     kwargs["options"] = f"{engine} {kwargs['options']} {zone}" if kwargs.get("options") else f"{engine} {zone}"
     kwargs.setdefault("application_name", "snowflake-pg-migrate")
     return kwargs
+
+
+def connect(args: dict[str, Any], autocommit: bool = False) -> psycopg.Connection[Any]:
+    """Open a connection with libpq parameters as built by SourceConfig.postgres_connect_args."""
+    kwargs = {"application_name": "snowflake-pg-migrate", **args}
+    try:
+        return psycopg.connect(autocommit=autocommit, **kwargs)
+    except Exception as exc:
+        raise classify(exc, "connecting to PostgreSQL") from exc
+
+
+def parse_connection(raw: Any, where: str, problems: list[str], required: tuple[str, ...],
+                      allowed: frozenset[str]) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        problems.append(f"{where} must be an object of connection settings")
+        return {}
+    for key in required:
+        if key not in raw:
+            problems.append(f"{where}.{key} is required")
+    for key, value in raw.items():
+        if key == "$comment":
+            continue
+        if key in SNOWFLAKE_SETTING_KEYS and allowed is SNOWFLAKE_KEYS:
+            problems.append(_owned_by_setting(where, key))
+        elif key not in allowed:
+            problems.append(f"{where}: unknown connection setting {key!r}{suggest(key, allowed)}; "
+                            "it would not reach the driver")
+        if key == "session_parameters" and isinstance(value, dict):
+            problems.extend(_owned_by_setting(f"{where}.session_parameters", k) for k in value
+                            if str(k).upper() in SNOWFLAKE_SETTING_KEYS)
+        if key in SECRET_KEYS and not is_reference(value):
+            problems.append(
+                f"{where}.{key} must be a reference like ${{ENV_VAR}} or "
+                f"{SECRETS_MANAGER_PREFIX}<secret-id>#<key>, never a literal secret"
+            )
+        for name in ENV_REF.findall(json.dumps(value)):
+            if name not in os.environ:
+                problems.append(f"{where}.{key} references ${{{name}}}, which is not set in the environment")
+    return {k: v for k, v in raw.items() if k != "$comment"}
+
+
+def _owned_by_setting(where: str, key: str) -> str:
+    setting = SNOWFLAKE_SETTING_KEYS.get(key) or SNOWFLAKE_SETTING_KEYS[key.upper()]
+    return (f"{where}: {key!r} is set by the engine from the setting {setting!r} (in defaults or an override), "
+            "so that the memory budget counts what the connector holds; move it there")

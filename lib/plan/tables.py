@@ -10,27 +10,19 @@ from typing import Any
 
 import psycopg
 
-from lib import load_modes, status
-from lib import postgres_target as pg
-from lib.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
+from lib import ledger
 from lib.config import Settings, SourceConfig, TableSpec, pg_identifier_problem
 from lib.errors import FatalError, TransientError, classify
 from lib.log import ctx, get_logger
 from lib.models import TablePlan
-from lib.planner import plan_table
-from lib.snowflake_source import SnowflakeSource
+from lib.plan.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
+from lib.plan.strategy import plan_table
+from lib.plan.windows import null_note, plan_window
+from lib.source.snowflake import SnowflakeSource
+from lib.target import load_modes
+from lib.target import postgres as pg
+from lib.target.windows import Window, load_scope, scope_filter
 from lib.typemap import Column, columns_from_description, estimated_row_bytes
-from lib.watermark import (
-    Window,
-    kind_of,
-    last_load,
-    load_scope,
-    lowered,
-    null_note,
-    scope_filter,
-    source_max,
-    target_max,
-)
 
 log = get_logger()
 
@@ -38,7 +30,7 @@ log = get_logger()
 def refresh_target_types(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int) -> None:
     """On resume, take existing targets' current column types: an operator may have widened a
     column that a failed chunk did not fit (the plan's chunks and bounds never change)."""
-    stored = status.table_columns(conn, run_id)
+    stored = ledger.table_columns(conn, run_id)
     for spec in config.tables:
         described = stored.get(spec.name)
         if not described or not any("target_type" in d for d in described):
@@ -46,7 +38,7 @@ def refresh_target_types(conn: psycopg.Connection[Any], config: SourceConfig, ru
         current = pg.types_by_source_column(conn, spec.target, columns_from_description(described))
         refreshed = [{**d, "target_type": current.get(d["name"], d["target_type"])} for d in described]
         if refreshed != described:
-            status.update_table_columns(conn, run_id, spec.name, refreshed)
+            ledger.update_table_columns(conn, run_id, spec.name, refreshed)
             log.info("target column types changed since planning: the new types are used", **ctx(run_id=run_id, table=spec.name))
 
 
@@ -54,11 +46,11 @@ def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run
                         source: SnowflakeSource) -> None:
     """Plan each table that has no stored plan yet, reading through `source` (at the run's snapshot, if it
     has one). A stored plan is never recomputed."""
-    planned = status.planned_tables(conn, run_id)
+    planned = ledger.planned_tables(conn, run_id)
     todo = [t for t in config.tables if t.name not in planned]
     if not todo:
         return
-    snapshot = status.run_snapshot(conn, run_id)
+    snapshot = ledger.run_snapshot(conn, run_id)
     for spec in todo:
         try:
             _plan_one(conn, source, config, run_id, spec, snapshot)
@@ -67,7 +59,7 @@ def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run
             if isinstance(error, TransientError):
                 raise error from exc
             log.error("table failed at planning: %s", error, **ctx(run_id=run_id, table=spec.name))
-            status.record_table_failure(conn, run_id, spec.name, spec.target_name, str(error))
+            ledger.record_table_failure(conn, run_id, spec.name, spec.target_name, str(error))
 
 
 @dataclass(frozen=True)
@@ -106,7 +98,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
     scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
                        spec.source_watermark, spec.target_name)
-    window, window_notes = _window(conn, source, spec, columns, run_id, scope) if spec.source_watermark else (None, [])
+    window, window_notes = plan_window(conn, source, spec, columns, run_id, scope) if spec.source_watermark else (None, [])
     if window is not None and window.empty:
         plan = TablePlan("window", [], f"nothing at or above the last {window.column} ({window.lo}): no rows to read")
     else:
@@ -129,8 +121,8 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         if window.lo is not None and (note := null_note(source, spec.source, window.column, spec.source_filter)):
             plan.notes.append(note)
     with conn.transaction(force_rollback=dry_run):
-        status.lock_target(conn, spec.target_name)
-        owner = status.target_owner(conn, spec.target_name, run_id)
+        ledger.lock_target(conn, spec.target_name)
+        owner = ledger.target_owner(conn, spec.target_name, run_id)
         if owner is not None:
             raise FatalError(
                 f"target table {spec.target_name} is being loaded by run {owner.run_id} (source {owner.source_name}, "
@@ -154,10 +146,10 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         planned = PlannedTable(plan, replace(load, read_at=read_at), read_at, columns_from_description(described))
         if dry_run:
             return planned
-        status.store_plan(conn, run_id, spec.name, spec.target_name, plan, described,
+        ledger.store_plan(conn, run_id, spec.name, spec.target_name, plan, described,
                           {**load.ledger_fields(), "load_scope": json.dumps(scope), "read_at": read_at})
         if key:
-            status.set_primary_key_plan(conn, run_id, spec.name, key)
+            ledger.set_primary_key_plan(conn, run_id, spec.name, key)
     log.info(
         "planned %s: %s load, %s strategy, %d chunks, %d rows expected, %d planning quer%s in %.2fs (%s)",
         spec.name, load.mode, plan.strategy, len(plan.chunks), plan.expected_rows, plan.queries,
@@ -173,7 +165,7 @@ def _check_source_key(source: SnowflakeSource, spec: TableSpec, columns: list[Co
     """The key of a catch-up or merge must name one source row: no NULL in it (ON CONFLICT never matches NULL,
     so those rows would be inserted again by every run) and no key held by two rows (Snowflake does not enforce
     keys: a catch-up would keep one of them, a merge cannot apply both). Checked on the rows in scope, at the
-    table's read point; a table read live is checked again in each chunk's stage (lib/loaders.py)."""
+    table's read point; a table read live is checked again in each chunk's stage (lib/target/loaders.py)."""
     names = {pg.target_column_name(c.name): c.name for c in columns}
     source_key = [names[k] for k in key]
     found = source.key_problems(spec.source, source_key, spec.source_filter)
@@ -257,29 +249,6 @@ def reads_at(source: SnowflakeSource, spec: TableSpec, config: SourceConfig,
                           f"of {spec.name}"]
     log.warning("%s", note, **ctx(table=spec.name))
     return snapshot, [note]
-
-
-def _window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
-            run_id: int, scope: dict[str, Any]) -> tuple[Window, list[str]]:
-    """This run's watermark window: lo from the last window of the same scope (else, where it may serve, the
-    target's largest watermark), hi from the source, now; and the notes that explain a fresh start."""
-    assert spec.source_watermark is not None
-    column = spec.source_watermark
-    kind = kind_of({c.name: c for c in columns}[column])
-    assert kind is not None
-    last = last_load(conn, scope, run_id)
-    lo, lo_from, notes = last.hi, "ledger", []
-    if last.why:
-        log.info("window: %s", last.why, **ctx(run_id=run_id, table=spec.name))
-        notes.append(f"window starts afresh: {last.why}")
-    if lo is None and last.target_max_serves and pg.table_exists(conn, spec.target):
-        lo, lo_from = target_max(conn, spec.target, spec.target_watermark or pg.target_column_name(column), kind), "target"
-    if lo is None:
-        lo_from = "none"
-    elif spec.watermark_lag:
-        lo = lowered(kind, lo, spec.watermark_lag)
-    hi = source_max(source, spec.source, column, kind, spec.source_filter)
-    return Window(column, kind, lo, hi, lo_from), notes
 
 
 def scoped_spec(spec: TableSpec, window: Window | None) -> TableSpec:

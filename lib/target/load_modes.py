@@ -6,7 +6,7 @@
 - merge: insert_only_mode=false (or a watermark) into a target that holds rows: staged, then
   INSERT … ON CONFLICT (key) DO UPDATE … WHERE … IS DISTINCT FROM.
 - swap: load_mode swap onto an existing table: plain COPY into a shadow table, swapped in after it
-  reconciles (lib/swap.py).
+  reconciles (lib/target/swap.py).
 
 The key of insert_missing and merge is the target's primary key, its only unique index, or the unique
 index on `merge_key`. Everything a mode needs to resume (mode, key, destination, watermark window) is
@@ -17,17 +17,19 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
 
-from lib import postgres_target as pg
-from lib import status, swap
+from lib import ledger
 from lib.config import TableSpec
+from lib.config.sources import SourceConfig
 from lib.errors import FatalError
-from lib.typemap import Column
-from lib.watermark import TARGET_TYPES, Window, kind_of
+from lib.target import postgres as pg
+from lib.target import swap
+from lib.target.windows import TARGET_TYPES, Window, kind_of
+from lib.typemap import Column, columns_from_description
 
 
 @dataclass(frozen=True)
@@ -98,7 +100,7 @@ def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column
     holds_rows = pg.has_rows(conn, spec.target)
     if not holds_rows and not spec.merges:
         return TableLoad("copy", spec.target, (), window), types, []
-    if holds_rows and no_resume and not spec.merges and (earlier := status.earlier_copy_by_config(
+    if holds_rows and no_resume and not spec.merges and (earlier := ledger.earlier_copy_by_config(
             conn, spec.target_name, run_id)) is not None:
         raise FatalError(
             f"target {spec.target_name} holds the rows run {earlier} of this config copied. --no-resume plans a fresh "
@@ -118,7 +120,7 @@ def prepare(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column
 
 
 def target_scope(loads: list[dict[str, Any]]) -> str | None:
-    """The source rows a target holds (`loads`: status.target_loads, oldest first): the union of the
+    """The source rows a target holds (`loads`: ledger.target_loads, oldest first): the union of the
     source_filters of the loads since the last one that started its content (a copy into a new, truncated or
     empty table, or a swap). None: the whole source table, when a load since then had no filter or its scope
     was not recorded, or when no load of this engine started the content (another tool did: a replica).
@@ -141,7 +143,7 @@ def target_scope(loads: list[dict[str, Any]]) -> str | None:
 
 def held_scope(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec) -> str | None:
     """The source_filter that selects the source rows `spec`'s target holds now (target_scope)."""
-    return target_scope(status.target_loads(conn, spec.target_name, run_id))
+    return target_scope(ledger.target_loads(conn, spec.target_name, run_id))
 
 
 def target_key(conn: psycopg.Connection[Any], spec: TableSpec, holds_rows: bool,
@@ -218,3 +220,21 @@ def schema_problems(spec: TableSpec, columns: list[Column], target_types: dict[s
                 problems.append(f"target_watermark {wanted} is {found} in {spec.target_name}, which cannot be compared "
                                 f"with source_watermark {spec.source_watermark} ({column.source_type})")
     return problems
+
+
+def table_loads(conn: psycopg.Connection[Any], config: SourceConfig,
+                run_id: int) -> dict[str, tuple[TableSpec, list[Column], TableLoad]]:
+    """Each planned table of the run: its spec, its stored columns and its stored load mode."""
+    rows = ledger.table_load_rows(conn, run_id)
+    out = {}
+    for spec in config.tables:
+        row = rows.get(spec.name)
+        if row is None:
+            continue
+        columns = columns_from_description(row["source_columns"])
+        kinds = {c.name: kind_of(c) for c in columns}
+        load = TableLoad.from_ledger(row, spec.target, kinds.get(row["watermark_column"] or ""))
+        if load.mode == "swap" and swap.shadow_of(conn, run_id, spec.name) is None:
+            load = replace(load, destination=spec.target)  # swapped in: the shadow is the live table now
+        out[spec.name] = (spec, columns, load)
+    return out

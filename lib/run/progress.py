@@ -17,9 +17,9 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeRemainingColumn
 
-from lib import postgres_target as pg
+from lib.ledger.schema import SCHEMA
 from lib.log import ctx, get_logger
-from lib.status import SCHEMA
+from lib.target import postgres as pg
 
 
 @dataclass

@@ -1,0 +1,65 @@
+"""A table's watermark window as planning fixes it: its lower end from the ledger (or the target), its upper end
+from the source now, and what the plan notes say about it (lib/target/windows.py holds the window itself)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from lib.config.tables import TableSpec
+from lib.identifiers import and_sql, quote_snowflake, where_sql
+from lib.log import ctx, get_logger
+from lib.source.snowflake import SnowflakeSource
+from lib.target import postgres as pg
+from lib.target.windows import Window, kind_of, last_load, lowered, target_max
+from lib.typemap import Column
+
+log = get_logger()
+
+
+def source_max(source: Any, table: tuple[str, ...], column: str, kind: str, source_filter: str | None) -> str | None:
+    """The source's largest watermark as exact text (source: a SnowflakeSource)."""
+    col = quote_snowflake(column)
+    expression = {
+        "numeric": f"TO_VARCHAR(MAX({col}))",
+        "date": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD')",
+        "timestamp": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD HH24:MI:SS.FF9')",
+        "timestamptz": f"TO_VARCHAR(CONVERT_TIMEZONE('UTC', MAX({col})), 'YYYY-MM-DD HH24:MI:SS.FF9')",
+    }[kind]
+    return source.scalar(f"SELECT {expression} FROM {source.table_sql(table)}{where_sql(source_filter)}",
+                         f"reading the largest {column} of {'.'.join(table)}")
+
+
+def null_note(source: Any, table: tuple[str, ...], column: str, source_filter: str | None) -> str | None:
+    """A plan note when rows have no watermark: incremental loads cannot see them."""
+    count = int(source.scalar(f"SELECT COUNT(*) FROM {source.table_sql(table)} WHERE {quote_snowflake(column)} IS NULL"
+                              f"{and_sql(source_filter)}",
+                              f"counting rows of {'.'.join(table)} without {column}") or 0)
+    if not count:
+        return None
+    return (f"{count} row(s) have a NULL {column}: an incremental window cannot order them, so they are not read "
+            "(only a first load, with no earlier window, takes them)")
+
+
+def plan_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
+            run_id: int, scope: dict[str, Any]) -> tuple[Window, list[str]]:
+    """This run's watermark window: lo from the last window of the same scope (else, where it may serve, the
+    target's largest watermark), hi from the source, now; and the notes that explain a fresh start."""
+    assert spec.source_watermark is not None
+    column = spec.source_watermark
+    kind = kind_of({c.name: c for c in columns}[column])
+    assert kind is not None
+    last = last_load(conn, scope, run_id)
+    lo, lo_from, notes = last.hi, "ledger", []
+    if last.why:
+        log.info("window: %s", last.why, **ctx(run_id=run_id, table=spec.name))
+        notes.append(f"window starts afresh: {last.why}")
+    if lo is None and last.target_max_serves and pg.table_exists(conn, spec.target):
+        lo, lo_from = target_max(conn, spec.target, spec.target_watermark or pg.target_column_name(column), kind), "target"
+    if lo is None:
+        lo_from = "none"
+    elif spec.watermark_lag:
+        lo = lowered(kind, lo, spec.watermark_lag)
+    hi = source_max(source, spec.source, column, kind, spec.source_filter)
+    return Window(column, kind, lo, hi, lo_from), notes
