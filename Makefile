@@ -4,17 +4,37 @@ VENV := .venv
 PY := $(VENV)/bin/python
 # Each pytest worker starts its own fakesnow + PostgreSQL; two fit a 2-CPU CI runner.
 TEST_WORKERS ?= 2
-STAMP := $(VENV)/.installed-$(shell cksum requirements.txt | cut -d' ' -f1)
+STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-runtime.txt | cksum | cut -d' ' -f1)
+# A virtualenv with exactly the Lambda image's packages (requirements-runtime.txt), for tests/test_image.py
+IMAGE_VENV := .venv-image
+IMAGE_STAMP := $(IMAGE_VENV)/.installed-$(shell cksum requirements-runtime.txt | cut -d' ' -f1)
+IMAGE ?= snowflake-pg-migrate:latest
 
-.PHONY: venv demo stack-up stack-down stack-status test lint lint-aws plan clean golden
+.PHONY: venv image-venv image demo stack-up stack-down stack-status test lint lint-aws plan clean golden
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt requirements-runtime.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
 	rm -f $(VENV)/.installed-*
 	touch $@
 
 venv: $(STAMP)
+
+$(IMAGE_STAMP): requirements-runtime.txt
+	rm -rf $(IMAGE_VENV)
+	$(PYTHON) -m venv $(IMAGE_VENV)
+	$(IMAGE_VENV)/bin/python -m pip install --quiet --disable-pip-version-check --only-binary=:all: -r requirements-runtime.txt
+	touch $@
+
+image-venv: $(IMAGE_STAMP)
+
+## image: build the Lambda image (aws/Dockerfile); with buildx, without attestations (Lambda refuses an image index)
+image:
+	if docker buildx version >/dev/null 2>&1; then \
+	  docker buildx build --platform linux/amd64 --provenance=false --load -f aws/Dockerfile -t $(IMAGE) . ; \
+	else \
+	  docker build --platform linux/amd64 -f aws/Dockerfile -t $(IMAGE) . ; \
+	fi
 
 ## demo: start the embedded stack, load demo data, migrate it, print the result
 demo: venv
@@ -52,7 +72,7 @@ lint-aws: venv node_modules/.installed
 ## test: the whole suite against real components (fakesnow server, embedded PostgreSQL)
 # Each invocation gets its own temporary root: two suites at once in one checkout would otherwise clean up
 # each other's stacks (pytest keeps only its newest numbered directories).
-test: venv lint lint-aws
+test: venv image-venv lint lint-aws
 	@mkdir -p .pytest_tmp
 	@tmp=$$(mktemp -d $(CURDIR)/.pytest_tmp/run.XXXXXX); \
 	PYTEST_DEBUG_TEMPROOT=$$tmp $(PY) -m pytest -q -n $(TEST_WORKERS); status=$$?; rm -rf $$tmp; exit $$status

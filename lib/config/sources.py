@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lib.config.connections import POSTGRES_KEYS, SECRET_KEYS, SNOWFLAKE_KEYS, parse_connection, postgres_kwargs, snowflake_kwargs
+from lib.config.location import read_config_text
 from lib.config.secrets import resolve_tree
 from lib.config.settings import BOOL_SETTINGS, SETTING_BOUNDS, SETTING_NAMES, TEXT_SETTINGS, Settings, parse_bool, parse_settings, suggest
 from lib.config.tables import LOAD_MODES, TABLE_OVERRIDE_KEYS, TableSpec, override_tables, parse_tables, select_tables
@@ -104,14 +105,14 @@ def load_config(
     overrides: dict[str, Any] | None = None,
     path: str | os.PathLike[str] | None = None,
 ) -> SourceConfig:
-    """Load config.json, apply overrides and validate; raise ConfigError listing every problem."""
-    path = Path(path or os.environ.get("MIGRATION_CONFIG") or DEFAULT_CONFIG_PATH)
+    """Load config.json (a file, `s3://bucket/key` or `ssm:/parameter`: lib/config/location.py), apply overrides
+    and validate; raise ConfigError listing every problem."""
+    location = str(path or os.environ.get("MIGRATION_CONFIG") or DEFAULT_CONFIG_PATH)
+    text = read_config_text(location)
     try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError([f"config file {path} does not exist"]) from None
+        raw = json.loads(text)
     except json.JSONDecodeError as exc:
-        raise ConfigError([f"config file {path} is not valid JSON: {exc}"]) from None
+        raise ConfigError([f"config {location} is not valid JSON: {exc}"]) from None
     return parse_config(raw, source_name, overrides or {})
 
 
