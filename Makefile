@@ -92,6 +92,13 @@ bench-ledger: venv
 bench-swap: venv
 	$(PY) -m bench.swap_bench
 
+## sfn-sim: the state machine under moto with 10,000 tables and 10,000,000,000 rows (stats and most copies stubbed, 20 s per Plan or Reconcile invocation); figures in bench/results/sfn_sim.json
+.PHONY: sfn-sim
+sfn-sim: venv
+	@mkdir -p .pytest_tmp
+	SFN_SIM_TABLES=10000 SFN_SIM_ROWS=10000000000 SFN_SIM_BUDGET=20 PYTEST_DEBUG_TEMPROOT=$(CURDIR)/.pytest_tmp $(PY) -m pytest -q -s \
+	  tests/test_sfn_scale.py -k thousands
+
 ## bench: throughput on a 5M-row mixed-type table: server COPY limit, end to end (1/2/default threads), write path, read path (BENCH_ROWS=200000 for a smoke run)
 .PHONY: bench
 bench: venv

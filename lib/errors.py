@@ -38,6 +38,15 @@ class TransientError(MigrationError):
     """A retry after reconnecting may succeed: lost connection, restart, lock/serialization conflict."""
 
 
+class StillRunning(MigrationError):
+    """A Snowflake query submitted asynchronously has not finished within this invocation's wait: a later one
+    takes its result (lib/source/deferred.py). Not a failure."""
+
+    def __init__(self, query_id: str, what: str) -> None:
+        super().__init__(f"{what}: Snowflake query {query_id} is still running")
+        self.query_id = query_id
+
+
 class StageNextTime(TransientError):
     """A chunk copied straight into the target hit the key: the next attempt goes through the stage (the ledger
     remembers it), which sees the rows that are already there, or names the key the source repeats."""

@@ -25,6 +25,15 @@ from lib.run.step_functions import DISTRIBUTED_ABOVE, HISTORY_LIMIT, continuatio
 from lib.target import postgres as pg
 
 SAFETY_MARGIN_SECONDS = float(os.environ.get("WORK_SAFETY_MARGIN_SECONDS", "60"))
+# Plan, Reconcile and Verify do a bounded share of the tables per invocation: they stop starting new work this
+# long before their Lambda's end, and wait at most DEFER_WAIT_SECONDS for one Snowflake query (a longer one
+# runs on and is taken by a later invocation: lib/source/deferred.py).
+STEP_SAFETY_MARGIN_SECONDS = float(os.environ.get("STEP_SAFETY_MARGIN_SECONDS", "60"))
+DEFER_WAIT_SECONDS = float(os.environ.get("DEFER_WAIT_SECONDS", "60"))
+# How long the state machine waits before asking again for queries that still run in Snowflake
+PENDING_QUERY_WAIT_SECONDS = 30
+# The Reconcile function's timeout (the stack sets it): a table's post-load step (its key build) must fit in it
+RECONCILE_TIMEOUT_SECONDS = float(os.environ.get("RECONCILE_TIMEOUT_SECONDS", "600"))
 
 log = get_logger()
 
@@ -44,7 +53,9 @@ def plan(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     overrides, execution = split_input(event.get("input", event))
     config = load_config(overrides.get("source_name"), overrides)
     execution_id = event.get("execution_id")
-    start = start_run(config, start_token=execution_id)
+    deadline = _step_deadline(context)
+    start = start_run(config, start_token=execution_id, deadline=deadline, defer_seconds=DEFER_WAIT_SECONDS,
+                      post_load_seconds=max(RECONCILE_TIMEOUT_SECONDS - STEP_SAFETY_MARGIN_SECONDS, 1.0))
     slots, threads, why = fit_connections(execution["workers"], config.settings.parallel_threads or 64,
                                           config.settings.max_target_connections)
     if why:
@@ -59,6 +70,11 @@ def plan(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "run_id": start.run_id,
         "mode": start.mode,
         "message": start.message,
+        "planned_all": start.unplanned == 0,
+        "unplanned": start.unplanned,
+        "loop": int(event.get("loop") or 0) + 1,
+        # tables the time budget left are planned at once; queries still running in Snowflake are asked again later
+        "plan_wait_seconds": PENDING_QUERY_WAIT_SECONDS if time.monotonic() < deadline else 0,
         "done": start.mode == "nothing_to_do",
         "slots": list(range(slots)),
         "threads_per_slot": threads,
@@ -100,16 +116,33 @@ def check(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
 
 
 def reconcile(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
+    """Count and finish tables until the time budget; `more` when some are left for the next invocation."""
     config = _config(event)
-    return {"reconciled": reconcile_finished_tables(config, int(event["run_id"]))}
+    run_id = int(event["run_id"])
+    done = reconcile_finished_tables(config, run_id, deadline=_step_deadline(context), defer_seconds=DEFER_WAIT_SECONDS)
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        left = ledger.unfinished_tables(conn, run_id)
+    return {"reconciled": len(done), "left": left, "more": left > 0, "loop": int(event.get("loop") or 0) + 1}
 
 
 def verify(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
-    """settings.verify: content checksums of every completed table; a table that differs is failed."""
+    """settings.verify: content checksums of completed tables' chunks until the time budget; a table that differs
+    is failed; `more` when chunks are left for the next invocation."""
     config = _config(event)
-    results = verify_finished_tables(config, int(event["run_id"]))
-    return {"tables": len(results), "chunks_checked": sum(r.checked for r in results),
-            "differing": {r.table: [c if c is not None else "table" for c in r.differing] for r in results if r.differing}}
+    results, left = verify_finished_tables(config, int(event["run_id"]), deadline=_step_deadline(context))
+    differing = sorted(r.table for r in results if r.differing)
+    return {"tables": len(results), "chunks_checked": sum(r.checked for r in results), "left": left, "more": left > 0,
+            "differing_tables": len(differing), "differing": differing[:20], "loop": int(event.get("loop") or 0) + 1}
+
+
+def _budget(context: Any) -> float:
+    """Seconds this invocation may start new work for."""
+    remaining = context.get_remaining_time_in_millis() / 1000 if context is not None else 900.0
+    return max(remaining - STEP_SAFETY_MARGIN_SECONDS, 0.0)
+
+
+def _step_deadline(context: Any) -> float:
+    return time.monotonic() + _budget(context)
 
 
 def finalize(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import random
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -91,10 +92,10 @@ class _Sessions(threading.local):
 
 
 def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None, sample: float | None = None,
-               threads: int = 2, seed: int | None = None,
-               only: dict[str, set[int | None]] | None = None) -> list[TableVerification]:
+               threads: int = 2, seed: int | None = None, only: dict[str, set[int | None]] | None = None,
+               deadline: float | None = None) -> list[TableVerification]:
     """Checksum the done chunks of the run (all, a random `sample` fraction, or `only` these chunks per table),
-    store and return the verdicts."""
+    store and return the verdicts. Past `deadline` (time.monotonic()) no further group is started."""
     from lib.ledger.tables import source_snapshots
     from lib.target.load_modes import table_loads
 
@@ -131,6 +132,8 @@ def verify_run(config: SourceConfig, run_id: int, tables: set[str] | None = None
     lock = threading.Lock()
 
     def check(item: _Check) -> list[tuple[int | None, str, str | None]]:
+        if deadline is not None and time.monotonic() >= deadline:
+            return []  # left for a later call (unverified_chunks)
         snapshot_at = snapshots.get(item.spec.source)
         with _sessions(config, snapshots, sessions, opened, lock) as (source, target):
             try:
@@ -270,6 +273,19 @@ def _store(conn: psycopg.Connection[Any], run_id: int, item: _Check, chunk_no: i
         (run_id, item.spec.name, chunk_no, *(theirs or (None, None, None)), *(ours or (None, None, None)), verdict,
          json.dumps([f.column.name for f in fields if f.values]), json.dumps([f.describe() for f in fields if not f.values]),
          snapshot_at, error))
+
+
+def unverified_chunks(conn: psycopg.Connection[Any], run_id: int, tables: set[str]) -> dict[str, set[int | None]]:
+    """The done chunks of these tables that have no checksum in this run yet (a whole-table check counts for all)."""
+    rows = conn.execute(
+        f"SELECT c.table_name, c.chunk_no FROM {ledger.SCHEMA}.migration_chunk_status c WHERE c.run_id = %s "
+        "AND c.status = 'done' AND c.table_name = ANY(%s) AND NOT EXISTS (SELECT 1 FROM "
+        f"{ledger.SCHEMA}.chunk_checksums k WHERE k.run_id = c.run_id AND k.table_name = c.table_name "
+        "AND (k.chunk_no = c.chunk_no OR k.chunk_no IS NULL))", (run_id, sorted(tables))).fetchall()
+    out: dict[str, set[int | None]] = {}
+    for table, chunk_no in rows:
+        out.setdefault(table, set()).add(chunk_no)
+    return out
 
 
 def _done_chunks(conn: psycopg.Connection[Any], run_id: int) -> dict[str, list[tuple[int, Bounds]]]:

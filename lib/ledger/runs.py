@@ -138,3 +138,19 @@ def finalize_run_counters(conn: psycopg.Connection[Any], run_id: int) -> dict[st
     ).fetchone()
     assert row is not None
     return {"total_rows_copied": row[0], "completed_tables": row[1], "failed_tables": row[2]}
+
+
+def pending_query(conn: psycopg.Connection[Any], run_id: int, key: str) -> str | None:
+    row = conn.execute(f"SELECT query_id FROM {SCHEMA}.pending_queries WHERE run_id = %s AND statement_key = %s",
+                       (run_id, key)).fetchone()
+    return row[0] if row else None
+
+
+def remember_query(conn: psycopg.Connection[Any], run_id: int, key: str, query_id: str) -> None:
+    conn.execute(f"INSERT INTO {SCHEMA}.pending_queries (run_id, statement_key, query_id) VALUES (%s, %s, %s) "
+                 "ON CONFLICT (run_id, statement_key) DO UPDATE SET query_id = EXCLUDED.query_id, submitted_at = now()",
+                 (run_id, key, query_id))
+
+
+def forget_query(conn: psycopg.Connection[Any], run_id: int, key: str) -> None:
+    conn.execute(f"DELETE FROM {SCHEMA}.pending_queries WHERE run_id = %s AND statement_key = %s", (run_id, key))

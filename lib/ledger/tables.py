@@ -247,3 +247,12 @@ def source_snapshots(conn: psycopg.Connection[Any], config: SourceConfig, run_id
     """Each planned source table of the run that is read at a point in time → that time (lib/plan/tables.py)."""
     reads = table_reads(conn, run_id)
     return {spec.source: reads[spec.name] for spec in config.tables if spec.name in reads}
+
+
+def unfinished_tables(conn: psycopg.Connection[Any], run_id: int) -> int:
+    """Tables whose chunks are all done or failed but that wait to be reconciled or for their post-load step."""
+    row = conn.execute(
+        f"SELECT count(*) FROM {SCHEMA}.migration_table_status t WHERE t.run_id = %s AND t.status IN ('running', "
+        f"'post_load') AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.migration_chunk_status c WHERE c.run_id = t.run_id "
+        "AND c.table_name = t.table_name AND c.status IN ('pending', 'running'))", (run_id,)).fetchone()
+    return int(row[0]) if row else 0

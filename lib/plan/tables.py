@@ -5,6 +5,7 @@ and store all of it in the ledger in one transaction. A stored plan is never rec
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -12,7 +13,7 @@ import psycopg
 
 from lib import ledger
 from lib.config import Settings, SourceConfig, TableSpec, pg_identifier_problem
-from lib.errors import FatalError, TransientError, classify
+from lib.errors import FatalError, StillRunning, TransientError, classify
 from lib.log import ctx, get_logger
 from lib.models import TablePlan
 from lib.plan.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
@@ -43,23 +44,36 @@ def refresh_target_types(conn: psycopg.Connection[Any], config: SourceConfig, ru
 
 
 def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int,
-                        source: SnowflakeSource) -> None:
+                        source: SnowflakeSource, deadline: float | None = None,
+                        post_load_seconds: float | None = None) -> int:
     """Plan each table that has no stored plan yet, reading through `source` (at the run's snapshot, if it
-    has one). A stored plan is never recomputed."""
+    has one), until `deadline` (time.monotonic()). A stored plan is never recomputed. Returns how many tables
+    are left to plan: those the deadline left, and those whose stats query still runs in Snowflake (a Step
+    Functions Plan step asks again later, lib/source/deferred.py)."""
     planned = ledger.planned_tables(conn, run_id)
     todo = [t for t in config.tables if t.name not in planned]
     if not todo:
-        return
+        return 0
     snapshot = ledger.run_snapshot(conn, run_id)
+    left = attempted = 0
     for spec in todo:
+        if deadline is not None and time.monotonic() >= deadline and attempted:  # each call plans one at least
+            left += 1
+            continue
+        attempted += 1
         try:
-            _plan_one(conn, source, config, run_id, spec, snapshot)
+            _plan_one(conn, source, config, run_id, spec, snapshot, post_load_seconds=post_load_seconds)
+        except StillRunning as pending:
+            log.info("planning %s waits for Snowflake query %s", spec.name, pending.query_id,
+                     **ctx(run_id=run_id, table=spec.name))
+            left += 1
         except Exception as exc:
             error = classify(exc, f"planning {spec.name}")
             if isinstance(error, TransientError):
                 raise error from exc
             log.error("table failed at planning: %s", error, **ctx(run_id=run_id, table=spec.name))
             ledger.record_table_failure(conn, run_id, spec.name, spec.target_name, str(error))
+    return left
 
 
 @dataclass(frozen=True)
@@ -81,7 +95,8 @@ def preview(conn: psycopg.Connection[Any], source: SnowflakeSource, config: Sour
 
 
 def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
-              spec: TableSpec, snapshot: str | None, dry_run: bool = False) -> PlannedTable:
+              spec: TableSpec, snapshot: str | None, dry_run: bool = False,
+              post_load_seconds: float | None = None) -> PlannedTable:
     described = source.describe(spec.source)
     columns = columns_from_description(described)
     read_at, read_notes = reads_at(source, spec, config, snapshot)
@@ -132,7 +147,9 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
             )
         load, existing_types, key = load_modes.prepare(conn, spec, columns, run_id,
                                                        lambda: source.primary_key(spec.source), plan.notes, window,
-                                                       config.no_resume, dry_run)
+                                                       config.no_resume, dry_run,
+                                                       None if post_load_seconds is None
+                                                       else (plan.expected_rows, post_load_seconds))
         if load.staged:
             _check_source_key(source, scoped_spec(spec, window), columns, load.key, read_at, plan.notes)
         if existing_types is not None:

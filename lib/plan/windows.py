@@ -18,7 +18,7 @@ from lib.typemap import Column
 log = get_logger()
 
 
-def source_max(source: Any, table: tuple[str, ...], column: str, kind: str, source_filter: str | None) -> str | None:
+def source_max(source: SnowflakeSource, table: tuple[str, ...], column: str, kind: str, source_filter: str | None) -> str | None:
     """The source's largest watermark as exact text (source: a SnowflakeSource)."""
     col = quote_snowflake(column)
     expression = {
@@ -27,15 +27,16 @@ def source_max(source: Any, table: tuple[str, ...], column: str, kind: str, sour
         "timestamp": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD HH24:MI:SS.FF9')",
         "timestamptz": f"TO_VARCHAR(CONVERT_TIMEZONE('UTC', MAX({col})), 'YYYY-MM-DD HH24:MI:SS.FF9')",
     }[kind]
-    return source.scalar(f"SELECT {expression} FROM {source.table_sql(table)}{where_sql(source_filter)}",
-                         f"reading the largest {column} of {'.'.join(table)}")
+    rows = source.scan(f"SELECT {expression} FROM {source.table_sql(table)}{where_sql(source_filter)}", None,
+                       f"reading the largest {column} of {'.'.join(table)}")
+    return rows[0][0] if rows else None
 
 
-def null_note(source: Any, table: tuple[str, ...], column: str, source_filter: str | None) -> str | None:
+def null_note(source: SnowflakeSource, table: tuple[str, ...], column: str, source_filter: str | None) -> str | None:
     """A plan note when rows have no watermark: incremental loads cannot see them."""
-    count = int(source.scalar(f"SELECT COUNT(*) FROM {source.table_sql(table)} WHERE {quote_snowflake(column)} IS NULL"
-                              f"{and_sql(source_filter)}",
-                              f"counting rows of {'.'.join(table)} without {column}") or 0)
+    rows = source.scan(f"SELECT COUNT(*) FROM {source.table_sql(table)} WHERE {quote_snowflake(column)} IS NULL"
+                       f"{and_sql(source_filter)}", None, f"counting rows of {'.'.join(table)} without {column}")
+    count = int(rows[0][0] or 0) if rows else 0
     if not count:
         return None
     return (f"{count} row(s) have a NULL {column}: an incremental window cannot order them, so they are not read "

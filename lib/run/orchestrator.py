@@ -20,7 +20,7 @@ import psycopg
 from lib import faults, ledger
 from lib.check.reconcile import Reconciliation, reconcile_table
 from lib.config import SourceConfig, TableSpec
-from lib.errors import FatalError, MigrationError, TransientError, classify
+from lib.errors import FatalError, MigrationError, StillRunning, TransientError, classify
 from lib.ledger import schema as ledger_schema
 from lib.ledger.tables import source_snapshots
 from lib.log import ctx, get_logger
@@ -29,6 +29,7 @@ from lib.plan.tables import plan_missing_tables, refresh_target_types, scoped_sp
 from lib.retry import call_with_retry
 from lib.run.progress import ProgressMonitor
 from lib.run.worker import Worker, WorkerStats, WorkPlan
+from lib.source.deferred import Deferred
 from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
 from lib.target import swap
@@ -44,6 +45,7 @@ class StartResult:
     run_id: int
     mode: str  # "fresh" | "resumed" | "nothing_to_do"
     message: str
+    unplanned: int = 0  # tables left to plan (a deadline, or a stats query still running in Snowflake)
 
 
 @dataclass
@@ -63,8 +65,15 @@ def _hash_lock_key(conn: psycopg.Connection[Any], config_hash: str) -> int:
     return int(row[0])
 
 
-def start_run(config: SourceConfig, start_token: str | None = None) -> StartResult:
+def start_run(config: SourceConfig, start_token: str | None = None, deadline: float | None = None,
+              defer_seconds: float | None = None, post_load_seconds: float | None = None) -> StartResult:
     """Resume the run of this config, or plan a new one. Two starters at once join one run.
+
+    `deadline` (time.monotonic()) stops planning there, and `defer_seconds` lets a stats query run on in
+    Snowflake past that wait (lib/source/deferred.py): a Step Functions Plan step plans a bounded share of the
+    tables per invocation and is called again for the rest (StartResult.unplanned). `post_load_seconds`: how
+    long a post-load step may run there; a new table whose key could not be built in that time after the
+    load gets it before (lib/target/load_modes.py).
 
     `start_token` names the invocation (a local run, a Step Functions execution). A retry of the same
     invocation, e.g. after a transient error while planning its second table, resumes the run that
@@ -131,8 +140,10 @@ def start_run(config: SourceConfig, start_token: str | None = None) -> StartResu
                     run_id = ledger.create_run(conn, config_hash, config.name, metadata)
                 mode, message = "fresh", f"started run {run_id}"
             log.info(message, **ctx(run_id=run_id))
-            plan_missing_tables(conn, config, run_id, source)
-            return StartResult(run_id, mode, message)
+            if defer_seconds is not None:
+                source.deferred = deferred_queries(conn, run_id, defer_seconds)
+            unplanned = plan_missing_tables(conn, config, run_id, source, deadline, post_load_seconds)
+            return StartResult(run_id, mode, message, unplanned)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
@@ -225,11 +236,13 @@ def _wait_all(events: list[threading.Event]) -> None:
 NO_CHUNKS = {"pending": 0, "running": 0, "done": 0, "failed": 0, "rows_copied": 0}
 
 
-def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
+def reconcile_finished_tables(config: SourceConfig, run_id: int, deadline: float | None = None,
+                              defer_seconds: float | None = None) -> list[str]:
     """Reconcile every table of the run whose chunks are all done or failed and that is not yet
     reconciled, then finish every table that waits for its post-load step (also one left by a crash)."""
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
-        results = reconcile_tables(conn, config, run_id, only_running=True)
+        results = reconcile_tables(conn, config, run_id, only_running=True, deadline=deadline,
+                                   defer_seconds=defer_seconds)
     for rec in results:
         level = log.info if rec.ok else log.error
         level("reconciled: source %s, target %s%s", rec.source_count, rec.target_count,
@@ -238,15 +251,19 @@ def reconcile_finished_tables(config: SourceConfig, run_id: int) -> list[str]:
 
 
 def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int, only_running: bool,
-                     skipped: Callable[[str, dict[str, int]], None] | None = None) -> list[Reconciliation]:
+                     skipped: Callable[[str, dict[str, int]], None] | None = None, deadline: float | None = None,
+                     defer_seconds: float | None = None) -> list[Reconciliation]:
     """Count source and target of each table whose chunks are all done or failed (`only_running`: and that
     is not reconciled yet; `skipped` hears of the others), then finish every table that waits for its
-    post-load step: a matching table is completed only by that step."""
+    post-load step: a matching table is completed only by that step. `deadline` and `defer_seconds`, as for
+    start_run: a Step Functions Reconcile step does a bounded share per invocation (unfinished_tables)."""
     counts = ledger.chunk_counts(conn, run_id)
     states = {r["table_name"]: r["status"] for r in ledger.table_rows(conn, run_id)}
     loads = table_loads(conn, config, run_id)
     results = []
     source = SnowflakeSource(config.snowflake_connect_args(), config.retry_policy(), source_snapshots(conn, config, run_id))
+    if defer_seconds is not None:
+        source.deferred = deferred_queries(conn, run_id, defer_seconds)
     try:
         for name, (spec, _, load) in loads.items():
             chunks = counts.get(name, NO_CHUNKS)  # an empty watermark window has no chunks
@@ -256,12 +273,27 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
                 continue
             if only_running and states.get(name) != "running":
                 continue
-            results.append(reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load))
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            try:
+                results.append(reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load))
+            except StillRunning as pending:
+                log.info("%s: the count waits for Snowflake query %s", name, pending.query_id,
+                         **ctx(run_id=run_id, table=name))
     finally:
         source.close()
     for spec, _, load in loads.values():
+        if deadline is not None and time.monotonic() >= deadline:
+            break
         finish_table(conn, run_id, spec, load, config.settings.swap_lock_timeout_seconds)
     return results
+
+
+def deferred_queries(conn: psycopg.Connection[Any], run_id: int, wait_seconds: float) -> Deferred:
+    """Snowflake queries of this run that may be waited for across invocations, their ids kept in the ledger."""
+    return Deferred(lambda key: ledger.pending_query(conn, run_id, key),
+                    lambda key, query_id: ledger.remember_query(conn, run_id, key, query_id),
+                    lambda key: ledger.forget_query(conn, run_id, key), wait_seconds)
 
 
 def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, load: TableLoad,
@@ -324,17 +356,22 @@ def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, lo
     return True
 
 
-def verify_finished_tables(config: SourceConfig, run_id: int) -> list[Any]:
-    """settings.verify: content checksums of every completed table's chunks; a table that differs is failed."""
-    from lib.check.verify import record_differences, verify_run
+def verify_finished_tables(config: SourceConfig, run_id: int, deadline: float | None = None) -> tuple[list[Any], int]:
+    """settings.verify: content checksums of the completed tables' chunks not verified yet in this run, until
+    `deadline`; a table that differs is failed. Returns the results and how many chunks are left."""
+    from lib.check.verify import record_differences, unverified_chunks, verify_run
 
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         completed = {t["table_name"] for t in ledger.table_rows(conn, run_id) if t["status"] == "completed"}
-    if not completed:
-        return []
-    results = verify_run(config, run_id, completed, None, config.settings.parallel_threads or 2)
+        todo = unverified_chunks(conn, run_id, completed)
+    if not todo:
+        return [], 0
+    results = verify_run(config, run_id, set(todo), None, config.settings.parallel_threads or 2, only=todo,
+                         deadline=deadline)
     record_differences(config, run_id, results)
-    return results
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        left = sum(len(chunks) for chunks in unverified_chunks(conn, run_id, completed).values())
+    return results, left
 
 
 def finalize_run(config: SourceConfig, run_id: int, interrupted: bool = False, error: str | None = None) -> str:

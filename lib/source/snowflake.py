@@ -26,6 +26,7 @@ from lib.errors import FatalError, TransientError, classify
 from lib.identifiers import and_sql, quote_snowflake, snowflake_name, where_sql
 from lib.models import Bounds, DayCount, HourCount, KeyBucket
 from lib.retry import RetryPolicy, call_with_retry
+from lib.source.deferred import Deferred
 from lib.typemap import Column, columns_from_description
 
 T = TypeVar("T")
@@ -79,6 +80,7 @@ class SnowflakeSource:
         self.reports_result_chunks = False  # the login reported CLIENT_RESULT_CHUNK_SIZE: results stream in parts
         self._retry = retry or RetryPolicy()
         self.snapshots = dict(snapshots or {})
+        self.deferred: Deferred | None = None  # a Step Functions step: scans may be waited for across invocations
         self._retention: dict[tuple[str, str], dict[str, int | None]] = {}
         self.on_connect: list[str] = []  # statements every new session runs first (e.g. a temporary UDF)
         self._conn: snowflake.connector.SnowflakeConnection | None = None
@@ -187,6 +189,13 @@ class SnowflakeSource:
         rows = self._fetchall(sql, None, context)
         return rows[0][0] if rows else None
 
+    def scan(self, sql: str, params: dict[str, Any] | None, context: str) -> list[tuple[Any, ...]]:
+        """The rows of a query that reads table data (stats, counts): one that may outlast a Step Functions step
+        goes through `deferred` there (lib/source/deferred.py); elsewhere it is an ordinary, retried query."""
+        if self.deferred is None:
+            return self._fetchall(sql, params, context)
+        return self.deferred.fetchall(self.connection(), sql, params, context)
+
     def describe(self, table: tuple[str, ...]) -> list[dict[str, Any]]:
         """The table's columns as stored in the plan: name, data_type, precision, scale, char_length, nullable."""
         db, schema, name = table
@@ -211,14 +220,14 @@ class SnowflakeSource:
 
     def count(self, table: tuple[str, ...], source_filter: str | None) -> int:
         sql = f"SELECT COUNT(*) FROM {self.table_sql(table)}{where_sql(source_filter)}"
-        return int(self._fetchall(sql, None, f"counting {'.'.join(table)}")[0][0])
+        return int(self.scan(sql, None, f"counting {'.'.join(table)}")[0][0])
 
     def day_counts(self, table: tuple[str, ...], column: str, source_filter: str | None,
                    utc: bool = False) -> list[DayCount]:
         """ONE aggregated query: rows per day (NULL keys as day None); `utc`: days of the UTC instant."""
         sql = (f"SELECT DATE({instant(column, utc)}) AS d, COUNT(*) FROM {self.table_sql(table)}"
                f"{where_sql(source_filter)} GROUP BY 1")
-        rows = self._fetchall(sql, None, f"counting rows per day of {'.'.join(table)}.{column}")
+        rows = self.scan(sql, None, f"counting rows per day of {'.'.join(table)}.{column}")
         return [DayCount(_as_date(r[0]), int(r[1])) for r in rows]
 
     def hour_counts(
@@ -233,7 +242,7 @@ class SnowflakeSource:
             f"WHERE DATE({col}) IN ({placeholders}){extra} GROUP BY 1"
         )
         params = {f"d{i}": d.isoformat() for i, d in enumerate(days)}
-        rows = self._fetchall(sql, params, f"counting rows per hour of heavy days of {'.'.join(table)}.{column}")
+        rows = self.scan(sql, params, f"counting rows per hour of heavy days of {'.'.join(table)}.{column}")
         return [HourCount(_as_datetime(r[0]), int(r[1])) for r in rows]
 
     def hash_counts(
@@ -244,7 +253,7 @@ class SnowflakeSource:
             f"SELECT {hash_expression(columns, '%(m)s')} AS r, COUNT(*) FROM {self.table_sql(table)}"
             f"{where_sql(source_filter)} GROUP BY 1"
         )
-        rows = self._fetchall(sql, {"m": modulus}, f"counting rows per hash class of {'.'.join(table)}")
+        rows = self.scan(sql, {"m": modulus}, f"counting rows per hash class of {'.'.join(table)}")
         return {int(r[0]): int(r[1]) for r in rows}
 
     def key_problems(self, table: tuple[str, ...], key: list[str], source_filter: str | None) -> KeyProblems:
@@ -255,12 +264,12 @@ class SnowflakeSource:
         grouped = (f"SELECT {cols}, COUNT(*) AS N, ({any_null}) AS HAS_NULL FROM {self.table_sql(table)}"
                    f"{where_sql(source_filter)} GROUP BY {cols}")
         what = f"checking the key ({', '.join(key)}) of {'.'.join(table)}"
-        rows = self._fetchall(f"SELECT COALESCE(SUM(IFF(HAS_NULL, N, 0)), 0), "
+        rows = self.scan(f"SELECT COALESCE(SUM(IFF(HAS_NULL, N, 0)), 0), "
                               f"COALESCE(SUM(IFF(NOT HAS_NULL AND N > 1, N - 1, 0)), 0) FROM ({grouped}) AS K", None, what)
         nulls, repeats = int(rows[0][0]), int(rows[0][1])
         examples: list[tuple[Any, ...]] = []
         if repeats:
-            examples = self._fetchall(f"SELECT * FROM ({grouped}) AS K WHERE NOT HAS_NULL AND N > 1 ORDER BY N DESC "
+            examples = self.scan(f"SELECT * FROM ({grouped}) AS K WHERE NOT HAS_NULL AND N > 1 ORDER BY N DESC "
                                       "LIMIT 5", None, what)
         return KeyProblems(nulls, repeats, [(tuple(r[:len(key)]), int(r[len(key)])) for r in examples])
 
@@ -288,7 +297,7 @@ class SnowflakeSource:
             f"FROM {name} WHERE {col} IS NOT NULL{extra}) AS ranked) AS keyed GROUP BY b "
             f"UNION ALL SELECT -1, NULL, NULL, COUNT(*), NULL, NULL FROM {name} WHERE {col} IS NULL{extra}"
         )
-        rows = self._fetchall(sql, {"n": bucket_rows}, f"bucketing keys of {'.'.join(table)}.{column}")
+        rows = self.scan(sql, {"n": bucket_rows}, f"bucketing keys of {'.'.join(table)}.{column}")
         buckets = []
         for b, low, high, count, min_rank, max_rank in rows:
             if int(b) < 0:
