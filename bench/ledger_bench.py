@@ -8,7 +8,6 @@ time and shared buffers of claims taken half-way through the run, each by a fres
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -17,11 +16,10 @@ from pathlib import Path
 
 import psycopg
 
+from bench.results_file import keep
 from lib import ledger
 from lib.ledger import schema as ledger_schema
 from scripts.local_stack import LocalStack
-
-RESULTS = Path(__file__).resolve().parent / "results" / "ledger.json"
 
 
 def main() -> None:
@@ -60,9 +58,7 @@ def main() -> None:
                       "claim_max_ms": round(max(seconds) * 1000, 2), "claims": len(seconds)}
         finally:
             stack.stop_postgres(mode="immediate")
-    print(json.dumps(result, indent=2))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    keep("ledger", result)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ check (done in Arrow as the batches pass, lib/target/loaders.py). Medians go to 
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -23,11 +22,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from psycopg import sql
 
+from bench.results_file import keep
 from lib.target import postgres as pg
 from lib.typemap import map_column
 from scripts.local_stack import LocalStack
 
-RESULTS = Path(__file__).resolve().parent / "results" / "merge_ab.json"
 COLUMNS = [map_column("ID", "NUMBER", 18, 0), map_column("QUANTITY", "NUMBER", 9, 0),
            map_column("AMOUNT", "NUMBER", 12, 2), map_column("RATIO", "FLOAT"), map_column("DESCRIPTION", "TEXT"),
            map_column("CODE", "TEXT", char_length=20), map_column("ACTIVE", "BOOLEAN"), map_column("DAY", "DATE"),
@@ -90,9 +89,7 @@ def main() -> None:
                                                                  s["merge, each column's equality"], 3),
                         "catch-up: with / without the key check": round(s["catch-up with the stage's key check"] /
                                                                         s["catch-up without it"], 3)}
-    print(json.dumps(result, indent=2))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    keep("merge_ab", result)
 
 
 if __name__ == "__main__":

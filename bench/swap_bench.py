@@ -10,7 +10,6 @@ Results: bench/results/swap.json.
 
 from __future__ import annotations
 
-import json
 import os
 import tempfile
 import time
@@ -19,11 +18,11 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from bench.results_file import keep
 from lib.ledger import schema as ledger_schema
 from lib.target import swap
 from scripts.local_stack import LocalStack
 
-RESULTS = Path(__file__).resolve().parent / "results" / "swap.json"
 LIVE = ("public", "items")
 
 
@@ -69,9 +68,7 @@ def main() -> None:
                 result["locked_seconds_with_builds_inside"] = round(time.monotonic() - began, 2)
         finally:
             stack.stop_postgres(mode="immediate")
-    print(json.dumps(result, indent=2))
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    keep("swap", result)
 
 
 if __name__ == "__main__":

@@ -40,3 +40,20 @@ def fail_planning_once(monkeypatch: Any, table: str) -> list[str]:
 
     monkeypatch.setattr(planning, "plan_table", flaky)
     return failed
+
+
+def at_fault_point_once(monkeypatch: Any, point: str, action: Any) -> list[str]:
+    """Call `action()` once, the first time the engine passes fault point `point` (lib/faults.py), e.g. to change
+    the source right after the first chunk commits. Returns the list that records it."""
+    from lib import faults
+
+    real, done = faults.maybe_crash, []
+
+    def hook(reached: str) -> None:
+        if reached == point and not done:
+            done.append(reached)
+            action()
+        real(reached)
+
+    monkeypatch.setattr(faults, "maybe_crash", hook)
+    return done

@@ -4,9 +4,9 @@ rows behind a `match`."""
 
 from __future__ import annotations
 
-from lib import faults
 from lib import ledger as status
 from lib.run.orchestrator import run
+from tests.helpers import at_fault_point_once
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 
@@ -42,19 +42,13 @@ def test_keys_repeated_after_planning_in_a_new_key_range_fail_the_chunk_through_
     with env.pg() as conn:
         conn.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, name text)")
         conn.execute("INSERT INTO public.items SELECT g, 'kept ' || g FROM generate_series(0, 99) g")
-    real, done = faults.maybe_crash, []
-
-    def repeat_a_key_once_planned(point: str) -> None:  # the source changes after its keys were checked
-        if point == "after_claim" and not done:
-            done.append(point)
-            env.sf_execute("INSERT INTO ITEMS VALUES (900, 'the other 900')")
-        real(point)
-
-    monkeypatch.setattr(faults, "maybe_crash", repeat_a_key_once_planned)
+    # the source changes after its keys were checked
+    repeated = at_fault_point_once(monkeypatch, "after_claim",
+                                   lambda: env.sf_execute("INSERT INTO ITEMS VALUES (900, 'the other 900')"))
 
     result = run(env.config([{"source": "ITEMS", **NUMERIC}], chunk_rows=300, parallel_threads=1, max_attempts=3))
 
-    assert result.status == "completed_with_errors"
+    assert repeated and result.status == "completed_with_errors"
     failed = env.pg_rows(f"SELECT staged, attempts, error FROM {status.SCHEMA}.migration_chunk_status "
                          "WHERE status = 'failed'")
     assert len(failed) == 1

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from lib import faults
 from lib import ledger as status
 from lib.run.orchestrator import run
+from tests.helpers import at_fault_point_once
 
 # The stand-in keeps Time Travel for 1 day (Snowflake's default): a resume window of 24 h is covered by it.
 COVERED = {"resume_max_age": 24, "parallel_threads": 1}
@@ -16,16 +16,7 @@ COVERED = {"resume_max_age": 24, "parallel_threads": 1}
 
 def _update_after_first_commit(env, monkeypatch, *statements: str) -> list[str]:
     """Run `statements` in Snowflake once, right after the run's first chunk commits (before the next is read)."""
-    real, done = faults.maybe_crash, []
-
-    def hook(point: str) -> None:
-        if point == "after_commit" and not done:
-            done.append(point)
-            env.sf_execute(*statements)
-        real(point)
-
-    monkeypatch.setattr(faults, "maybe_crash", hook)
-    return done
+    return at_fault_point_once(monkeypatch, "after_commit", lambda: env.sf_execute(*statements))
 
 
 def _log_table(env) -> None:

@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import pytest
 
-from lib import faults
 from lib import ledger as status
 from lib.check.verify import verify_run
 from lib.run.orchestrator import run
 from lib.target.windows import Window, last_load, load_scope, lowered
+from tests.helpers import at_fault_point_once
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 
@@ -101,16 +101,8 @@ def test_a_high_water_mark_belongs_to_its_whole_scope(env) -> None:
 
 
 def _update_after_first_commit(env, monkeypatch, *statements: str) -> list[str]:
-    real, done = faults.maybe_crash, []
-
-    def hook(point: str) -> None:
-        if point == "after_commit" and not done:
-            done.append(point)
-            env.sf_execute(*statements)
-        real(point)
-
-    monkeypatch.setattr(faults, "maybe_crash", hook)
-    return done
+    """Run `statements` in Snowflake once, right after the run's first chunk commits (before the next is read)."""
+    return at_fault_point_once(monkeypatch, "after_commit", lambda: env.sf_execute(*statements))
 
 
 # rows of the first chunk move out of the second window right after that chunk commits: counted now, the window
