@@ -96,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _raise_interrupt)
     command = args.command or "run"
     try:
+        if config.patterns and command not in ("plan", "run"):  # those two list Snowflake's tables themselves
+            config = with_run_tables(config, getattr(args, "run_id", None))
         if command == "plan":
             return cmd_plan(config, bool(args.json))
         if command == "status":
@@ -193,10 +195,26 @@ def _num(value: Any) -> str:
     return "-" if value is None else f"{value:,}"
 
 
+def with_run_tables(config: SourceConfig, run_id: int | None) -> SourceConfig:
+    """The config with the tables its patterns matched for a run (default: the latest of the config)."""
+    from lib import ledger
+    from lib.ledger import schema as ledger_schema
+    from lib.plan import discover
+    from lib.target import postgres as pg
+
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        ledger_schema.apply_migrations(conn)
+        if run_id is None:
+            latest = ledger.find_latest_run(conn, config.fingerprint())
+            run_id = latest.run_id if latest else None
+        return discover.pinned(config, conn, run_id)
+
+
 def cmd_plan(config: SourceConfig, as_json: bool) -> int:
     """Plan every table as a run would (reads, checks, load mode, key, window, chunks), changing nothing; list
     every table's problem at once."""
     from lib.ledger import schema as ledger_schema
+    from lib.plan import discover
     from lib.plan.budget import MIB, ReadShape, fit_threads, requested_threads
     from lib.plan.render import plan_summary, render_plan
     from lib.plan.tables import preview
@@ -209,6 +227,7 @@ def cmd_plan(config: SourceConfig, as_json: bool) -> int:
     try:
         with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
             ledger_schema.apply_migrations(conn)
+            config = discover.discovered(config, source, conn, None)
             for spec in config.tables:
                 try:
                     planned = preview(conn, source, config, spec)

@@ -20,7 +20,16 @@ from lib import ledger
 from lib.config import SourceConfig, load_config
 from lib.log import get_logger
 from lib.plan.budget import fit_connections
-from lib.run.orchestrator import finalize_run, reconcile_finished_tables, start_run, thread_count, verify_finished_tables, work, work_plan
+from lib.run.orchestrator import (
+    config_of_run,
+    finalize_run,
+    reconcile_finished_tables,
+    start_run,
+    thread_count,
+    verify_finished_tables,
+    work,
+    work_plan,
+)
 from lib.run.step_functions import DISTRIBUTED_ABOVE, HISTORY_LIMIT, continuation_name, events_per_loop, max_loops_for, split_input
 from lib.target import postgres as pg
 
@@ -39,8 +48,10 @@ log = get_logger()
 
 
 def _config(event: dict[str, Any]) -> SourceConfig:
+    """The execution's config; within a run, with the tables its patterns matched when the run started."""
     overrides, _ = split_input(event.get("input", event))
-    return load_config(overrides.get("source_name"), overrides)
+    config = load_config(overrides.get("source_name"), overrides)
+    return config_of_run(config, int(event["run_id"])) if "run_id" in event else config
 
 
 def plan(event: dict[str, Any], context: Any = None) -> dict[str, Any]:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from lib.config.connections import POSTGRES_KEYS, SECRET_KEYS, SNOWFLAKE_KEYS, parse_connection, postgres_kwargs, snowflake_kwargs
 from lib.config.location import read_config_text
+from lib.config.patterns import TablePattern, expand, parse_patterns
 from lib.config.secrets import resolve_tree
 from lib.config.settings import BOOL_SETTINGS, SETTING_BOUNDS, SETTING_NAMES, TEXT_SETTINGS, Settings, parse_bool, parse_settings, suggest
 from lib.config.tables import LOAD_MODES, TABLE_OVERRIDE_KEYS, TableSpec, override_tables, parse_tables, select_tables
@@ -41,6 +42,8 @@ class SourceConfig:
     settings: Settings
     no_resume: bool = False
     abandon_live: bool = False  # no_resume may abandon a run whose workers are alive
+    patterns: tuple[TablePattern, ...] = ()  # entries naming tables by a glob; `tables` gains their matches (with_found)
+    wanted: tuple[str, ...] | None = None  # the 'tables' override, applied to pattern matches when they are found
     _secret_cache: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def retry_policy(self) -> RetryPolicy:
@@ -79,8 +82,13 @@ class SourceConfig:
             "chunk_rows": self.settings.chunk_rows,
             # sorted, and without options left at their defaults: `--table A --table B` and `--table B
             # --table A` are one run, and a new option with a default does not orphan existing runs
-            "tables": sorted(json.dumps(_non_default(t), sort_keys=True, default=str) for t in self.tables),
+            "tables": sorted(json.dumps(_non_default(t), sort_keys=True, default=str) for t in self.tables
+                             if t.pattern is None),
         }
+        if self.patterns:  # the patterns as written, not what they match: a table that appears keeps the run
+            identity["patterns"] = sorted(
+                json.dumps({**p.identity(), "options": _non_default(replace(p.template, source=(), target=("", "")))},
+                           sort_keys=True, default=str) for p in self.patterns)
         canonical = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
@@ -92,7 +100,25 @@ class SourceConfig:
             "postgres": {k: ("***" if k in SECRET_KEYS else v) for k, v in self.postgres.items()},
             "settings": asdict(self.settings),
             "tables": [t.name for t in self.tables],
+            **({"patterns": [p.text for p in self.patterns]} if self.patterns else {}),
         }
+
+    def with_found(self, found: dict[tuple[str, str], list[str]]) -> SourceConfig:
+        """This config with its patterns' matches among `found` ((database, schema) → table names) as tables;
+        the 'tables' override then picks among all of them. Raises ConfigError for conflicting targets."""
+        if not self.patterns:
+            return self
+        listed = [t for t in self.tables if t.pattern is None]
+        tables, problems = expand(listed, self.patterns, found)
+        if self.wanted is not None:
+            tables = select_tables(tables, list(self.wanted), problems)
+        if problems:
+            raise ConfigError(problems)
+        return replace(self, tables=tuple(tables))
+
+    def schemas_to_list(self) -> list[tuple[str, str]]:
+        """The (database, schema) pairs whose tables the patterns are matched against."""
+        return sorted({(p.database, p.schema) for p in self.patterns})
 
 
 def _non_default(spec: TableSpec) -> dict[str, Any]:
@@ -151,14 +177,17 @@ def parse_config(raw: Any, source_name: str | None, overrides: dict[str, Any]) -
 
     default_db = str(snowflake.get("database", "")) if "${" not in str(snowflake.get("database", "")) else None
     default_schema = str(snowflake.get("schema", "")) if "${" not in str(snowflake.get("schema", "")) else None
-    tables = parse_tables(src.get("tables"), where, problems, default_db, default_schema)
+    tables, pattern_entries = parse_tables(src.get("tables"), where, problems, default_db, default_schema)
+    patterns = parse_patterns(pattern_entries, problems, default_db, default_schema)
 
     wanted = overrides.get("tables")
-    if wanted is not None:
+    if wanted is not None and not pattern_entries:
         tables = select_tables(tables, wanted, problems)
     table_overrides = {k: v for k, v in overrides.items() if k in TABLE_OVERRIDE_KEYS}
     if table_overrides:
         tables = override_tables(tables, table_overrides, problems)
+        patterns = [replace(p, template=t) for p, t in
+                    zip(patterns, override_tables([p.template for p in patterns], table_overrides, problems), strict=True)]
 
     if problems:
         raise ConfigError(problems)
@@ -170,6 +199,8 @@ def parse_config(raw: Any, source_name: str | None, overrides: dict[str, Any]) -
         settings=settings,
         no_resume=overrides.get("no_resume", False),
         abandon_live=overrides.get("abandon_live", False),
+        patterns=tuple(patterns),
+        wanted=tuple(wanted) if wanted is not None and pattern_entries else None,
     )
 
 

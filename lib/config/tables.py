@@ -17,7 +17,10 @@ TABLE_OPTIONS = {
     "source", "target", "chunking_columns", "chunking_column_types", "source_filter",
     "truncate_onstart", "insert_only_mode", "chunk_rows", "build_primary_key",
     "load_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag", "nul_bytes",
+    "exclude",  # a table pattern's only (lib/config/patterns.py)
 }
+
+GLOB_CHARS = "*?["
 
 
 LOAD_MODES = ("in_place", "swap")
@@ -46,6 +49,7 @@ class TableSpec:
     watermark_lag: float = 0  # start each window this much below the last high-water mark (seconds or units)
     nul_bytes: str | None = None  # fail | strip | replace:<char>; None: the setting's default
     entry: str | None = None  # the ledger name when one source table feeds several targets
+    pattern: str | None = None  # the table pattern (as written) that matched this table; None: listed
 
     @property
     def name(self) -> str:
@@ -69,11 +73,14 @@ class TableSpec:
 
 def parse_tables(
     raw: Any, where: str, problems: list[str], default_db: str | None, default_schema: str | None
-) -> list[TableSpec]:
+) -> tuple[list[TableSpec], list[tuple[str, dict[str, Any]]]]:
+    """The listed tables, and the entries that name tables by a pattern (label, entry), left to
+    lib/config/patterns.py."""
     if not isinstance(raw, list) or not raw:
         problems.append(f"{where}.tables must be a non-empty list")
-        return []
+        return [], []
     tables: list[TableSpec] = []
+    patterns: list[tuple[str, dict[str, Any]]] = []
     seen_targets: dict[str, str] = {}
     for i, item in enumerate(raw):
         label = f"{where}.tables[{i}]"
@@ -82,7 +89,15 @@ def parse_tables(
             continue
         if isinstance(item.get("source"), str):
             label = f"{label} ({item['source']})"
-        spec = _parse_table(item, label, problems, default_db, default_schema)
+            if glob_outside_table_part(item["source"]):
+                problems.append(f"{label}: only the table part may be a glob; name the database and schema")
+                continue
+            if names_a_pattern(item["source"]):
+                patterns.append((label, item))
+                continue
+        if "exclude" in item:
+            problems.append(f"{label}: exclude belongs to a table pattern (a source such as SCHEMA.* or SCHEMA.PREFIX_*)")
+        spec = parse_table(item, label, problems, default_db, default_schema)
         if spec is None:
             continue
         if spec.target_name in seen_targets:
@@ -90,15 +105,34 @@ def parse_tables(
         seen_targets[spec.target_name] = label
         tables.append(spec)
     sources = Counter(t.source for t in tables)
-    return [replace(t, entry=f"{'.'.join(t.source)} → {t.target_name}") if sources[t.source] > 1 else t for t in tables]
+    return [replace(t, entry=f"{'.'.join(t.source)} → {t.target_name}") if sources[t.source] > 1 else t
+            for t in tables], patterns
 
 
-def _parse_table(
+def glob_outside_table_part(source: str) -> bool:
+    try:
+        parts = split_qualified(source, "upper")
+    except ValueError:
+        return False
+    return any(c in part for part in parts[:-1] for c in GLOB_CHARS)
+
+
+def names_a_pattern(source: str) -> bool:
+    """A source whose table part is a glob. Quoting keeps a glob's case (`"Audit*"`); a table whose name
+    holds *, ? or [ is listed by escaping that character as a glob: `[*]`."""
+    try:
+        parts = split_qualified(source, "upper")
+    except ValueError:
+        return False
+    return bool(parts) and any(c in parts[-1] for c in GLOB_CHARS)
+
+
+def parse_table(
     item: dict[str, Any], label: str, problems: list[str], default_db: str | None, default_schema: str | None
 ) -> TableSpec | None:
     before = len(problems)
     for key in item:
-        if key == "$comment":
+        if key in ("$comment", "exclude"):
             continue
         if key not in TABLE_OPTIONS:
             problems.append(f"{label}: unknown option {key!r}{suggest(key, TABLE_OPTIONS)}")

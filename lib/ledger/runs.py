@@ -91,6 +91,30 @@ def create_run(conn: psycopg.Connection[Any], config_hash: str, source_name: str
     return int(row[0])
 
 
+def pinned_matches(conn: psycopg.Connection[Any], run_id: int) -> list[tuple[str, str, str]]:
+    """The tables the config's patterns matched for this run (lib/plan/discover.py)."""
+    row = conn.execute(f"SELECT metadata -> 'matched' FROM {SCHEMA}.migration_runs WHERE run_id = %s", (run_id,)).fetchone()
+    return [tuple(t) for t in (row[0] or [])] if row else []  # type: ignore[misc]
+
+
+def pin_matches(conn: psycopg.Connection[Any], run_id: int, sources: list[tuple[str, ...]]) -> None:
+    """Add tables to the run's pinned matches: every later step of the run uses them, whatever Snowflake lists."""
+    have = set(pinned_matches(conn, run_id))
+    merged = sorted(have | {(t[0], t[1], t[2]) for t in sources})
+    if len(merged) != len(have):
+        conn.execute(f"UPDATE {SCHEMA}.migration_runs SET metadata = jsonb_set(metadata, '{{matched}}', %s::jsonb) "
+                     "WHERE run_id = %s", (json.dumps(merged), run_id))
+
+
+def completed_tables(conn: psycopg.Connection[Any], config_hash: str) -> set[str]:
+    """Tables some run of this config completed (the runs it abandoned left out)."""
+    rows = conn.execute(
+        f"SELECT DISTINCT t.table_name FROM {SCHEMA}.migration_table_status t JOIN {SCHEMA}.migration_runs r "
+        "USING (run_id) WHERE r.config_hash = %s AND r.status <> 'abandoned' AND t.status = 'completed'",
+        (config_hash,)).fetchall()
+    return {r[0] for r in rows}
+
+
 def run_snapshot(conn: psycopg.Connection[Any], run_id: int) -> str | None:
     """The run's Snowflake point in time (settings.snapshot), if it has one; each table says whether it reads at it."""
     row = conn.execute(f"SELECT metadata ->> 'snapshot_at' FROM {SCHEMA}.migration_runs WHERE run_id = %s",

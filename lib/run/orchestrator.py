@@ -12,7 +12,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import psycopg
@@ -24,6 +24,7 @@ from lib.errors import FatalError, MigrationError, StillRunning, TransientError,
 from lib.ledger import schema as ledger_schema
 from lib.ledger.tables import source_snapshots
 from lib.log import ctx, get_logger
+from lib.plan import discover
 from lib.plan.budget import MIB, ReadShape, estimate_bytes, fit_connections, fit_threads, memory_budget_bytes, requested_threads, widest
 from lib.plan.tables import plan_missing_tables, refresh_target_types, scoped_spec
 from lib.retry import call_with_retry
@@ -46,6 +47,34 @@ class StartResult:
     mode: str  # "fresh" | "resumed" | "nothing_to_do"
     message: str
     unplanned: int = 0  # tables left to plan (a deadline, or a stats query still running in Snowflake)
+    config: SourceConfig | None = None  # the config with the tables its patterns matched for the run
+
+
+def _appeared_since_completed(conn: psycopg.Connection[Any], config: SourceConfig, config_hash: str) -> list[TableSpec]:
+    """Tables the config's patterns match now that no run of the config completed."""
+    if not config.patterns:
+        return []
+    done = ledger.completed_tables(conn, config_hash)
+    return [t for t in config.tables if t.pattern is not None and t.name not in done]
+
+
+def _tables_of_resumed_run(conn: psycopg.Connection[Any], config: SourceConfig, config_hash: str,
+                           run_id: int) -> SourceConfig:
+    """A resumed run keeps its own tables (planned, or pinned by its patterns) and takes those its patterns
+    match that no run of the config completed; a table an earlier run completed is not copied again."""
+    if not config.patterns:
+        return config
+    mine = set(ledger.planned_tables(conn, run_id)) | {".".join(t) for t in ledger.pinned_matches(conn, run_id)}
+    done = ledger.completed_tables(conn, config_hash)
+    return replace(config, tables=tuple(t for t in config.tables if t.name in mine or t.name not in done))
+
+
+def config_of_run(config: SourceConfig, run_id: int) -> SourceConfig:
+    """The config with the tables its patterns matched for run `run_id` (pinned at its start)."""
+    if not config.patterns:
+        return config
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        return discover.pinned(config, conn, run_id)
 
 
 @dataclass
@@ -91,8 +120,16 @@ def start_run(config: SourceConfig, start_token: str | None = None, deadline: fl
         conn.execute("SELECT pg_advisory_lock(%s)", (key,))
         try:
             latest = ledger.find_latest_run(conn, config_hash)
+            config = discover.discovered(config, source, conn, None)
             retry_of_this_start = bool(latest and start_token and latest.start_token == start_token)
             repeatable = any(t.repeatable for t in config.tables)
+            appeared = _appeared_since_completed(conn, config, config_hash) if latest and not repeatable else []
+            if latest and latest.status == "completed" and (not config.no_resume or retry_of_this_start) and appeared \
+                    and not retry_of_this_start:
+                log.info("run %s completed, and %d table(s) matched by the config's patterns appeared since: a new run "
+                         "copies them (%s)", latest.run_id, len(appeared), ", ".join(t.name for t in appeared[:20]))
+                config = replace(config, tables=tuple(appeared))
+                latest = None
             if latest and latest.status == "completed" and (not config.no_resume or retry_of_this_start):
                 if retry_of_this_start or not repeatable:
                     return StartResult(
@@ -123,6 +160,7 @@ def start_run(config: SourceConfig, start_token: str | None = None, deadline: fl
                 latest = None
             if latest:
                 run_id, mode = latest.run_id, "resumed"
+                config = _tables_of_resumed_run(conn, discover.discovered(config, source, conn, run_id), config_hash, run_id)
                 retried = ledger.reset_failed(conn, run_id)
                 ledger.set_run_status(conn, run_id, "running")
                 ledger.record_resume_window(conn, run_id, max_age)
@@ -142,8 +180,9 @@ def start_run(config: SourceConfig, start_token: str | None = None, deadline: fl
             log.info(message, **ctx(run_id=run_id))
             if defer_seconds is not None:
                 source.deferred = deferred_queries(conn, run_id, defer_seconds)
+            discover.pin(conn, config, run_id)
             unplanned = plan_missing_tables(conn, config, run_id, source, deadline, post_load_seconds)
-            return StartResult(run_id, mode, message, unplanned)
+            return StartResult(run_id, mode, message, unplanned, config)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
@@ -408,6 +447,7 @@ def run(config: SourceConfig) -> RunResult:
     started = time.monotonic()
     token = uuid.uuid4().hex  # retries of this start resume the run it created, even under no_resume
     start = retried(lambda: start_run(config, token), "starting the run")
+    config = start.config or config
     if start.mode == "nothing_to_do":
         tables = retried(lambda: summarize(config, start.run_id, None), "summarizing")
         return RunResult(start.run_id, start.mode, "completed", start.message,

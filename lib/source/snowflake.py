@@ -139,15 +139,22 @@ class SnowflakeSource:
         return f"{value}+00:00"
 
     def retention_days(self, table: tuple[str, ...]) -> int | None:
-        """The table's Time Travel retention (SHOW TABLES' retention_time), or None if it does not say. One
-        SHOW TABLES per schema and session, whatever the number of its tables planned."""
+        """The table's Time Travel retention (SHOW TABLES' retention_time), or None if it does not say."""
         db, schema, name = table
+        return self._tables_of(db, schema).get(name)
+
+    def table_names(self, db: str, schema: str) -> list[str]:
+        """The tables of a schema (not its views), as Snowflake stores their names."""
+        return sorted(self._tables_of(db, schema))
+
+    def _tables_of(self, db: str, schema: str) -> dict[str, int | None]:
+        """One SHOW TABLES per schema and session, whatever the number of its tables planned or matched."""
         if (db, schema) not in self._retention:
             self._retention[(db, schema)] = self._query(
                 f"SHOW TABLES IN SCHEMA {quote_snowflake(db)}.{quote_snowflake(schema)}", None,
-                f"reading the Time Travel retention of the tables of {db}.{schema}",
+                f"listing the tables of {db}.{schema}",
                 lambda cur: retention_by_table([d[0] for d in cur.description], cur.fetchall()))
-        return self._retention[(db, schema)].get(name)
+        return self._retention[(db, schema)]
 
     def checksums(self, sql: str, params: dict[str, Any] | None, context: str) -> dict[int, tuple[int, int, int]]:
         """{bucket: (rows, sum 1, sum 2)} of a checksum query (lib/check/checksum.py); the sums travel as exact text."""
