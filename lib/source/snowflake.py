@@ -82,6 +82,7 @@ class SnowflakeSource:
         self.snapshots = dict(snapshots or {})
         self.deferred: Deferred | None = None  # a Step Functions step: scans may be waited for across invocations
         self._retention: dict[tuple[str, str], dict[str, int | None]] = {}
+        self._primary_keys: dict[tuple[str, str], dict[str, list[str]]] = {}
         self.on_connect: list[str] = []  # statements every new session runs first (e.g. a temporary UDF)
         self._conn: snowflake.connector.SnowflakeConnection | None = None
         self._reading: Any = None  # the cursor of the read in progress, for cancel()
@@ -281,10 +282,18 @@ class SnowflakeSource:
         return KeyProblems(nulls, repeats, [(tuple(r[:len(key)]), int(r[len(key)])) for r in examples])
 
     def primary_key(self, table: tuple[str, ...]) -> list[str]:
-        rows = self._fetchall(f"SHOW PRIMARY KEYS IN TABLE {snowflake_name(table)}", None,
-                              f"reading the primary key of {'.'.join(table)}")
-        # columns: created_on, database_name, schema_name, table_name, column_name, key_sequence, ...
-        return [r[4] for r in sorted(rows, key=lambda r: int(r[5]))]
+        """The table's primary key columns, in key order. One SHOW PRIMARY KEYS per schema and session, so
+        planning a schema's tables costs one query for all their keys."""
+        db, schema, name = table
+        if (db, schema) not in self._primary_keys:
+            rows = self._fetchall(f"SHOW PRIMARY KEYS IN SCHEMA {quote_snowflake(db)}.{quote_snowflake(schema)}", None,
+                                  f"reading the primary keys of the tables of {db}.{schema}")
+            keys: dict[str, list[tuple[int, str]]] = {}
+            # columns: created_on, database_name, schema_name, table_name, column_name, key_sequence, ...
+            for r in rows:
+                keys.setdefault(r[3], []).append((int(r[5]), r[4]))
+            self._primary_keys[(db, schema)] = {t: [c for _, c in sorted(cols)] for t, cols in keys.items()}
+        return list(self._primary_keys[(db, schema)].get(name, []))
 
     def key_buckets(
         self, table: tuple[str, ...], column: str, source_filter: str | None, bucket_rows: int
