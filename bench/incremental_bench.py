@@ -1,0 +1,192 @@
+"""Incremental runs against their floor (issue 24): a watermark window after a change, and a run that finds nothing.
+
+    python -m bench.incremental_bench        # INCR_BENCH_ROWS=200000 for a smoke run
+
+A private stack (fakesnow + embedded PostgreSQL) holds a ROWS-row table with a primary key. The engine copies it
+(the first window), then the source changes: a tenth of the rows get a new AMOUNT and STATUS and a later
+UPDATED_AT, and a tenth more rows arrive. Measured, each engine run in a fresh process as `migrate.py` runs it:
+
+  window   the run that reads the window (`source_watermark UPDATED_AT`, merge on ID);
+  floor    PostgreSQL alone: the same changed rows (exported by the server, in binary, from the engine's result)
+           COPY'd server-side from that file into a TEMP stage and upserted with INSERT … ON CONFLICT (id) DO
+           UPDATE of every column, in one transaction, into a copy of the target as it was before the window;
+  no-op    the next run, with nothing new;
+  import   a fresh interpreter that imports the engine (migrate.py and lib.run.orchestrator), the no-op's floor.
+
+Each engine run's seconds are split by the ledger's timestamps: before the first chunk starts (interpreter,
+import, login, planning), the chunks (first start to last end), and after (reconcile, post-load, finalize, exit).
+The floor's copy of the target must equal the engine's target afterwards, row for row. Results:
+bench/results/incremental.json. Nothing is asserted about timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench.results_file import keep
+from lib import ledger
+from scripts.local_stack import LocalStack
+
+ROOT = Path(__file__).resolve().parents[1]
+DATABASE, SCHEMA, TABLE = "INCR", "PUBLIC", "ITEMS"
+PG_DB = "incr_bench"
+COLUMNS = ("id", "amount", "status", "description", "qty", "day", "created_at", "updated_at")
+
+DDL = f"""
+CREATE OR REPLACE TABLE {DATABASE}.{SCHEMA}.{TABLE} (
+    ID NUMBER(18,0) PRIMARY KEY, AMOUNT NUMBER(12,2), STATUS VARCHAR(20), DESCRIPTION VARCHAR, QTY NUMBER(9,0),
+    DAY DATE, CREATED_AT TIMESTAMP_NTZ, UPDATED_AT TIMESTAMP_NTZ
+)"""
+ROWS_SQL = """
+INSERT INTO {table}
+SELECT (n + {first})::NUMBER(18,0), (MOD(n * 31, 10000000) / 100.0)::NUMBER(12,2), 'new'::VARCHAR(20),
+       (REPEAT('lorem ipsum ', MOD(n * 13, 7)::INT) || n)::VARCHAR, MOD(n * 7919, 100000)::NUMBER(9,0),
+       DATEADD(day, MOD(n, 3650), '2015-01-01'::DATE)::DATE,
+       DATEADD(second, n, '2020-01-01 00:00:00'::TIMESTAMP_NTZ)::TIMESTAMP_NTZ,
+       DATEADD(millisecond, n, '{updated}'::TIMESTAMP_NTZ)::TIMESTAMP_NTZ
+FROM (SELECT SEQ8() AS n FROM TABLE(GENERATOR(ROWCOUNT => {rows})))
+"""
+CHANGED_AT = "2025-06-01 00:00:00"
+
+
+def engine_run(config: Path, env: dict[str, str]) -> dict[str, Any]:
+    """One run in a fresh process; its wall seconds include the interpreter and the imports."""
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "bench.engine_run", str(config), "bench", "{}"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True)
+    report = json.loads(done.stdout.strip().splitlines()[-1])
+    report["wall"] = round(time.monotonic() - started, 2)
+    return report
+
+
+def split(conn: psycopg.Connection[Any], run_id: int, wall_start: float, wall_end: float) -> dict[str, float]:
+    """The run's seconds before its first chunk, in its chunks, and after its last (PostgreSQL's clock)."""
+    first, last = conn.execute(
+        f"SELECT extract(epoch FROM min(started_at)), extract(epoch FROM max(completed_at)) "
+        f"FROM {ledger.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done'", (run_id,)).fetchone()
+    if first is None:
+        return {"before_chunks": round(wall_end - wall_start, 2), "chunks": 0.0, "after_chunks": 0.0}
+    return {"before_chunks": round(float(first) - wall_start, 2), "chunks": round(float(last) - float(first), 2),
+            "after_chunks": round(wall_end - float(last), 2)}
+
+
+def chunk_rows(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
+    rows = conn.execute(
+        f"SELECT chunk_no, rows_copied, round(extract(epoch FROM completed_at - started_at)::numeric, 2) "
+        f"FROM {ledger.SCHEMA}.migration_chunk_status WHERE run_id = %s ORDER BY chunk_no", (run_id,)).fetchall()
+    return [{"chunk": r[0], "rows": r[1], "seconds": float(r[2] or 0)} for r in rows]
+
+
+def measured_run(name: str, config: Path, env: dict[str, str], conn: psycopg.Connection[Any]) -> dict[str, Any]:
+    now = float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+    report = engine_run(config, env)
+    end = float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
+    out = {"seconds": report["wall"], "status": report["status"], "split": split(conn, report["run_id"], now, end),
+           "chunks": chunk_rows(conn, report["run_id"]),
+           "tables": [{k: t.get(k) for k in ("rows_copied", "rows_inserted", "reconcile", "status")} for t in report["tables"]]}
+    print(f"  {name}: {out['seconds']:.2f} s {out['split']}", flush=True)
+    return out
+
+
+def floor(conn: psycopg.Connection[Any], directory: Path) -> tuple[float, int]:
+    """Server-side COPY of the changed rows into a TEMP stage and the upsert of every column, one transaction."""
+    folder = directory / "copy"
+    folder.mkdir(mode=0o777, exist_ok=True)
+    for p in (directory, folder):
+        p.chmod(0o777 if p == folder else 0o755)  # written and read by the server's own system user
+    path = folder / "changed.bin"
+    changed = conn.execute(f"COPY (SELECT {', '.join(COLUMNS)} FROM public.items WHERE updated_at >= '{CHANGED_AT}') "
+                           f"TO '{path}' (FORMAT BINARY)").rowcount
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "id")
+    conn.execute("CHECKPOINT")
+    started = time.monotonic()
+    with conn.transaction():
+        conn.execute("CREATE TEMP TABLE stage (LIKE public.items_floor) ON COMMIT DROP")
+        conn.execute(f"COPY stage FROM '{path}' (FORMAT BINARY)")
+        conn.execute(f"INSERT INTO public.items_floor SELECT * FROM stage ON CONFLICT (id) DO UPDATE SET {updates}")
+    return round(time.monotonic() - started, 2), changed
+
+
+def import_seconds(env: dict[str, str], times: int = 3) -> float:
+    """A fresh interpreter importing the engine, median of `times`."""
+    seconds = []
+    for _ in range(times):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", "import migrate, lib.run.orchestrator"], cwd=ROOT, env=env, check=True)
+        seconds.append(time.monotonic() - started)
+    return round(sorted(seconds)[len(seconds) // 2], 2)
+
+
+def main() -> None:
+    rows = int(os.environ.get("INCR_BENCH_ROWS", "2000000"))
+    changed = rows // 10
+    result: dict[str, Any] = {"rows": rows, "updated_rows": changed, "new_rows": changed}
+    with tempfile.TemporaryDirectory() as tmp:
+        directory = Path(tmp)
+        stack = LocalStack(directory / "stack")
+        stack.start_postgres()
+        stack.start_snowflake(persist=True, tied=True)
+        try:
+            stack.create_database(PG_DB)
+            env = {**os.environ, **stack.env(PG_DB)}
+            with stack.snowflake_connect() as sf, sf.cursor() as cur:
+                cur.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {DATABASE}.{SCHEMA}")
+                cur.execute(DDL)
+                cur.execute(ROWS_SQL.format(table=f"{DATABASE}.{SCHEMA}.{TABLE}", first=1, rows=rows,
+                                            updated="2024-01-01 00:00:00"))
+            config = directory / "config.json"
+            config.write_text(json.dumps(_config()))
+            with psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
+                first = engine_run(config, env)
+                result["first_copy_seconds"] = first["wall"]
+                with stack.snowflake_connect(DATABASE, SCHEMA) as sf, sf.cursor() as cur:
+                    cur.execute(f"UPDATE {DATABASE}.{SCHEMA}.{TABLE} SET AMOUNT = AMOUNT + 1, STATUS = 'changed', "
+                                f"UPDATED_AT = DATEADD(millisecond, ID, '{CHANGED_AT}'::TIMESTAMP_NTZ) WHERE MOD(ID, 10) = 0")
+                    cur.execute(ROWS_SQL.format(table=f"{DATABASE}.{SCHEMA}.{TABLE}", first=rows + 1, rows=changed,
+                                                updated=CHANGED_AT))
+                conn.execute("CREATE TABLE public.items_floor AS SELECT * FROM public.items")
+                conn.execute("ALTER TABLE public.items_floor ADD PRIMARY KEY (id)")
+                conn.execute("ANALYZE public.items_floor")
+                result["window"] = measured_run("window", config, env, conn)
+                result["floor_seconds"], result["floor_rows"] = floor(conn, directory)
+                differ = conn.execute("SELECT count(*) FROM ((TABLE public.items EXCEPT ALL TABLE public.items_floor) "
+                                      "UNION ALL (TABLE public.items_floor EXCEPT ALL TABLE public.items)) d").fetchone()[0]
+                if differ:
+                    raise RuntimeError(f"the engine's target and the floor's differ in {differ} rows")
+                result["no_op"] = measured_run("no-op", config, env, conn)
+                result["import_seconds"] = import_seconds(env)
+        finally:
+            stack.stop_snowflake()
+            stack.stop_postgres(mode="immediate")
+    result["window_vs_floor"] = round(result["window"]["seconds"] / result["floor_seconds"], 2)
+    result["no_op_vs_import"] = round(result["no_op"]["seconds"] / result["import_seconds"], 2)
+    keep("incremental", result)
+
+
+def _config() -> dict[str, Any]:
+    refs = {k: f"${{{k}}}" for k in ("SNOWFLAKE_ACCOUNT", "SNOWFLAKE_USER", "SNOWFLAKE_PASSWORD", "SNOWFLAKE_HOST",
+                                     "SNOWFLAKE_PORT", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")}
+    return {"defaults": {"parallel_threads": 2, "snapshot": False}, "sources": {"bench": {
+        "snowflake": {"account": refs["SNOWFLAKE_ACCOUNT"], "user": refs["SNOWFLAKE_USER"],
+                      "password": refs["SNOWFLAKE_PASSWORD"], "host": refs["SNOWFLAKE_HOST"],
+                      "port": refs["SNOWFLAKE_PORT"], "protocol": "http", "database": DATABASE, "schema": SCHEMA,
+                      "network_timeout": 600},
+        "postgres": {"host": refs["PGHOST"], "port": refs["PGPORT"], "user": refs["PGUSER"],
+                     "password": refs["PGPASSWORD"], "dbname": refs["PGDATABASE"]},
+        "tables": [{"source": TABLE, "target": "public.items", "source_watermark": "UPDATED_AT", "merge_key": ["ID"],
+                    "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}],
+    }}}
+
+
+if __name__ == "__main__":
+    main()
