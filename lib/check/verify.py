@@ -41,7 +41,7 @@ from lib.log import ctx, get_logger
 from lib.models import Bounds
 from lib.source.snowflake import SnowflakeSource, chunk_predicate
 from lib.target import postgres as pg
-from lib.target.load_modes import TableLoad, held_scope
+from lib.target.load_modes import TableLoad, held_scope, live_rows
 from lib.target.wire import target_column_name
 from lib.typemap import Column
 
@@ -220,12 +220,13 @@ def compared_scope(spec: TableSpec, load: TableLoad,
       arrived after it was planned belong to the next window);
     - any other load: the source rows the target holds (`held`: load_modes.held_scope), whichever loads
       brought them."""
+    live = live_rows(spec)
     if load.window is not None:
         column = spec.target_watermark or target_column_name(load.window.column)
         source_sql, target_sql, params = load.window.verified_predicates(column)
         both = f"({spec.source_filter}) AND ({source_sql})" if spec.source_filter else source_sql
-        return both, (target_sql, params)
-    return held, None
+        return both, (target_sql if live is None else sql.SQL("({}) AND {}").format(target_sql, live), params)
+    return held, None if live is None else (live, [])
 
 
 def source_checksums(source: SnowflakeSource, fields: list[checksum.Field], table: tuple[str, ...],

@@ -27,6 +27,7 @@ class Settings:
     max_target_connections: int = 64  # all workers' PostgreSQL connections together (threads x 2 each)
     keep_backups: int = 2  # swap mode: backups of each target that `cleanup` keeps
     swap_lock_timeout_seconds: float = 2.0  # swap mode: how long the swap waits for the live table's lock per try
+    max_delete_fraction: float = 0.05  # deletes: a table whose pass would delete more of its rows is refused
     nul_bytes: str = "fail"  # NUL bytes in text: fail | strip | replace:<char> (per table too)
     # read tables AT(TIMESTAMP => the run's start), one point in time: "auto" where the table's Time Travel
     # retention covers resume_max_age, True for every table, False never (lib/plan/tables.py reads_at)
@@ -73,6 +74,7 @@ SETTING_BOUNDS: dict[str, Bound] = {
     "max_target_connections": Bound(int, 2, 100_000, "an integer of at least 2"),
     "keep_backups": Bound(int, 0, 1000, "an integer from 0 to 1,000"),
     "swap_lock_timeout_seconds": Bound(float, 0.001, 3600, "a number of seconds above 0 and at most 3,600"),
+    "max_delete_fraction": Bound(float, 0, 1, "a fraction from 0 to 1 (of a table's rows)"),
     "result_prefetch": Bound(int, 1, 10, "an integer from 1 to 10 (result parts)"),
     "result_chunk_mb": Bound(int, 48, 160, "an integer from 48 to 160 (MiB, Snowflake's CLIENT_RESULT_CHUNK_SIZE range)"),
 }

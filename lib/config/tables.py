@@ -18,7 +18,10 @@ TABLE_OPTIONS = {
     "truncate_onstart", "insert_only_mode", "chunk_rows", "build_primary_key",
     "load_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag", "nul_bytes",
     "exclude",  # a table pattern's only (lib/config/patterns.py)
+    "deletes",
 }
+
+DELETE_MODES = ("ignore", "hard", "soft")
 
 GLOB_CHARS = "*?["
 
@@ -50,6 +53,7 @@ class TableSpec:
     nul_bytes: str | None = None  # fail | strip | replace:<char>; None: the setting's default
     entry: str | None = None  # the ledger name when one source table feeds several targets
     pattern: str | None = None  # the table pattern (as written) that matched this table; None: listed
+    deletes: str = "ignore"  # merge and watermark tables: hard | soft removes target rows the source no longer has
 
     @property
     def name(self) -> str:
@@ -228,6 +232,10 @@ def parse_table(
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows <= 0):
         problems.append(f"{label}: chunk_rows must be a positive integer")
 
+    deletes = item.get("deletes", "ignore")
+    if deletes not in DELETE_MODES:
+        problems.append(f"{label}: deletes {deletes!r} must be one of {', '.join(DELETE_MODES)}")
+        deletes = "ignore"
     insert_only = item.get("insert_only_mode") if isinstance(item.get("insert_only_mode"), bool) else None
     basic_problems = len(problems) > before
     spec = TableSpec(
@@ -246,6 +254,7 @@ def parse_table(
         target_watermark=watermarks["target_watermark"],
         watermark_lag=lag if isinstance(lag, (int, float)) and lag >= 0 else 0,
         nul_bytes=nul_bytes,
+        deletes=deletes,
     )
     problems.extend(f"{label}: {p}" for p in combination_problems(spec, explicit_insert_only=insert_only is not None))
     return None if len(problems) > before else spec
@@ -273,6 +282,10 @@ def combination_problems(spec: TableSpec, explicit_insert_only: bool = True) -> 
             problems.append("load_mode swap reloads the whole table: it cannot be combined with source_watermark")
         if spec.merge_key:
             problems.append("merge_key is used by catch-up and merge loads only, not by load_mode swap")
+    if spec.deletes != "ignore" and not spec.repeatable:
+        problems.append(f"deletes {spec.deletes} applies to merge (insert_only_mode false) and watermark tables, which "
+                        "keep a target in step with the source; a copy reloads the rows in scope, and a catch-up only "
+                        "adds: leave deletes out")
     if spec.target_watermark and not spec.source_watermark:
         problems.append("target_watermark needs source_watermark (the source column that orders changes)")
     if spec.watermark_lag and not spec.source_watermark:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import psycopg
 
 from lib import faults, ledger
+from lib.check import deletes
 from lib.check.reconcile import Reconciliation, reconcile_table
 from lib.config import SourceConfig, TableSpec
 from lib.errors import FatalError, MigrationError, StillRunning, TransientError, classify
@@ -35,7 +36,7 @@ from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
 from lib.target import swap
 from lib.target.load_modes import TableLoad, held_scope, table_loads
-from lib.typemap import estimated_row_bytes
+from lib.typemap import Column, estimated_row_bytes
 
 log = get_logger()
 T = TypeVar("T")
@@ -304,7 +305,7 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
     if defer_seconds is not None:
         source.deferred = deferred_queries(conn, run_id, defer_seconds)
     try:
-        for name, (spec, _, load) in loads.items():
+        for name, (spec, columns, load) in loads.items():
             chunks = counts.get(name, NO_CHUNKS)  # an empty watermark window has no chunks
             if chunks["pending"] or chunks["running"]:
                 if skipped:
@@ -315,7 +316,8 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
             if deadline is not None and time.monotonic() >= deadline:
                 break
             try:
-                results.append(reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load))
+                refused = _deletes(conn, source, config, run_id, spec, columns, load, chunks)
+                results.append(refused or reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load))
             except StillRunning as pending:
                 log.info("%s: the count waits for Snowflake query %s", name, pending.query_id,
                          **ctx(run_id=run_id, table=name))
@@ -326,6 +328,27 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
             break
         finish_table(conn, run_id, spec, load, config.settings.swap_lock_timeout_seconds)
     return results
+
+
+def _deletes(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
+             spec: TableSpec, columns: list[Column], load: TableLoad, chunks: dict[str, int]) -> Reconciliation | None:
+    """The table's deletes pass (lib/check/deletes.py), before its counts; a refused pass fails the table."""
+    if spec.deletes == "soft":
+        deletes.add_soft_column(conn, load.destination)  # from the first load on: verify compares the live rows
+    if spec.deletes == "ignore" or chunks.get("failed") or not load.staged:  # a copy starts the target afresh
+        return None
+    try:
+        done = deletes.find_and_apply(conn, source, spec, columns, load, held_scope(conn, run_id, spec),
+                                      config.settings.max_delete_fraction, run_id)
+    except FatalError as exc:
+        log.error("%s", exc, **ctx(run_id=run_id, table=spec.name))
+        ledger.record_delete_pass(conn, run_id, spec.name, spec.deletes, {}, str(exc))
+        ledger.store_reconciliation(conn, run_id, spec.name, chunks.get("rows_copied", 0), None, None, False, str(exc),
+                                    "rows_read")
+        return Reconciliation(spec.name, False, chunks.get("rows_copied", 0), None, None, str(exc))
+    ledger.record_delete_pass(conn, run_id, spec.name, spec.deletes, vars(done))
+    ledger.add_plan_note(conn, run_id, spec.name, done.describe())
+    return None
 
 
 def deferred_queries(conn: psycopg.Connection[Any], run_id: int, wait_seconds: float) -> Deferred:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from lib import ledger
 from lib.config import TableSpec
@@ -154,6 +155,14 @@ def target_scope(loads: list[dict[str, Any]]) -> str | None:
         if scope["filter"] not in filters:
             filters.append(scope["filter"])
     return " OR ".join(f"({f})" for f in filters) if len(filters) > 1 else filters[0]
+
+
+SOFT_COLUMN = "_deleted_at"  # deletes soft: when the source stopped having the row (lib/check/deletes.py)
+
+
+def live_rows(spec: TableSpec) -> sql.Composable | None:
+    """The target's rows the source still has: all of them, or (deletes soft) those not marked deleted."""
+    return sql.SQL("{} IS NULL").format(sql.Identifier(SOFT_COLUMN)) if spec.deletes == "soft" else None
 
 
 def held_scope(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec) -> str | None:

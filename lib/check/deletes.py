@@ -1,0 +1,185 @@
+"""Deletes: the target rows of a merge or watermark table whose key the source no longer has (`deletes` hard or
+soft), found without reading the whole table in either database.
+
+1. The key's range is cut at real key values of the source (one aggregated query, as a numeric chunk plan is;
+   a key that is not one numeric column is one range).
+2. Per range, a checksum of the keys (lib/check/checksum.py: count and hash sums, computed inside each
+   database, ranges grouped into one query per side) in the source's scope (the rows the target holds,
+   load_modes.held_scope, at the run's read point) and in the target (live rows: a soft-deleted one is not).
+3. Only the ranges whose checksums differ have their keys read, from both sides, and compared.
+4. The guard: if the rows to delete exceed `max_delete_fraction` of the target's live rows, nothing is deleted
+   and the table fails, saying how to proceed: a source read that missed rows looks exactly like a mass delete.
+5. Each differing range is applied in one transaction: its target rows are read again under FOR UPDATE and
+   compared with the source's keys, so a row another writer changed meanwhile is judged as it is now. `hard`
+   deletes them; `soft` sets `_deleted_at`, and clears it on a row whose key the source has again.
+
+The pass runs in the table's reconcile step, after its chunks and before its counts. It is idempotent: a crash
+anywhere leaves the table unreconciled, and the next attempt finds only what is still to do.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from lib import faults
+from lib.check import checksum
+from lib.check.verify import chunk_groups, source_checksums, target_checksums
+from lib.config import TableSpec
+from lib.errors import FatalError
+from lib.identifiers import and_sql
+from lib.log import ctx, get_logger
+from lib.models import Bounds
+from lib.plan.chunking import BUCKETS_PER_CHUNK, plan_numeric
+from lib.source.snowflake import SnowflakeSource, chunk_predicate
+from lib.target import postgres as pg
+from lib.target.load_modes import SOFT_COLUMN, TableLoad, live_rows
+from lib.target.wire import target_column_name
+from lib.typemap import Column
+
+log = get_logger()
+
+RANGE_ROWS = 25_000  # keys per range: a range that differs has this many keys read from each side
+
+
+@dataclass
+class DeletePass:
+    table: str
+    mode: str
+    ranges: int = 0
+    differing: int = 0
+    deleted: int = 0  # hard: rows deleted; soft: rows marked deleted
+    restored: int = 0  # soft: marked rows whose key the source has again
+    target_rows: int = 0
+    seconds: float = 0.0
+
+    def describe(self) -> str:
+        done = "deleted" if self.mode == "hard" else "marked deleted (_deleted_at)"
+        restored = f", {self.restored} restored (their key is back)" if self.mode == "soft" else ""
+        return (f"deletes {self.mode}: {self.deleted} row(s) {done}{restored}; {self.differing} of {self.ranges} key "
+                f"range(s) differed and had their keys compared, of {self.target_rows} target rows, in {self.seconds:.2f}s")
+
+
+def key_columns(load: TableLoad, columns: list[Column], spec: TableSpec) -> list[Column]:
+    by_target = {target_column_name(c.name): c for c in columns}
+    key = [by_target[k] for k in load.key if k in by_target]
+    if not key or len(key) != len(load.key):
+        raise FatalError(f"{spec.name}: deletes {spec.deletes} need the table's key among the source's columns "
+                         f"(key: {', '.join(load.key) or 'none'})")
+    return key
+
+
+def find_and_apply(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
+                   load: TableLoad, scope: str | None, max_fraction: float, run_id: int) -> DeletePass:
+    """The pass of one table (see the module's text). `scope`: the source filter of the rows the target holds."""
+    started = time.monotonic()
+    result = DeletePass(spec.name, spec.deletes)
+    key = key_columns(load, columns, spec)
+    fields = checksum.fields(key)
+    if not all(f.values for f in fields):
+        raise FatalError(f"{spec.name}: deletes {spec.deletes} need a key both databases can compare by value; "
+                         f"{', '.join(f.describe() for f in fields if not f.values)} cannot be")
+    if spec.deletes == "soft":
+        add_soft_column(conn, load.destination)
+    marked = live_rows(spec)
+    live = (marked, []) if marked is not None else None
+    ranges = key_ranges(source, spec, key, scope)
+    result.ranges = len(ranges)
+    differing: list[Bounds] = []
+    for group in chunk_groups(ranges, 1):
+        theirs = source_checksums(source, fields, spec.source, group, scope, f"checksumming the keys of {spec.name}")
+        ours = target_checksums(conn, fields, load.destination, columns, group, live)
+        for n, bounds in enumerate(group):
+            result.target_rows += ours.get(n, (0, 0, 0))[0]
+            if theirs.get(n, (0, 0, 0)) != ours.get(n, (0, 0, 0)):
+                differing.append(bounds)
+    result.differing = len(differing)
+    source_keys = {i: _source_keys(source, spec, fields, bounds, scope) for i, bounds in enumerate(differing)}
+    soft = spec.deletes == "soft"
+    gone = sum(len(_target_keys(conn, load, fields, columns, bounds, soft) - source_keys[i])
+               for i, bounds in enumerate(differing))
+    if result.target_rows and gone / result.target_rows > max_fraction:
+        raise FatalError(
+            f"{spec.name}: deletes {spec.deletes} would remove {gone} of its {result.target_rows} rows "
+            f"({gone / result.target_rows:.1%}), more than max_delete_fraction {max_fraction:g}; nothing was deleted. "
+            "A source read that missed rows (a wrong source_filter, a role that sees fewer rows, a truncated table) "
+            "looks exactly like a mass delete. If the source really lost them, resume with a higher "
+            f"max_delete_fraction (e.g. --max-delete-fraction {min(1.0, round(gone / result.target_rows + 0.01, 2)):g}, "
+            "or in the execution input)")
+    for i, bounds in enumerate(differing):
+        with conn.transaction():
+            deleted, restored = _apply(conn, spec, load, fields, columns, bounds, source_keys[i])
+        result.deleted += deleted
+        result.restored += restored
+        faults.maybe_crash("during_deletes")
+    result.seconds = round(time.monotonic() - started, 2)
+    log.info("%s", result.describe(), **ctx(run_id=run_id, table=spec.name))
+    return result
+
+
+def add_soft_column(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
+    conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(
+        pg.table_ident(target), sql.Identifier(SOFT_COLUMN)))
+
+
+def key_ranges(source: SnowflakeSource, spec: TableSpec, key: list[Column], scope: str | None) -> list[Bounds]:
+    """Ranges of about RANGE_ROWS keys, cut at the source's key values; one range when the key is not one number."""
+    first = key[0]
+    if len(key) != 1 or not first.source_type.startswith("NUMBER"):
+        return [Bounds("all")]
+    buckets, _ = source.key_buckets(spec.source, first.name, scope, max(1, RANGE_ROWS // BUCKETS_PER_CHUNK))
+    plan = plan_numeric(first.name, buckets, 0, RANGE_ROWS, False, "")
+    return [c.bounds for c in plan.chunks]
+
+
+def _source_keys(source: SnowflakeSource, spec: TableSpec, fields: list[checksum.Field], bounds: Bounds,
+                 scope: str | None) -> set[tuple[str, ...]]:
+    where, params = chunk_predicate(bounds)
+    texts = ", ".join(f.snowflake for f in fields)
+    rows = source.scan(f"SELECT {texts} FROM {source.table_sql(spec.source)} WHERE {where}{and_sql(scope)}", params,
+                       f"reading the keys of {spec.name} where {bounds.describe()}")
+    return {tuple(str(v) for v in row) for row in rows}
+
+
+def _target_rows(conn: psycopg.Connection[Any], load: TableLoad, fields: list[checksum.Field], columns: list[Column],
+                 bounds: Bounds, live: bool, lock: bool, load_soft: bool) -> list[tuple[Any, ...]]:
+    """(ctid, key texts...) of the target's rows in the range: live ones, or (live False) soft-deleted ones."""
+    selected = pg.chunk_predicate(bounds, columns)
+    assert selected is not None
+    where, params = selected
+    state = sql.SQL("") if load_soft is False else sql.SQL(" AND {} IS {}").format(
+        sql.Identifier(SOFT_COLUMN), sql.SQL("NULL" if live else "NOT NULL"))
+    query = sql.SQL("SELECT ctid::text, {} FROM {} WHERE ({}){}{}").format(
+        sql.SQL(", ").join(f.postgres for f in fields), pg.table_ident(load.destination), where, state,
+        sql.SQL(" FOR UPDATE") if lock else sql.SQL(""))
+    return list(conn.execute(query, params).fetchall())
+
+
+def _target_keys(conn: psycopg.Connection[Any], load: TableLoad, fields: list[checksum.Field], columns: list[Column],
+                 bounds: Bounds, soft: bool) -> set[tuple[str, ...]]:
+    """The key texts of the target's live rows in the range."""
+    rows = _target_rows(conn, load, fields, columns, bounds, live=True, lock=False, load_soft=soft)
+    return {tuple(str(v) for v in row[1:]) for row in rows}
+
+
+def _apply(conn: psycopg.Connection[Any], spec: TableSpec, load: TableLoad, fields: list[checksum.Field],
+           columns: list[Column], bounds: Bounds, source_keys: set[tuple[str, ...]]) -> tuple[int, int]:
+    """One range, in the caller's transaction: its rows read again under lock, then deleted, marked or restored."""
+    table = pg.table_ident(load.destination)
+    soft = spec.deletes == "soft"
+    gone = [row[0] for row in _target_rows(conn, load, fields, columns, bounds, live=True, lock=True, load_soft=soft)
+            if tuple(str(v) for v in row[1:]) not in source_keys]
+    if spec.deletes == "hard":
+        deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = ANY(%s::tid[])").format(table), (gone,)).rowcount
+        return deleted, 0
+    marked = conn.execute(sql.SQL("UPDATE {} SET {} = now() WHERE ctid = ANY(%s::tid[])").format(
+        table, sql.Identifier(SOFT_COLUMN)), (gone,)).rowcount
+    back = [row[0] for row in _target_rows(conn, load, fields, columns, bounds, live=False, lock=True, load_soft=True)
+            if tuple(str(v) for v in row[1:]) in source_keys]
+    restored = conn.execute(sql.SQL("UPDATE {} SET {} = NULL WHERE ctid = ANY(%s::tid[])").format(
+        table, sql.Identifier(SOFT_COLUMN)), (back,)).rowcount
+    return marked, restored
