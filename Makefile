@@ -99,15 +99,20 @@ sfn-sim: venv
 	SFN_SIM_TABLES=10000 SFN_SIM_ROWS=10000000000 SFN_SIM_BUDGET=20 PYTEST_DEBUG_TEMPROOT=$(CURDIR)/.pytest_tmp $(PY) -m pytest -q -s \
 	  tests/test_sfn_scale.py -k thousands
 
-## bench: throughput on a 5M-row mixed-type table: server COPY limit, end to end (1/2/default threads), write path, read path (BENCH_ROWS=200000 for a smoke run); then bench-incremental
-.PHONY: bench bench-incremental
+## bench: throughput on a 5M-row mixed-type table: server COPY limit, end to end (1/2/default threads), write path, read path (BENCH_ROWS=200000 for a smoke run); then bench-incremental and bench-deletes
+.PHONY: bench bench-incremental bench-deletes
 bench: venv
 	$(PY) -m bench.throughput
 	$(PY) -m bench.incremental_bench
+	$(PY) -m bench.deletes_bench
 
 ## bench-incremental: a watermark window after 10% updates + 10% new rows on a 2M-row table, and a run that finds nothing, against PostgreSQL's own COPY + upsert and the engine's import time (INCR_BENCH_ROWS=200000 for a smoke run)
 bench-incremental: venv
 	$(PY) -m bench.incremental_bench
+
+## bench-deletes: finding and applying 0.1% deleted rows of a 5M-row table (clustered and spread), against its copy (DELETES_BENCH_ROWS=500000 for a smoke run)
+bench-deletes: venv
+	$(PY) -m bench.deletes_bench
 
 clean: stack-down
 	rm -rf .stack

@@ -138,14 +138,9 @@ def main() -> None:
         try:
             stack.create_database(PG_DB)
             env = {**os.environ, **stack.env(PG_DB)}
-            with stack.snowflake_connect() as sf, sf.cursor() as cur:
-                cur.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
-                cur.execute(f"CREATE SCHEMA IF NOT EXISTS {DATABASE}.{SCHEMA}")
-                cur.execute(DDL)
-                cur.execute(ROWS_SQL.format(table=f"{DATABASE}.{SCHEMA}.{TABLE}", first=1, rows=rows,
-                                            updated="2024-01-01 00:00:00"))
+            build_source(stack, rows)
             config = directory / "config.json"
-            config.write_text(json.dumps(_config()))
+            config.write_text(json.dumps(bench_config()))
             with psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
                 first = engine_run(config, env)
                 result["first_copy_seconds"] = first["wall"]
@@ -173,7 +168,18 @@ def main() -> None:
     keep("incremental", result)
 
 
-def _config() -> dict[str, Any]:
+def build_source(stack: LocalStack, rows: int) -> None:
+    """The source table: `rows` rows with a primary key, generated inside the stand-in."""
+    with stack.snowflake_connect() as sf, sf.cursor() as cur:
+        cur.execute(f"CREATE DATABASE IF NOT EXISTS {DATABASE}")
+        cur.execute(f"CREATE SCHEMA IF NOT EXISTS {DATABASE}.{SCHEMA}")
+        cur.execute(DDL)
+        cur.execute(ROWS_SQL.format(table=f"{DATABASE}.{SCHEMA}.{TABLE}", first=1, rows=rows,
+                                    updated="2024-01-01 00:00:00"))
+
+
+def bench_config(**options: Any) -> dict[str, Any]:
+    """The bench's config.json: the table as a watermark table merged on ID, with `options` added."""
     refs = {k: f"${{{k}}}" for k in ("SNOWFLAKE_ACCOUNT", "SNOWFLAKE_USER", "SNOWFLAKE_PASSWORD", "SNOWFLAKE_HOST",
                                      "SNOWFLAKE_PORT", "PGHOST", "PGPORT", "PGUSER", "PGPASSWORD", "PGDATABASE")}
     return {"defaults": {"parallel_threads": 2, "snapshot": False}, "sources": {"bench": {
@@ -184,7 +190,7 @@ def _config() -> dict[str, Any]:
         "postgres": {"host": refs["PGHOST"], "port": refs["PGPORT"], "user": refs["PGUSER"],
                      "password": refs["PGPASSWORD"], "dbname": refs["PGDATABASE"]},
         "tables": [{"source": TABLE, "target": "public.items", "source_watermark": "UPDATED_AT", "merge_key": ["ID"],
-                    "chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}],
+                    "chunking_columns": ["ID"], "chunking_column_types": ["numeric"], **options}],
     }}}
 
 
