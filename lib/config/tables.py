@@ -17,10 +17,14 @@ TABLE_OPTIONS = {
     "source", "target", "chunking_columns", "chunking_column_types", "source_filter",
     "truncate_onstart", "insert_only_mode", "chunk_rows", "build_primary_key",
     "load_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag", "nul_bytes",
+    "schema_changes",
 }
 
 
 LOAD_MODES = ("in_place", "swap")
+
+# What planning does when the source's columns differ from the target's (lib/target/evolution.py).
+SCHEMA_CHANGES = ("evolve", "freeze")
 
 
 # Table options an execution may override for every selected table (raw SQL such as source_filter and
@@ -45,6 +49,7 @@ class TableSpec:
     target_watermark: str | None = None  # the target column holding it (default: the source column's name)
     watermark_lag: float = 0  # start each window this much below the last high-water mark (seconds or units)
     nul_bytes: str | None = None  # fail | strip | replace:<char>; None: the setting's default
+    schema_changes: str = "evolve"  # evolve: add and widen target columns; freeze: fail on any difference
     entry: str | None = None  # the ledger name when one source table feeds several targets
 
     @property
@@ -190,6 +195,9 @@ def _parse_table(
         problems.append(f"{label}: watermark_lag must be a number of at least 0 (seconds for a date or timestamp "
                         f"watermark, units for a number), got {lag!r}")
         lag = 0
+    schema_changes = item.get("schema_changes", "evolve")
+    if schema_changes not in SCHEMA_CHANGES:
+        problems.append(f"{label}: schema_changes {schema_changes!r} must be one of {', '.join(SCHEMA_CHANGES)}")
     chunk_rows = item.get("chunk_rows")
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows <= 0):
         problems.append(f"{label}: chunk_rows must be a positive integer")
@@ -212,6 +220,7 @@ def _parse_table(
         target_watermark=watermarks["target_watermark"],
         watermark_lag=lag if isinstance(lag, (int, float)) and lag >= 0 else 0,
         nul_bytes=nul_bytes,
+        schema_changes=schema_changes if schema_changes in SCHEMA_CHANGES else "evolve",
     )
     problems.extend(f"{label}: {p}" for p in combination_problems(spec, explicit_insert_only=insert_only is not None))
     return None if len(problems) > before else spec
