@@ -16,12 +16,14 @@ from lib.config import Settings, SourceConfig, TableSpec, pg_identifier_problem
 from lib.errors import FatalError, StillRunning, TransientError, classify
 from lib.log import ctx, get_logger
 from lib.models import TablePlan
+from lib.plan import evolution
 from lib.plan.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
 from lib.plan.strategy import plan_table
 from lib.plan.windows import null_note, plan_window
 from lib.source.snowflake import SnowflakeSource
 from lib.target import load_modes
 from lib.target import postgres as pg
+from lib.target.evolution import added_sources, types_after
 from lib.target.windows import Window, load_scope, scope_filter
 from lib.typemap import Column, columns_from_description, estimated_row_bytes
 
@@ -111,9 +113,12 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     problems = load_modes.schema_problems(spec, columns, target_types)
     if problems:
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
+    changes = evolution.changes_for(conn, spec, columns, run_id, dry_run)
     scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
                        spec.source_watermark, spec.target_name)
     window, window_notes = plan_window(conn, source, spec, columns, run_id, scope) if spec.source_watermark else (None, [])
+    if window is not None:
+        window = evolution.filling_window(conn, window, changes, columns, scope, run_id, window_notes)
     if window is not None and window.empty:
         plan = TablePlan("window", [], f"nothing at or above the last {window.column} ({window.lo}): no rows to read")
     else:
@@ -145,7 +150,9 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                 f"table {owner.table_status}); two runs must never load one table. Resume that run with its own "
                 f"config, or give it up with: migrate.py abandon --source {owner.source_name} --run-id {owner.run_id}"
             )
-        load, existing_types, key = load_modes.prepare(conn, spec, columns, run_id,
+        evolution.apply_changes(conn, spec, run_id, changes, dry_run, plan.notes)
+        present = [c for c in columns if c.name not in added_sources(changes)] if dry_run else columns
+        load, existing_types, key = load_modes.prepare(conn, spec, present, run_id,
                                                        lambda: source.primary_key(spec.source), plan.notes, window,
                                                        config.no_resume, dry_run,
                                                        None if post_load_seconds is None
@@ -153,6 +160,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         if load.staged:
             _check_source_key(source, scoped_spec(spec, window), columns, load.key, read_at, plan.notes)
         if existing_types is not None:
+            existing_types = types_after(existing_types, changes) if dry_run else existing_types
             described = [{**d, "target_type": existing_types[d["name"]]} for d in described]
             for column in columns_from_description(described):
                 if column.via_text:
