@@ -11,8 +11,9 @@ import signal
 from collections import Counter
 
 CHUNK_POINTS = ("after_claim", "during_read", "during_copy", "before_commit", "after_commit")
-# inside a table's post-load transaction: after the renames of a swap, and before the commit
-POINTS = (*CHUNK_POINTS, "during_swap", "post_load")
+# inside a table's post-load transaction: after the renames of a swap, and before the commit; inside a table's
+# planning transaction: after its schema changes (DDL and ledger rows), before its plan is stored
+POINTS = (*CHUNK_POINTS, "during_swap", "post_load", "schema_change")
 
 
 def _parse(spec: str) -> dict[str, tuple[float, int]]:

@@ -5,6 +5,8 @@ difference; `migrate.py plan` shows what would change and changes nothing."""
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 
 from lib import ledger
@@ -241,3 +243,19 @@ def test_what_a_widening_costs() -> None:
     assert not rewrites("numeric(10,2)", "numeric(14,2)")
     assert rewrites("numeric(10,2)", "numeric(12,4)") and rewrites("integer", "bigint")
     assert parse_type("timestamp with time zone") == parse_type("timestamptz")
+
+
+def test_a_crash_after_the_ddl_leaves_neither_the_column_nor_its_record_and_the_next_start_adds_it(env) -> None:
+    _source(env)
+    config = env.write_config(WINDOW)
+    assert cli(env.env, config).returncode == 0
+    env.sf_execute("ALTER TABLE CUSTOMERS ADD COLUMN PHONE VARCHAR(20)", "UPDATE CUSTOMERS SET PHONE = 'p' || ID")
+
+    killed = cli({**env.env, "MIGRATION_FAULTS": "schema_change@1"}, config)
+
+    assert killed.returncode == -signal.SIGKILL
+    assert "phone" not in _target_types(env)
+    assert env.pg_value(f"SELECT count(*) FROM {ledger.SCHEMA}.schema_changes") == 0
+    assert cli(env.env, config).returncode == 0
+    _exact(env)
+    assert [c[:2] for c in _changes(env, 2)] == [("phone", "added")]

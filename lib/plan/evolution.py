@@ -9,7 +9,7 @@ from typing import Any
 
 import psycopg
 
-from lib import ledger
+from lib import faults, ledger
 from lib.config import TableSpec
 from lib.errors import FatalError
 from lib.target import evolution
@@ -73,3 +73,4 @@ def apply_changes(conn: psycopg.Connection[Any], spec: TableSpec, run_id: int, c
         return
     evolution.apply(conn, changes)
     ledger.record_schema_changes(conn, run_id, spec.name, spec.target_name, [c.ledger_row(conn) for c in changes])
+    faults.maybe_crash("schema_change")

@@ -136,8 +136,9 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         plan.notes.append(note)
     plan.notes.extend(window_notes)
     if window is not None:
+        whole = "first window" if window.lo_from == "none" else f"whole window ({window.lo_from})"
         plan.notes.append(f"window {window.column} >= {window.lo} (from the {window.lo_from}) and <= {window.hi}"
-                          if window.lo is not None else f"first window: {window.column} <= {window.hi}, and NULLs")
+                          if window.lo is not None else f"{whole}: {window.column} <= {window.hi}, and NULLs")
         if window.lo is not None and (note := null_note(source, spec.source, window.column, spec.source_filter)):
             plan.notes.append(note)
     with conn.transaction(force_rollback=dry_run):
