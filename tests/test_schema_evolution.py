@@ -259,3 +259,17 @@ def test_a_crash_after_the_ddl_leaves_neither_the_column_nor_its_record_and_the_
     assert cli(env.env, config).returncode == 0
     _exact(env)
     assert [c[:2] for c in _changes(env, 2)] == [("phone", "added")]
+
+
+def test_a_swap_reload_after_a_column_was_added_swaps_in_a_table_that_has_it(env) -> None:
+    _source(env)
+    assert run(env.config([{"source": "CUSTOMERS", **NUMERIC}])).status == "completed"
+    env.sf_execute("ALTER TABLE CUSTOMERS ADD COLUMN PHONE VARCHAR(20)", "UPDATE CUSTOMERS SET PHONE = 'p' || ID",
+                   "ALTER TABLE CUSTOMERS DROP COLUMN NOTE")
+
+    swapped = run(env.config([{"source": "CUSTOMERS", "load_mode": "swap", **NUMERIC}]))
+
+    assert swapped.status == "completed", swapped.tables
+    _exact(env)
+    assert env.pg_value("SELECT count(*) FROM public.customers WHERE note IS NOT NULL") == 0, "reloaded: no old value"
+    assert [c[:2] for c in _changes(env, 2)] == [("note", "dropped"), ("phone", "added")]

@@ -151,8 +151,12 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                 f"table {owner.table_status}); two runs must never load one table. Resume that run with its own "
                 f"config, or give it up with: migrate.py abandon --source {owner.source_name} --run-id {owner.run_id}"
             )
-        evolution.apply_changes(conn, spec, run_id, changes, dry_run, plan.notes)
-        present = [c for c in columns if c.name not in added_sources(changes)] if dry_run else columns
+        # The DDL's ACCESS EXCLUSIVE lock lasts until the plan commits: taken after the Snowflake key check,
+        # except for a swap, whose shadow is created like the live table and must get the new columns.
+        early = spec.load_mode == "swap"
+        if early:
+            evolution.apply_changes(conn, spec, run_id, changes, dry_run, plan.notes)
+        present = columns if early and not dry_run else [c for c in columns if c.name not in added_sources(changes)]
         load, existing_types, key = load_modes.prepare(conn, spec, present, run_id,
                                                        lambda: source.primary_key(spec.source), plan.notes, window,
                                                        config.no_resume, dry_run,
@@ -160,8 +164,12 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                                                        else (plan.expected_rows, post_load_seconds))
         if load.staged:
             _check_source_key(source, scoped_spec(spec, window), columns, load.key, read_at, plan.notes)
+        if not early:
+            evolution.apply_changes(conn, spec, run_id, changes, dry_run, plan.notes)
+        if existing_types is not None and changes:
+            existing_types = (types_after(existing_types, changes) if dry_run
+                              else pg.types_by_source_column(conn, spec.target, columns))
         if existing_types is not None:
-            existing_types = types_after(existing_types, changes) if dry_run else existing_types
             described = [{**d, "target_type": existing_types[d["name"]]} for d in described]
             for column in columns_from_description(described):
                 if column.via_text:
