@@ -79,8 +79,11 @@ def test_a_column_added_widened_and_dropped_between_incremental_runs_keeps_every
                    "ALTER TABLE CUSTOMERS ALTER COLUMN AMOUNT SET DATA TYPE NUMBER(14,2)",
                    "UPDATE CUSTOMERS SET NAME = REPEAT('x', 90), AMOUNT = 123456789012.34, UPDATED_AT = '2025-02-01' "
                    "WHERE ID < 5")
+    filenode = env.pg_value("SELECT pg_relation_filenode('public.customers')")
     widened = run(env.config(WINDOW, chunk_rows=400))
     assert widened.status == "completed", widened.tables
+    assert env.pg_value("SELECT pg_relation_filenode('public.customers')") == filenode, "catalog only: no rewrite"
+    assert "changes only the catalog (no rewrite)" in _notes(env, 3)
     _exact(env)
     assert {k: v for k, v in _target_types(env).items() if k in ("name", "amount")} == {
         "name": "character varying(100)", "amount": "numeric(14,2)"}
