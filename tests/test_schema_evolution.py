@@ -276,3 +276,18 @@ def test_a_swap_reload_after_a_column_was_added_swaps_in_a_table_that_has_it(env
     _exact(env)
     assert env.pg_value("SELECT count(*) FROM public.customers WHERE note IS NOT NULL") == 0, "reloaded: no old value"
     assert [c[:2] for c in _changes(env, 2)] == [("note", "dropped"), ("phone", "added")]
+
+
+def test_a_run_that_added_a_column_and_died_leaves_the_fill_to_the_next_fresh_run(env) -> None:
+    _source(env)
+    config = env.write_config(WINDOW, defaults={"chunk_rows": 400})
+    assert cli(env.env, config).returncode == 0
+    env.sf_execute("ALTER TABLE CUSTOMERS ADD COLUMN PHONE VARCHAR(20)", "UPDATE CUSTOMERS SET PHONE = 'p' || ID")
+    killed = cli({**env.env, "MIGRATION_FAULTS": "after_commit@1"}, config)
+    assert killed.returncode == -signal.SIGKILL and "phone" in _target_types(env), "the column came with run 2's plan"
+
+    fresh = cli(env.env, config, "--no-resume")
+
+    assert fresh.returncode == 0, fresh.stderr
+    _exact(env)
+    assert "PHONE new since the last window" in _notes(env, 3)
