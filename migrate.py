@@ -306,6 +306,7 @@ def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | 
             f"SELECT table_name, sum(rows_copied) / 300.0 FROM {s}.migration_chunk_status WHERE run_id = %s "
             "AND status = 'done' AND completed_at > now() - interval '5 minutes' GROUP BY 1", (run_id,)).fetchall())
         live = ledger.live_sessions(conn, run_id)
+        changes = ledger.schema_changes(conn, run_id)
         last_activity = conn.execute(
             f"SELECT greatest((SELECT max(greatest(started_at, completed_at)) FROM {s}.migration_chunk_status "
             f"WHERE run_id = %s), (SELECT updated_at FROM {s}.migration_runs WHERE run_id = %s))",
@@ -329,6 +330,9 @@ def status_report(config: SourceConfig, run_id: int | None) -> dict[str, Any] | 
         "managed_tables": [{"target": m.target, "kind": m.kind, "table": f"{m.schema}.{m.name}", "run_id": m.run_id,
                             "status": m.status, "created_at": m.created_at, "cleanup_would_drop": m.why or None}
                            for m in managed],
+        "schema_changes": [{"table": c["table_name"], "target": c["target_table"], "column": c["column_name"],
+                            "change": c["change"], "from_type": c["from_type"], "to_type": c["to_type"],
+                            "ddl": c["ddl"], "note": c["note"], "applied_at": c["applied_at"]} for c in changes],
     }
 
 
@@ -355,6 +359,10 @@ def print_report(report: dict[str, Any]) -> None:
         fate = f"; cleanup drops it ({m['cleanup_would_drop']})" if m["cleanup_would_drop"] else ""
         print(f"  {m['kind']} of {m['target']}: {m['table']} (run {m['run_id']}, {m['status']}, "
               f"created {m['created_at']:%Y-%m-%d %H:%M}){fate}")
+    for c in report["schema_changes"]:
+        types = " → ".join(t for t in (c["from_type"], c["to_type"]) if t)
+        print(f"  schema: {c['target']} column {c['column']} {c['change']} ({types})"
+              + (f": {c['ddl']}" if c["ddl"] else "") + ("" if c["applied_at"] else " (not applied)"))
 
 
 def cmd_status(config: SourceConfig, as_json: bool, run_id: int | None = None, watch: float | None = None) -> int:

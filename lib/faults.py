@@ -11,9 +11,10 @@ import signal
 from collections import Counter
 
 CHUNK_POINTS = ("after_claim", "during_read", "during_copy", "before_commit", "after_commit")
-# inside a table's post-load transaction: after the renames of a swap, and before the commit; after each key
+# inside a table's post-load transaction: after the renames of a swap, and before the commit; inside a table's
+# planning transaction: after its schema changes (DDL and ledger rows), before its plan is stored; after each key
 # range a deletes pass committed (lib/check/deletes.py)
-POINTS = (*CHUNK_POINTS, "during_swap", "post_load", "during_deletes")
+POINTS = (*CHUNK_POINTS, "during_swap", "post_load", "schema_change", "during_deletes")
 
 
 def _parse(spec: str) -> dict[str, tuple[float, int]]:

@@ -111,6 +111,9 @@ _PG_WIRE: dict[str, pa.DataType] = {
     "text": pa.string(), "character varying": pa.string(), "character": pa.string(), "jsonb": pa.string(),
     "bytea": pa.binary(), "time without time zone": pa.time64("us"),
     "timestamp without time zone": pa.timestamp("us"), "timestamp with time zone": pa.timestamp("us", tz="UTC"),
+    # this module's own spellings, as a dry run of a schema change reports a type it has not applied yet
+    "varchar": pa.string(), "time": pa.time64("us"), "timestamp": pa.timestamp("us"),
+    "timestamptz": pa.timestamp("us", tz="UTC"),
 }
 
 

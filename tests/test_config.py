@@ -219,3 +219,20 @@ def test_load_options_can_be_overridden_for_every_selected_table() -> None:
     with pytest.raises(ConfigError, match=re.escape("override load_mode on DB.S.B: load_mode swap never truncates")):
         parse_config(raw, "s", {"load_mode": "swap"})
     assert parse_config(raw, "s", {}).fingerprint() != config.fingerprint()
+
+
+def test_schema_changes_is_evolve_or_freeze_and_every_bad_value_is_listed() -> None:
+    raw = {"sources": {"s": {**_source(), "tables": [
+        {"source": "A", "schema_changes": "ignore", "load_mode": "replace"},
+        {"source": "B", "schema_changes": True},
+        {"source": "C", "schema_changes": "freeze"},
+        {"source": "D"},
+    ]}}}
+    with pytest.raises(ConfigError) as caught:
+        parse_config(raw, "s", {})
+    assert caught.value.problems == [
+        "sources.s.tables[0] (A): load_mode 'replace' must be one of in_place, swap",
+        "sources.s.tables[0] (A): schema_changes 'ignore' must be one of evolve, freeze",
+        "sources.s.tables[1] (B): schema_changes True must be one of evolve, freeze"]
+    valid = parse_config({"sources": {"s": {**_source(), "tables": raw["sources"]["s"]["tables"][2:]}}}, "s", {})
+    assert [t.schema_changes for t in valid.tables] == ["freeze", "evolve"]

@@ -29,11 +29,12 @@ def statements() -> dict[str, str]:
 
 
 def test_doc_has_every_label_and_names_what_users_need() -> None:
-    assert list(statements()) == [f"L{n}" for n in range(1, 7)]
+    assert list(statements()) == [f"L{n}" for n in range(1, 9)]
     text = DOC.read_text()
     for needed in ("insert_only_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag",
                    "load_mode", "keep_backups", "migrate.py rollback", "migrate.py cleanup", "ON COMMIT DROP",
-                   "IS DISTINCT FROM", "NULL", "--load-mode"):
+                   "IS DISTINCT FROM", "NULL", "--load-mode", "schema_changes", "freeze", "ACCESS EXCLUSIVE",
+                   "ADD COLUMN", "ALTER COLUMN"):
         assert needed in text, needed
 
 
@@ -76,3 +77,33 @@ def test_every_statement_answers_what_the_doc_says_through_a_lifecycle(env) -> N
     assert [(r[0], r[1], r[4], r[6]) for r in l4] == [("backup", "public.orders__backup_3", "kept", True)]
     assert env.pg_rows(sql["L5"]) == []
     assert env.pg_value("SELECT count(*) FROM public.orders WHERE state = 'paid'") == 10
+
+
+def test_the_schema_change_statements_show_what_changed_and_what_a_person_must_run(env) -> None:
+    sql = statements()
+    env.sf_execute(
+        "CREATE TABLE ORDERS (ID NUMBER(18,0) PRIMARY KEY, STATE VARCHAR(10), AMOUNT NUMBER(10,2), NOTE VARCHAR(40), "
+        "UPDATED_AT TIMESTAMP_NTZ)",
+        "INSERT INTO ORDERS SELECT SEQ8(), 'new', SEQ8() / 4, 'n', DATEADD(minute, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ) "
+        "FROM TABLE(GENERATOR(ROWCOUNT => 300))")
+    incremental = env.write_config([{"source": "ORDERS", "source_watermark": "UPDATED_AT", **NUMERIC}])
+    assert cli(env.env, incremental).returncode == 0
+    env.sf_execute("ALTER TABLE ORDERS ADD COLUMN CHANNEL VARCHAR(20)", "UPDATE ORDERS SET CHANNEL = 'web'",
+                   "ALTER TABLE ORDERS ALTER COLUMN STATE SET DATA TYPE VARCHAR(30)", "ALTER TABLE ORDERS DROP COLUMN NOTE")
+    assert cli(env.env, incremental).returncode == 0
+    assert env.pg_value("SELECT count(*) FROM public.orders WHERE channel = 'web'") == 300, "every row filled"
+
+    assert [r[:5] + r[6:] for r in env.pg_rows(sql["L7"])] == [
+        (2, "channel", "added", None, "varchar(20)", True),
+        (2, "note", "dropped", "character varying(40)", None, False),
+        (2, "state", "widened", "character varying(10)", "varchar(30)", True)]
+    assert env.pg_rows(sql["L8"]) == []
+
+    env.sf_execute("ALTER TABLE ORDERS ALTER COLUMN AMOUNT SET DATA TYPE NUMBER(10,4)")
+    assert cli(env.env, incremental).returncode != 0
+    refused = env.pg_rows(sql["L8"])
+    assert [r[1] for r in refused] == ["amount"] and "not a lossless widening" in refused[0][3], refused
+    with env.pg() as conn:  # every amount fits six integer digits: the statement runs as given
+        conn.execute(refused[0][2])
+    assert cli(env.env, incremental).returncode == 0
+    assert env.pg_rows(sql["L8"]) == []

@@ -18,7 +18,7 @@ TABLE_OPTIONS = {
     "truncate_onstart", "insert_only_mode", "chunk_rows", "build_primary_key",
     "load_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag", "nul_bytes",
     "exclude",  # a table pattern's only (lib/config/patterns.py)
-    "deletes",
+    "deletes", "schema_changes",
 }
 
 DELETE_MODES = ("ignore", "hard", "soft")
@@ -27,6 +27,9 @@ GLOB_CHARS = "*?["
 
 
 LOAD_MODES = ("in_place", "swap")
+
+# What planning does when the source's columns differ from the target's (lib/target/evolution.py).
+SCHEMA_CHANGES = ("evolve", "freeze")
 
 
 # Table options an execution may override for every selected table (raw SQL such as source_filter and
@@ -51,6 +54,7 @@ class TableSpec:
     target_watermark: str | None = None  # the target column holding it (default: the source column's name)
     watermark_lag: float = 0  # start each window this much below the last high-water mark (seconds or units)
     nul_bytes: str | None = None  # fail | strip | replace:<char>; None: the setting's default
+    schema_changes: str = "evolve"  # evolve: add and widen target columns; freeze: fail on any difference
     entry: str | None = None  # the ledger name when one source table feeds several targets
     pattern: str | None = None  # the table pattern (as written) that matched this table; None: listed
     deletes: str = "ignore"  # merge and watermark tables: hard | soft removes target rows the source no longer has
@@ -228,6 +232,9 @@ def parse_table(
         problems.append(f"{label}: watermark_lag must be a number of at least 0 (seconds for a date or timestamp "
                         f"watermark, units for a number), got {lag!r}")
         lag = 0
+    schema_changes = item.get("schema_changes", "evolve")
+    if schema_changes not in SCHEMA_CHANGES:
+        problems.append(f"{label}: schema_changes {schema_changes!r} must be one of {', '.join(SCHEMA_CHANGES)}")
     chunk_rows = item.get("chunk_rows")
     if chunk_rows is not None and (not isinstance(chunk_rows, int) or isinstance(chunk_rows, bool) or chunk_rows <= 0):
         problems.append(f"{label}: chunk_rows must be a positive integer")
@@ -255,6 +262,7 @@ def parse_table(
         watermark_lag=lag if isinstance(lag, (int, float)) and lag >= 0 else 0,
         nul_bytes=nul_bytes,
         deletes=deletes,
+        schema_changes=schema_changes if schema_changes in SCHEMA_CHANGES else "evolve",
     )
     problems.extend(f"{label}: {p}" for p in combination_problems(spec, explicit_insert_only=insert_only is not None))
     return None if len(problems) > before else spec

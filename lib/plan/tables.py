@@ -16,12 +16,14 @@ from lib.config import Settings, SourceConfig, TableSpec, pg_identifier_problem
 from lib.errors import FatalError, StillRunning, TransientError, classify
 from lib.log import ctx, get_logger
 from lib.models import TablePlan
+from lib.plan import evolution
 from lib.plan.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
 from lib.plan.strategy import plan_table
 from lib.plan.windows import null_note, plan_window
 from lib.source.snowflake import SnowflakeSource
 from lib.target import load_modes
 from lib.target import postgres as pg
+from lib.target.evolution import added_sources, types_after
 from lib.target.windows import Window, load_scope, scope_filter
 from lib.typemap import Column, columns_from_description, estimated_row_bytes
 
@@ -111,9 +113,12 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     problems = load_modes.schema_problems(spec, columns, target_types)
     if problems:
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
+    changes = evolution.changes_for(conn, spec, columns, run_id, dry_run)
     scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
                        spec.source_watermark, spec.target_name)
     window, window_notes = plan_window(conn, source, spec, columns, run_id, scope) if spec.source_watermark else (None, [])
+    if window is not None:
+        window = evolution.filling_window(conn, window, changes, columns, scope, run_id, window_notes)
     if window is not None and window.empty:
         plan = TablePlan("window", [], f"nothing at or above the last {window.column} ({window.lo}): no rows to read")
     else:
@@ -131,8 +136,9 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         plan.notes.append(note)
     plan.notes.extend(window_notes)
     if window is not None:
+        whole = "first window" if window.lo_from == "none" else f"whole window ({window.lo_from})"
         plan.notes.append(f"window {window.column} >= {window.lo} (from the {window.lo_from}) and <= {window.hi}"
-                          if window.lo is not None else f"first window: {window.column} <= {window.hi}, and NULLs")
+                          if window.lo is not None else f"{whole}: {window.column} <= {window.hi}, and NULLs")
         if window.lo is not None and (note := null_note(source, spec.source, window.column, spec.source_filter)):
             plan.notes.append(note)
     with conn.transaction(force_rollback=dry_run):
@@ -145,13 +151,24 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                 f"table {owner.table_status}); two runs must never load one table. Resume that run with its own "
                 f"config, or give it up with: migrate.py abandon --source {owner.source_name} --run-id {owner.run_id}"
             )
-        load, existing_types, key = load_modes.prepare(conn, spec, columns, run_id,
+        # The DDL's ACCESS EXCLUSIVE lock lasts until the plan commits: taken after the Snowflake key check,
+        # except for a swap, whose shadow is created like the live table and must get the new columns.
+        early = spec.load_mode == "swap"
+        if early:
+            evolution.apply_changes(conn, spec, run_id, changes, dry_run, plan.notes)
+        present = columns if early and not dry_run else [c for c in columns if c.name not in added_sources(changes)]
+        load, existing_types, key = load_modes.prepare(conn, spec, present, run_id,
                                                        lambda: source.primary_key(spec.source), plan.notes, window,
                                                        config.no_resume, dry_run,
                                                        None if post_load_seconds is None
                                                        else (plan.expected_rows, post_load_seconds))
         if load.staged:
             _check_source_key(source, scoped_spec(spec, window), columns, load.key, read_at, plan.notes)
+        if not early:
+            evolution.apply_changes(conn, spec, run_id, changes, dry_run, plan.notes)
+        if existing_types is not None and changes:
+            existing_types = (types_after(existing_types, changes) if dry_run
+                              else pg.types_by_source_column(conn, spec.target, columns))
         if existing_types is not None:
             described = [{**d, "target_type": existing_types[d["name"]]} for d in described]
             for column in columns_from_description(described):
