@@ -44,6 +44,9 @@ from lib.typemap import Column
 log = get_logger()
 
 RANGE_ROWS = 25_000  # keys per range: a range that differs has this many keys read from each side
+KEY_GROUP = 8  # differing ranges whose keys one query reads (at most 200,000 keys held at once)
+
+Key = tuple[str, ...]  # a key's canonical texts (lib/check/checksum.py), one per key column
 
 
 @dataclass
@@ -98,10 +101,14 @@ def find_and_apply(conn: psycopg.Connection[Any], source: SnowflakeSource, spec:
             if theirs.get(n, (0, 0, 0)) != ours.get(n, (0, 0, 0)):
                 differing.append(bounds)
     result.differing = len(differing)
-    source_keys = {i: _source_keys(source, spec, fields, bounds, scope) for i, bounds in enumerate(differing)}
     soft = spec.deletes == "soft"
-    gone = sum(len(_target_keys(conn, load, fields, columns, bounds, soft) - source_keys[i])
-               for i, bounds in enumerate(differing))
+    found: list[tuple[Bounds, set[Key], set[Key]]] = []  # per differing range: keys to remove, keys to restore
+    for group in [differing[i:i + KEY_GROUP] for i in range(0, len(differing), KEY_GROUP)]:
+        theirs = _source_keys(source, spec, fields, group, scope)
+        ours = _target_keys(conn, load, fields, columns, group, live)
+        found.extend((bounds, ours[n] - theirs[n], (theirs[n] - ours[n]) if soft else set())
+                     for n, bounds in enumerate(group))  # only the differences are kept, never a range's keys
+    gone = sum(len(remove) for _, remove, _ in found)
     if result.target_rows and gone / result.target_rows > max_fraction:
         raise FatalError(
             f"{spec.name}: deletes {spec.deletes} would remove {gone} of its {result.target_rows} rows "
@@ -110,9 +117,11 @@ def find_and_apply(conn: psycopg.Connection[Any], source: SnowflakeSource, spec:
             "looks exactly like a mass delete. If the source really lost them, resume with a higher "
             f"max_delete_fraction (e.g. --max-delete-fraction {min(1.0, round(gone / result.target_rows + 0.01, 2)):g}, "
             "or in the execution input)")
-    for i, bounds in enumerate(differing):
+    for bounds, remove, restore in found:
+        if not remove and not restore:
+            continue
         with conn.transaction():
-            deleted, restored = _apply(conn, spec, load, fields, columns, bounds, source_keys[i])
+            deleted, restored = _apply(conn, spec, load, fields, columns, bounds, remove, restore)
         result.deleted += deleted
         result.restored += restored
         faults.maybe_crash("during_deletes")
@@ -136,50 +145,75 @@ def key_ranges(source: SnowflakeSource, spec: TableSpec, key: list[Column], scop
     return [c.bounds for c in plan.chunks]
 
 
-def _source_keys(source: SnowflakeSource, spec: TableSpec, fields: list[checksum.Field], bounds: Bounds,
-                 scope: str | None) -> set[tuple[str, ...]]:
-    where, params = chunk_predicate(bounds)
+def _grouped(predicates: list[str]) -> tuple[str, str]:
+    """A CASE naming the first of the predicates a row satisfies, and the OR of them all."""
+    case = " ".join(f"WHEN {p} THEN {n}" for n, p in enumerate(predicates))
+    return f"CASE {case} END", " OR ".join(f"({p})" for p in predicates)
+
+
+def _source_keys(source: SnowflakeSource, spec: TableSpec, fields: list[checksum.Field], group: list[Bounds],
+                 scope: str | None) -> list[set[Key]]:
+    """The source's key texts in each range of the group: one query."""
+    predicates, params = [], {}
+    for n, bounds in enumerate(group):
+        where, chunk_params = chunk_predicate(bounds, tag=f"_{n}")
+        predicates.append(where)
+        params.update(chunk_params)
+    case, where = _grouped(predicates)
     texts = ", ".join(f.snowflake for f in fields)
-    rows = source.scan(f"SELECT {texts} FROM {source.table_sql(spec.source)} WHERE {where}{and_sql(scope)}", params,
-                       f"reading the keys of {spec.name} where {bounds.describe()}")
-    return {tuple(str(v) for v in row) for row in rows}
-
-
-def _target_rows(conn: psycopg.Connection[Any], load: TableLoad, fields: list[checksum.Field], columns: list[Column],
-                 bounds: Bounds, live: bool, lock: bool, load_soft: bool) -> list[tuple[Any, ...]]:
-    """(ctid, key texts...) of the target's rows in the range: live ones, or (live False) soft-deleted ones."""
-    selected = pg.chunk_predicate(bounds, columns)
-    assert selected is not None
-    where, params = selected
-    state = sql.SQL("") if load_soft is False else sql.SQL(" AND {} IS {}").format(
-        sql.Identifier(SOFT_COLUMN), sql.SQL("NULL" if live else "NOT NULL"))
-    query = sql.SQL("SELECT ctid::text, {} FROM {} WHERE ({}){}{}").format(
-        sql.SQL(", ").join(f.postgres for f in fields), pg.table_ident(load.destination), where, state,
-        sql.SQL(" FOR UPDATE") if lock else sql.SQL(""))
-    return list(conn.execute(query, params).fetchall())
+    rows = source.scan(f"SELECT {case}, {texts} FROM {source.table_sql(spec.source)} WHERE ({where}){and_sql(scope)}",
+                       params, f"reading the keys of {spec.name} in {len(group)} range(s)")
+    out: list[set[Key]] = [set() for _ in group]
+    for bucket, *values in rows:
+        out[int(bucket)].add(tuple(str(v) for v in values))
+    return out
 
 
 def _target_keys(conn: psycopg.Connection[Any], load: TableLoad, fields: list[checksum.Field], columns: list[Column],
-                 bounds: Bounds, soft: bool) -> set[tuple[str, ...]]:
-    """The key texts of the target's live rows in the range."""
-    rows = _target_rows(conn, load, fields, columns, bounds, live=True, lock=False, load_soft=soft)
-    return {tuple(str(v) for v in row[1:]) for row in rows}
+                 group: list[Bounds], live: tuple[sql.Composable, list[Any]] | None) -> list[set[Key]]:
+    """The target's key texts (of its live rows) in each range of the group: one query."""
+    predicates = [pg.chunk_predicate(bounds, columns) for bounds in group]
+    case = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(p[0], sql.Literal(n))
+                             for n, p in enumerate(predicates) if p is not None)
+    where = sql.SQL(" OR ").join(sql.SQL("({})").format(p[0]) for p in predicates if p is not None)
+    if live is not None:
+        where = sql.SQL("({}) AND {}").format(where, live[0])
+    query = sql.SQL("SELECT CASE {} END, {} FROM {} WHERE {}").format(
+        case, sql.SQL(", ").join(f.postgres for f in fields), pg.table_ident(load.destination), where)
+    params = [v for p in predicates if p is not None for v in p[1]]
+    out: list[set[Key]] = [set() for _ in group]
+    for bucket, *values in conn.execute(query, params * 2).fetchall():
+        out[int(bucket)].add(tuple(str(v) for v in values))
+    return out
+
+
+def _locked_rows(conn: psycopg.Connection[Any], load: TableLoad, fields: list[checksum.Field], columns: list[Column],
+                 bounds: Bounds, state: sql.Composable | None) -> list[tuple[Any, ...]]:
+    """(ctid, key texts...) of the target's rows in the range (`state`: live or marked ones), locked."""
+    selected = pg.chunk_predicate(bounds, columns)
+    assert selected is not None
+    where, params = selected
+    if state is not None:
+        where = sql.SQL("({}) AND {}").format(where, state)
+    query = sql.SQL("SELECT ctid::text, {} FROM {} WHERE {} FOR UPDATE").format(
+        sql.SQL(", ").join(f.postgres for f in fields), pg.table_ident(load.destination), where)
+    return list(conn.execute(query, params).fetchall())
 
 
 def _apply(conn: psycopg.Connection[Any], spec: TableSpec, load: TableLoad, fields: list[checksum.Field],
-           columns: list[Column], bounds: Bounds, source_keys: set[tuple[str, ...]]) -> tuple[int, int]:
+           columns: list[Column], bounds: Bounds, remove: set[Key], restore: set[Key]) -> tuple[int, int]:
     """One range, in the caller's transaction: its rows read again under lock, then deleted, marked or restored."""
     table = pg.table_ident(load.destination)
-    soft = spec.deletes == "soft"
-    gone = [row[0] for row in _target_rows(conn, load, fields, columns, bounds, live=True, lock=True, load_soft=soft)
-            if tuple(str(v) for v in row[1:]) not in source_keys]
+    marked = sql.Identifier(SOFT_COLUMN)
+    live, dead = (live_rows(spec), sql.SQL("{} IS NOT NULL").format(marked)) if spec.deletes == "soft" else (None, None)
+    gone = [row[0] for row in _locked_rows(conn, load, fields, columns, bounds, live)
+            if tuple(str(v) for v in row[1:]) in remove] if remove else []
     if spec.deletes == "hard":
-        deleted = conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = ANY(%s::tid[])").format(table), (gone,)).rowcount
-        return deleted, 0
-    marked = conn.execute(sql.SQL("UPDATE {} SET {} = now() WHERE ctid = ANY(%s::tid[])").format(
-        table, sql.Identifier(SOFT_COLUMN)), (gone,)).rowcount
-    back = [row[0] for row in _target_rows(conn, load, fields, columns, bounds, live=False, lock=True, load_soft=True)
-            if tuple(str(v) for v in row[1:]) in source_keys]
-    restored = conn.execute(sql.SQL("UPDATE {} SET {} = NULL WHERE ctid = ANY(%s::tid[])").format(
-        table, sql.Identifier(SOFT_COLUMN)), (back,)).rowcount
-    return marked, restored
+        return conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = ANY(%s::tid[])").format(table), (gone,)).rowcount, 0
+    done = conn.execute(sql.SQL("UPDATE {} SET {} = now() WHERE ctid = ANY(%s::tid[])").format(table, marked),
+                        (gone,)).rowcount
+    back = [row[0] for row in _locked_rows(conn, load, fields, columns, bounds, dead)
+            if tuple(str(v) for v in row[1:]) in restore] if restore else []
+    restored = conn.execute(sql.SQL("UPDATE {} SET {} = NULL WHERE ctid = ANY(%s::tid[])").format(table, marked),
+                            (back,)).rowcount
+    return done, restored
