@@ -29,7 +29,7 @@ def statements() -> dict[str, str]:
 
 
 def test_doc_has_every_label_and_names_what_users_need() -> None:
-    assert list(statements()) == [f"L{n}" for n in range(1, 9)]
+    assert list(statements()) == [f"L{n}" for n in range(1, 10)]
     text = DOC.read_text()
     for needed in ("insert_only_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag",
                    "load_mode", "keep_backups", "migrate.py rollback", "migrate.py cleanup", "ON COMMIT DROP",
@@ -107,3 +107,22 @@ def test_the_schema_change_statements_show_what_changed_and_what_a_person_must_r
         conn.execute(refused[0][2])
     assert cli(env.env, incremental).returncode == 0
     assert env.pg_rows(sql["L8"]) == []
+
+
+def test_the_deletes_statement_shows_each_pass_and_a_refused_one(env) -> None:
+    sql = statements()
+    env.sf_execute("CREATE TABLE ORDERS (ID NUMBER(18,0) PRIMARY KEY, STATE VARCHAR)",
+                   "INSERT INTO ORDERS SELECT SEQ8(), 'new' FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
+    path = env.write_config([{"source": "ORDERS", "insert_only_mode": False, "deletes": "hard", **NUMERIC}],
+                            defaults={"chunk_rows": 500})
+    assert cli(env.env, path).returncode == 0
+    assert env.pg_rows(sql["L9"]) == []  # the first copy started the target: nothing to delete
+    env.sf_execute("DELETE FROM ORDERS WHERE ID < 10")
+    assert cli(env.env, path).returncode == 0
+    passes = env.pg_rows(sql["L9"])
+    assert [(r[2], r[3], r[4], r[5], r[6], r[7], r[9]) for r in passes] == [("hard", 1, 1, 10, 0, 1000, None)]
+    env.sf_execute("DELETE FROM ORDERS WHERE ID < 500")
+    assert cli(env.env, path).returncode != 0
+    refused = env.pg_rows(sql["L9"])[0]
+    assert refused[5] == 0 and "would remove 490 of its 990 rows" in refused[9]
+    assert env.pg_value("SELECT count(*) FROM public.orders") == 990
