@@ -20,6 +20,8 @@ def _columns(*spec: tuple[str, str, int | None, int | None]):
     (_columns(("NAME", "TEXT", None, None), ("CUSTOMER_ID", "NUMBER", 9, 0)), [], ("numeric", "CUSTOMER_ID", "ID column")),
     (_columns(("NAME", "TEXT", None, None), ("AT", "TIMESTAMP_NTZ", None, None)), [], ("date", "AT", "date column")),
     (_columns(("NAME", "TEXT", None, None), ("AMOUNT", "NUMBER", 10, 2)), [], ("hash", None, "hash of all columns")),
+    (_columns(("CODE", "TEXT", None, None), ("N", "NUMBER", 18, 0)), ["CODE"], ("string", "CODE", "primary key")),
+    ([map_column("CODE", "TEXT", collation="en-ci"), map_column("AT", "DATE")], ["CODE"], ("date", "AT", "date column")),
 ])
 def test_strategy_is_chosen_from_the_columns_and_says_why(columns, pk, expected) -> None:
     choice = choose_strategy(columns, pk)
