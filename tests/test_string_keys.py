@@ -25,10 +25,10 @@ STRING_CHUNKS = {"chunking_columns": ["K"], "chunking_column_types": ["string"]}
 
 # Keys that order differently by code point, by case-insensitive comparison and by a language's collation
 # (en_US puts 'a' before 'B', ignores '-' and ' ' at first, sorts 'é' next to 'e'); '' is a key, not NULL;
-# trailing spaces make other keys; a quote and a backslash must survive binding on both sides.
+# trailing spaces make other keys; a quote, a backslash, a percent sign, a tab and a newline must survive binding.
 HOSTILE = ["", " ", "  ", "a", "a ", "a  ", "A", "Ab", "aB", "ab", "b", "B", "Z", "z", "_", "-", "~", "a-b", "a b",
            "co-op", "coop", "Co-op", "é", "e\u0301", "E", "e", "ß", "ss", "SS", "日本", "😀", "Ω", "0", "9",
-           "it's", "back\\slash", "[", "`", "MiXeD", "mixed"]
+           "it's", "back\\slash", "[", "`", "MiXeD", "mixed", "100%", "tab\there", "new\nline"]
 
 
 def _insert(env, table: str, rows: list[tuple[Any, ...]]) -> None:
