@@ -9,7 +9,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 BoundKind = Literal["all", "range", "null", "hash"]
-KeyKind = Literal["date", "hour", "numeric"]
+KeyKind = Literal["date", "hour", "numeric", "string"]
 
 
 @dataclass(frozen=True)
@@ -17,11 +17,12 @@ class Bounds:
     """Which rows a chunk holds: all rows, `lo <= key < hi` (either end open), `key IS NULL`, or
     the rows whose hash of `hash_columns` falls in one of `modulus` classes (`remainder`).
 
-    The key of a range is the column itself (numeric), `DATE(column)` (date) or
+    The key of a range is the column itself (numeric, string), `DATE(column)` (date) or
     `DATE_TRUNC('HOUR', column)` (hour); with `utc` (a TIMESTAMP_TZ/LTZ column) the day or hour of the
     column's UTC instant, the same in both databases whatever a session's or a value's own time zone.
-    Values are kept as strings (ISO dates and timestamps, exact decimals) so they survive JSON and never
-    lose precision; `lo`/`hi` of None mean open.
+    Values are kept as strings (ISO dates and timestamps, exact decimals, the key's own text for a string
+    key, compared by code point on both sides) so they survive JSON and never lose precision; `lo`/`hi` of
+    None mean open, and '' is a value like any other.
     """
 
     kind: BoundKind
@@ -60,10 +61,14 @@ class Bounds:
         key = {"date": f"DATE({column})", "hour": f"DATE_TRUNC('HOUR', {column})"}.get(self.key_kind or "", column)
         parts = []
         if self.lo is not None:
-            parts.append(f"{key} >= {self.lo}")
+            parts.append(f"{key} >= {self._shown(self.lo)}")
         if self.hi is not None:
-            parts.append(f"{key} < {self.hi}")
+            parts.append(f"{key} < {self._shown(self.hi)}")
         return " AND ".join(parts) if parts else f"{self.column} IS NOT NULL"
+
+    def _shown(self, value: str) -> str:
+        """A string key as a quoted literal, so that '' and trailing spaces can be seen."""
+        return "'" + value.replace("'", "''") + "'" if self.key_kind == "string" else value
 
 
 @dataclass(frozen=True)
@@ -119,9 +124,10 @@ class HourCount:
 @dataclass(frozen=True)
 class KeyBucket:
     """Rows of consecutive sorted keys: every key in [low, high], `rows` of them, `high_rows` of
-    which hold the key `high`. A key value never spans two buckets."""
+    which hold the key `high`. A key value never spans two buckets. String keys are in code point
+    order, Snowflake's order of a column without a collation (and Python's order of str)."""
 
-    low: Decimal
-    high: Decimal
+    low: Decimal | str
+    high: Decimal | str
     rows: int
     high_rows: int

@@ -27,6 +27,7 @@ class Column:
     est_bytes: int = 8  # estimated in-memory bytes per value, for the memory budget
     nullable: bool = True
     via_text: bool = False  # no binary encoding for the target type: sent as text, cast by PostgreSQL
+    collation: str | None = None  # a text column's Snowflake collation (e.g. 'en-ci'); None: code point order
 
 
 @dataclass(frozen=True)
@@ -75,6 +76,7 @@ def map_column(
     char_length: int | None = None,
     nullable: bool = True,
     target_type: str | None = None,
+    collation: str | None = None,
 ) -> Column:
     """Map one information_schema row. Raises FatalError for a type with no mapping.
 
@@ -82,7 +84,7 @@ def map_column(
     then cast to what that column holds, so one that does not fit fails its chunk by name.
     """
     if target_type:
-        source = map_column(name, data_type, precision, scale, char_length, nullable)
+        source = map_column(name, data_type, precision, scale, char_length, nullable, collation=collation)
         return _existing_target(source, target_type)
     base = data_type.upper().split("(")[0].strip()
     if base in _NUMBER_TYPES:
@@ -96,8 +98,8 @@ def map_column(
     if base in _TEXT_TYPES:
         if char_length and char_length < SNOWFLAKE_MAX_VARCHAR:
             return Column(name, f"VARCHAR({char_length})", f"varchar({char_length})", pa.string(),
-                          est_bytes=min(char_length, 256) + 8, nullable=nullable)
-        return Column(name, "VARCHAR", "text", pa.string(), est_bytes=64, nullable=nullable)
+                          est_bytes=min(char_length, 256) + 8, nullable=nullable, collation=collation)
+        return Column(name, "VARCHAR", "text", pa.string(), est_bytes=64, nullable=nullable, collation=collation)
     rule = _FIXED.get(base)
     if rule is None:
         raise FatalError(f"column {name!r} has Snowflake type {data_type}, which has no PostgreSQL mapping yet")
@@ -129,8 +131,9 @@ def _existing_target(source: Column, target_type: str) -> Column:
     else:
         # uuid, inet, interval, json, ... : this column alone goes through text and a cast
         return Column(source.name, source.source_type, target_type, pa.string(), False, source.est_bytes,
-                      source.nullable, via_text=True)
-    return Column(source.name, source.source_type, target_type, wire, base == "jsonb", source.est_bytes, source.nullable)
+                      source.nullable, via_text=True, collation=source.collation)
+    return Column(source.name, source.source_type, target_type, wire, base == "jsonb", source.est_bytes, source.nullable,
+                  collation=source.collation)
 
 
 def columns_from_description(described: list[dict[str, object]]) -> list[Column]:

@@ -11,11 +11,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lib.models import Bounds, DayCount, HourCount, KeyBucket, TablePlan
-from lib.plan.chunking import BUCKETS_PER_CHUNK, plan_dates, plan_numeric
+from lib.plan.chunking import BUCKETS_PER_CHUNK, plan_dates, plan_numeric, plan_strings
 from lib.run.orchestrator import run
 
 
-def contains(bounds: Bounds, key: Decimal | date | datetime | None) -> bool:
+def contains(bounds: Bounds, key: Decimal | date | datetime | str | None) -> bool:
     """Python twin of the SQL predicate a chunk reads with."""
     if bounds.kind == "all":
         return True
@@ -27,24 +27,27 @@ def contains(bounds: Bounds, key: Decimal | date | datetime | None) -> bool:
         parse, key = date.fromisoformat, (key.date() if isinstance(key, datetime) else key)
     elif bounds.key_kind == "hour":
         parse, key = datetime.fromisoformat, key.replace(minute=0, second=0, microsecond=0)
+    elif bounds.key_kind == "string":
+        parse = str  # Python compares str by code point, as Snowflake does without a collation
     else:
         parse = Decimal
     return (bounds.lo is None or key >= parse(bounds.lo)) and (bounds.hi is None or key < parse(bounds.hi))
 
 
-def buckets_like_the_source(keys: list[int], bucket_rows: int) -> tuple[list[KeyBucket], int]:
-    """What SnowflakeSource.key_buckets returns: RANK()-based buckets and the NULL count."""
+def buckets_like_the_source(keys: list, bucket_rows: int) -> tuple[list[KeyBucket], int]:
+    """What SnowflakeSource.key_buckets returns: RANK()-based buckets and the NULL count (str keys stay str)."""
     present = sorted(k for k in keys if k is not None)
-    rank: dict[int, int] = {}
+    rank: dict = {}
     for i, k in enumerate(present):
         rank.setdefault(k, i + 1)
-    grouped: dict[int, list[int]] = {}
+    grouped: dict[int, list] = {}
     for k in present:
         grouped.setdefault((rank[k] - 1) // bucket_rows, []).append(k)
     buckets = []
     for ks in grouped.values():
         below_high = rank[max(ks)] - rank[min(ks)]
-        buckets.append(KeyBucket(Decimal(min(ks)), Decimal(max(ks)), len(ks), len(ks) - below_high))
+        low, high = (min(ks), max(ks)) if isinstance(ks[0], str) else (Decimal(min(ks)), Decimal(max(ks)))
+        buckets.append(KeyBucket(low, high, len(ks), len(ks) - below_high))
     return buckets, sum(1 for k in keys if k is None)
 
 
@@ -84,6 +87,32 @@ def test_numeric_plan_covers_every_key_once_with_exact_counts(keys, chunk_rows) 
     assert_covers_exactly(plan, keys, chunk_rows)
     for probe in (Decimal(-(10**38)), Decimal(10**38), Decimal("0.5"), None):
         assert sum(contains(c.bounds, probe) for c in plan.chunks) == 1
+
+
+# keys whose order differs by code point and by a language's collation: case, accents, punctuation,
+# spaces (trailing ones too), the empty string, and characters beyond the Basic Multilingual Plane
+hostile_text = st.text(alphabet=["a", "B", "b", "A", " ", "-", "_", "'", "\\", "é", "\u0301", "ß", "日", "😀"],
+                       max_size=4)
+
+
+@settings(max_examples=300, deadline=None)
+@given(keys=st.lists(st.one_of(st.none(), hostile_text), max_size=300), chunk_rows=st.integers(1, 80))
+def test_string_plan_covers_every_key_once_with_exact_counts(keys, chunk_rows) -> None:
+    buckets, nulls = buckets_like_the_source(keys, max(1, chunk_rows // BUCKETS_PER_CHUNK))
+    plan = plan_strings("K", buckets, nulls, chunk_rows, nullable=True, reason="test")
+    assert plan.strategy == "string"
+    assert_covers_exactly(plan, keys, chunk_rows)
+    for probe in ("", " ", "\U0010ffff", "a ", None):
+        assert sum(contains(c.bounds, probe) for c in plan.chunks) == 1
+
+
+def test_string_bounds_are_the_exact_keys() -> None:
+    keys = [""] * 3 + ["a"] * 2 + ["a "] * 2 + ["B"] * 2 + ["it's"] * 2
+    plan = plan_strings("K", *buckets_like_the_source(keys, 1), chunk_rows=2, nullable=False, reason="t")
+    assert [(c.bounds.lo, c.bounds.hi) for c in plan.chunks] == [
+        (None, "B"), ("B", "a"), ("a", "a "), ("a ", "it's"), ("it's", None)]
+    assert plan.chunks[-1].bounds.describe() == "K >= 'it''s'"
+    assert plan.notes == ["key value '' alone holds 3 rows, more than chunk_rows=2: it is one chunk of its own"]
 
 
 @settings(max_examples=200, deadline=None)

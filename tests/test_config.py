@@ -48,7 +48,7 @@ def test_bad_config_lists_every_problem_at_once() -> None:
         "overrides.parallel_threads must be an integer from 1 to 256, or 0 for one per core, got -3",
         "snowflake.password must be a reference",
         "references ${NOT_SET_ANYWHERE}, which is not set",
-        "chunking_column_types entry 'uuid' must be one of date, numeric",
+        "chunking_column_types entry 'uuid' must be one of date, numeric, string, timestamp",
         "a watermark load merges changed rows: insert_only_mode must be false or left out",
         "'source' is required",
         "unknown option 'chunk_colums' (did you mean 'chunking_columns'",

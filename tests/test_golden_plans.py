@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from lib.models import DayCount, HourCount, TablePlan
-from lib.plan.chunking import BUCKETS_PER_CHUNK, hash_modulus, plan_dates, plan_hash, plan_numeric
+from lib.plan.chunking import BUCKETS_PER_CHUNK, hash_modulus, plan_dates, plan_hash, plan_numeric, plan_strings
 from lib.plan.render import render_plan
 from tests.test_chunking import buckets_like_the_source
 
@@ -24,6 +24,11 @@ GOLDEN = Path(__file__).parent / "golden"
 def _numeric(keys: list[int | None], chunk_rows: int) -> TablePlan:
     buckets, nulls = buckets_like_the_source(keys, max(1, chunk_rows // BUCKETS_PER_CHUNK))
     return plan_numeric("ID", buckets, nulls, chunk_rows, nullable=True, reason="golden")
+
+
+def _strings(keys: list[str | None], chunk_rows: int) -> TablePlan:
+    buckets, nulls = buckets_like_the_source(keys, max(1, chunk_rows // BUCKETS_PER_CHUNK))
+    return plan_strings("CODE", buckets, nulls, chunk_rows, nullable=True, reason="golden")
 
 
 def _dates(stamps: list[datetime | None], chunk_rows: int) -> TablePlan:
@@ -41,7 +46,12 @@ def _cases() -> dict[str, TablePlan]:
     base = datetime(2024, 1, 1)
     events = ([base + timedelta(days=i % 90, seconds=i % 86_400) for i in range(45_000)]
               + [datetime(2024, 2, 14, 0, 0) + timedelta(seconds=i * 3) for i in range(25_000)] + [None] * 10)
+    # code point order: '' < ' ' < 'A-1' < 'Z' < '_' < 'a' < 'a ' < 'b' < 'é' < '日本' < '😀'
+    codes = ([""] * 40 + [" "] * 5 + [f"A-{i:03}" for i in range(300)] + ["Z"] * 700 + ["_x"] * 10
+             + [f"a{i:03}" for i in range(300)] + ["a "] * 20 + ["b'q"] * 15 + [f"é{i}" for i in range(50)]
+             + ["日本"] * 30 + ["😀"] * 3 + [None] * 7)
     return {
+        "string_hostile_keys": _strings(codes, 200),
         "numeric_incident": _numeric(incident, 10_000),
         "numeric_one_heavy_value": _numeric(skewed, 8_000),
         "numeric_negative_and_beyond_64_bit": _numeric(negative_huge, 500),

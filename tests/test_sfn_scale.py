@@ -54,7 +54,7 @@ def _stub_world(monkeypatch, rows_per_table: int) -> None:
     patch(SnowflakeSource, "sample_row_bytes", lambda self, t, columns, f: 64)
     patch(SnowflakeSource, "count", lambda self, t, f: rows_per_table)
     half = rows_per_table // 2
-    patch(SnowflakeSource, "key_buckets", lambda self, t, c, f, bucket_rows: ([
+    patch(SnowflakeSource, "key_buckets", lambda self, t, c, f, bucket_rows, strings=False: ([
         KeyBucket(Decimal(0), Decimal(half - 1), half, 1), KeyBucket(Decimal(half), Decimal(rows_per_table - 1), half, 1)], 0))
     monkeypatch.setattr(SnowflakeSource, "retention_days", lambda self, t: 1)
     for name, stub in (("existing_types", lambda conn, t, columns: None), ("has_primary_key", lambda conn, t: True),

@@ -20,6 +20,8 @@ def _columns(*spec: tuple[str, str, int | None, int | None]):
     (_columns(("NAME", "TEXT", None, None), ("CUSTOMER_ID", "NUMBER", 9, 0)), [], ("numeric", "CUSTOMER_ID", "ID column")),
     (_columns(("NAME", "TEXT", None, None), ("AT", "TIMESTAMP_NTZ", None, None)), [], ("date", "AT", "date column")),
     (_columns(("NAME", "TEXT", None, None), ("AMOUNT", "NUMBER", 10, 2)), [], ("hash", None, "hash of all columns")),
+    (_columns(("CODE", "TEXT", None, None), ("N", "NUMBER", 18, 0)), ["CODE"], ("string", "CODE", "primary key")),
+    ([map_column("CODE", "TEXT", collation="en-ci"), map_column("AT", "DATE")], ["CODE"], ("date", "AT", "date column")),
 ])
 def test_strategy_is_chosen_from_the_columns_and_says_why(columns, pk, expected) -> None:
     choice = choose_strategy(columns, pk)
@@ -89,3 +91,15 @@ def test_primary_key_of_a_created_table_is_built_after_the_load(env) -> None:
                         "WHERE table_name LIKE '%KEYED'")
     assert env.pg_value("SELECT last_analyze IS NOT NULL OR last_autoanalyze IS NOT NULL "
                         "FROM pg_stat_user_tables WHERE relname = 'keyed'")
+
+
+def test_timestamp_is_accepted_as_a_chunking_type_and_chunks_like_date(env) -> None:
+    """Configs written for the system this replaces spell the date strategy `timestamp`."""
+    env.sf_execute("CREATE TABLE TS_EV AS SELECT SEQ8()::NUMBER(18,0) AS ID, "
+                   "DATEADD(minute, SEQ8() * 7, '2024-06-15'::TIMESTAMP_NTZ) AS TS FROM TABLE(GENERATOR(ROWCOUNT => 600))")
+    path = env.write_config([{"source": "TS_EV", "chunking_columns": ["TS"], "chunking_column_types": ["timestamp"]}],
+                            defaults={"chunk_rows": 200})
+    plan = cli(env.env, path, "plan")
+    assert plan.returncode == 0, plan.stderr
+    assert "date (chunking_columns=TS (timestamp) from the config: rows per day" in plan.stdout
+    assert "2024-06-15 holds" in plan.stdout and "split into" in plan.stdout  # a heavy day split by hour, as date does

@@ -10,7 +10,7 @@ from typing import Any
 from lib.config.settings import nul_policy_problem, suggest
 from lib.identifiers import PG_MAX_IDENTIFIER_BYTES, split_qualified
 
-CHUNKING_TYPES = ("date", "numeric")
+CHUNKING_TYPES = ("date", "numeric", "string", "timestamp")  # timestamp: chunked as date
 
 
 TABLE_OPTIONS = {

@@ -114,13 +114,27 @@ def plan_numeric(
     and the key `high` itself, so a key value heavier than a chunk gets a chunk of its own and
     every count stays exact. Chunks exceed `chunk_rows` only when one key value alone does.
     """
-    pieces: list[tuple[Decimal, int, bool]] = []  # (lowest key, rows, holds a single key value)
-    for b in sorted((b for b in buckets if b.rows > 0), key=lambda b: b.low):
+    return _plan_ranked("numeric", column, buckets, null_rows, chunk_rows, nullable, reason)
+
+
+def plan_strings(
+    column: str, buckets: Sequence[KeyBucket], null_rows: int, chunk_rows: int, nullable: bool, reason: str
+) -> TablePlan:
+    """plan_numeric for text keys: cut at real key values, kept exactly ('' and trailing spaces included),
+    in code point order, the order of Snowflake's comparison without a collation and of PostgreSQL's
+    COLLATE "C" on UTF-8 (lib/target/postgres.py)."""
+    return _plan_ranked("string", column, buckets, null_rows, chunk_rows, nullable, reason)
+
+
+def _plan_ranked(kind: str, column: str, buckets: Sequence[KeyBucket], null_rows: int, chunk_rows: int,
+                 nullable: bool, reason: str) -> TablePlan:
+    pieces: list[tuple[Decimal | str, int, bool]] = []  # (lowest key, rows, holds a single key value)
+    for b in sorted((b for b in buckets if b.rows > 0), key=lambda b: b.low):  # type: ignore[arg-type,return-value]
         below = b.rows - b.high_rows
         if below > 0:
             pieces.append((b.low, below, False))
         pieces.append((b.high, b.high_rows, True))
-    groups: list[tuple[Decimal, int]] = []  # (lowest key of the chunk, rows)
+    groups: list[tuple[Decimal | str, int]] = []  # (lowest key of the chunk, rows)
     notes: list[str] = []
     for low, rows, single in pieces:
         if groups and groups[-1][1] + rows <= chunk_rows:
@@ -128,11 +142,11 @@ def plan_numeric(
         else:
             groups.append((low, rows))
         if single and rows > chunk_rows:
-            notes.append(f"key value {_decimal_text(low)} alone holds {rows} rows, more than chunk_rows={chunk_rows}: "
+            notes.append(f"key value {_key_shown(low)} alone holds {rows} rows, more than chunk_rows={chunk_rows}: "
                          "it is one chunk of its own")
-    starts = [_decimal_text(g[0]) for g in groups]
-    chunks = _ranges(column, "numeric", starts, [g[1] for g in groups])
-    return _finish("numeric", column, chunks, null_rows, nullable, reason, notes)
+    starts = [_key_text(g[0]) for g in groups]
+    chunks = _ranges(column, kind, starts, [g[1] for g in groups])
+    return _finish(kind, column, chunks, null_rows, nullable, reason, notes)
 
 
 def _ranges(column: str, key_kind: str, starts: list[str], rows: list[int]) -> list[tuple[Bounds, int]]:
@@ -155,6 +169,12 @@ def _finish(strategy: str, column: str, ranges: list[tuple[Bounds, int]], null_r
     return TablePlan(strategy, chunks, reason, notes=notes)
 
 
-def _decimal_text(value: Decimal) -> str:
+def _key_text(value: Decimal | str) -> str:
+    if isinstance(value, str):
+        return value
     text = format(value, "f")
     return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _key_shown(value: Decimal | str) -> str:
+    return "'" + value.replace("'", "''") + "'" if isinstance(value, str) else _key_text(value)

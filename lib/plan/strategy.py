@@ -12,7 +12,15 @@ from dataclasses import dataclass
 from lib.config import TableSpec
 from lib.errors import FatalError
 from lib.models import TablePlan
-from lib.plan.chunking import BUCKETS_PER_CHUNK, hash_modulus, plan_dates, plan_hash, plan_numeric, plan_single
+from lib.plan.chunking import (
+    BUCKETS_PER_CHUNK,
+    hash_modulus,
+    plan_dates,
+    plan_hash,
+    plan_numeric,
+    plan_single,
+    plan_strings,
+)
 from lib.source.snowflake import SnowflakeSource
 from lib.typemap import Column
 
@@ -22,11 +30,13 @@ ZONED_TYPES = {"TIMESTAMP_TZ", "TIMESTAMP_LTZ"}
 # Heavy days are split by hour where a value has a time of day.
 HOUR_SPLIT_TYPES = {"TIMESTAMP_NTZ", "DATETIME", *ZONED_TYPES}
 NUMERIC_PREFIXES = ("NUMBER", "FLOAT", "DOUBLE", "REAL")
+# chunking_column_types spelled as the system this replaces spelled them → the strategy
+STRATEGY_OF_TYPE = {"timestamp": "date"}
 
 
 @dataclass(frozen=True)
 class Choice:
-    strategy: str  # "numeric" | "date" | "hash"
+    strategy: str  # "numeric" | "string" | "date" | "hash"
     column: str | None
     reason: str
     mutable: str | None = None  # why the rows' chunk can change with an update (not a key the engine trusts)
@@ -37,7 +47,7 @@ def plan_table(source: SnowflakeSource, spec: TableSpec, columns: list[Column], 
     queries = 0
     if spec.chunking_columns:
         name, kind = spec.chunking_columns[0], spec.chunking_column_types[0]
-        choice = Choice(kind, name, f"chunking_columns={name} ({kind}) from the config")
+        choice = Choice(STRATEGY_OF_TYPE.get(kind, kind), name, f"chunking_columns={name} ({kind}) from the config")
     else:
         choice = choose_strategy(columns, source.primary_key(spec.source))
         queries += 1
@@ -49,7 +59,8 @@ def plan_table(source: SnowflakeSource, spec: TableSpec, columns: list[Column], 
 
 
 def choose_strategy(columns: list[Column], primary_key: list[str]) -> Choice:
-    """Primary key first, then an ID-like integer column, then a date column, then hash."""
+    """Primary key first, then an ID-like integer column, then a date column, then hash. A text primary key
+    with a collation is passed over: its order is not one PostgreSQL can repeat (see _plan)."""
     by_name = {c.name: c for c in columns}
     if primary_key and primary_key[0] in by_name:
         key = by_name[primary_key[0]]
@@ -57,6 +68,8 @@ def choose_strategy(columns: list[Column], primary_key: list[str]) -> Choice:
             return Choice("numeric", key.name, f"first primary key column {key.name} is numeric")
         if _base_type(key) in DATE_TYPES:
             return Choice("date", key.name, f"first primary key column {key.name} is a date")
+        if _is_string(key) and key.collation is None:
+            return Choice("string", key.name, f"first primary key column {key.name} is text")
     for c in columns:
         if _is_integer(c) and (c.name.upper() == "ID" or c.name.upper().endswith("_ID")):
             return Choice("numeric", c.name, f"no usable primary key; {c.name} is an integer ID column")
@@ -97,12 +110,28 @@ def _plan(source: SnowflakeSource, spec: TableSpec, columns: list[Column], chunk
         return (plan_dates(column.name, days, chunk_rows, column.nullable, reason, hours,
                            "a DATE key has no time of day", utc), 1 + bool(hours))
 
-    if not _is_numeric(column):
-        raise FatalError(f"chunking column {spec.name}.{column.name} is {column.source_type}, not numeric")
+    strings = choice.strategy == "string"
+    _check_ranked_column(spec, column, strings)
     bucket_rows = max(1, chunk_rows // BUCKETS_PER_CHUNK)
-    buckets, null_rows = source.key_buckets(spec.source, column.name, spec.source_filter, bucket_rows)
+    buckets, null_rows = source.key_buckets(spec.source, column.name, spec.source_filter, bucket_rows, strings)
     reason = f"{choice.reason}: cut at ranked key values from one query"
-    return plan_numeric(column.name, buckets, null_rows, chunk_rows, column.nullable, reason), 1
+    planner = plan_strings if strings else plan_numeric
+    return planner(column.name, buckets, null_rows, chunk_rows, column.nullable, reason), 1
+
+
+def _check_ranked_column(spec: TableSpec, column: Column, strings: bool) -> None:
+    where = f"chunking column {spec.name}.{column.name} is {column.source_type}"
+    if not strings:
+        if not _is_numeric(column):
+            raise FatalError(f"{where}, not numeric" + (" (chunk it as string)" if _is_string(column) else ""))
+        return
+    if not _is_string(column):
+        raise FatalError(f"{where}, not text (VARCHAR, STRING, TEXT, CHAR)")
+    if column.collation is not None:
+        raise FatalError(
+            f"{where} with collation '{column.collation}': Snowflake compares it by that collation, which "
+            "PostgreSQL cannot repeat, so a chunk's rows would differ between reading, verifying and repairing. "
+            "Choose another chunking column (string chunks need a column without a collation)")
 
 
 def _base_type(column: Column) -> str:
@@ -111,6 +140,10 @@ def _base_type(column: Column) -> str:
 
 def _is_numeric(column: Column) -> bool:
     return column.source_type.startswith(NUMERIC_PREFIXES)
+
+
+def _is_string(column: Column) -> bool:
+    return _base_type(column) == "VARCHAR"
 
 
 def _is_integer(column: Column) -> bool:

@@ -205,10 +205,12 @@ class SnowflakeSource:
         return self.deferred.fetchall(self.connection(), sql, params, context)
 
     def describe(self, table: tuple[str, ...]) -> list[dict[str, Any]]:
-        """The table's columns as stored in the plan: name, data_type, precision, scale, char_length, nullable."""
+        """The table's columns as stored in the plan: name, data_type, precision, scale, char_length, nullable, and
+        collation where a text column has one (its order is then not the code point order string chunks use)."""
         db, schema, name = table
         rows = self._fetchall(
-            f"SELECT column_name, data_type, numeric_precision, numeric_scale, character_maximum_length, is_nullable "
+            f"SELECT column_name, data_type, numeric_precision, numeric_scale, character_maximum_length, is_nullable, "
+            f"collation_name "
             f"FROM {quote_snowflake(db)}.information_schema.columns "
             f"WHERE table_schema = %(schema)s AND table_name = %(table)s ORDER BY ordinal_position",
             {"schema": schema, "table": name},
@@ -220,7 +222,7 @@ class SnowflakeSource:
             )
         described = [
             {"name": r[0], "data_type": r[1], "precision": r[2], "scale": r[3], "char_length": r[4],
-             "nullable": str(r[5]).upper() != "NO"}
+             "nullable": str(r[5]).upper() != "NO", **({"collation": r[6]} if r[6] else {})}
             for r in rows
         ]
         columns_from_description(described)  # fail now, at planning, on a type with no mapping
@@ -296,12 +298,14 @@ class SnowflakeSource:
         return list(self._primary_keys[(db, schema)].get(name, []))
 
     def key_buckets(
-        self, table: tuple[str, ...], column: str, source_filter: str | None, bucket_rows: int
+        self, table: tuple[str, ...], column: str, source_filter: str | None, bucket_rows: int, strings: bool = False
     ) -> tuple[list[KeyBucket], int]:
         """ONE aggregated query: sorted keys cut into buckets of about `bucket_rows`, plus the NULL count.
 
         RANK() gives equal keys one rank, so a key value never spans two buckets; MAX(rank) - MIN(rank)
         is the number of the bucket's rows below its highest key, which lets a heavy value stand alone.
+        `strings`: the keys are text, kept exactly as Snowflake returns them (ordered by code point, the
+        order of a column without a collation).
         """
         col = quote_snowflake(column)
         name = self.table_sql(table)
@@ -318,11 +322,9 @@ class SnowflakeSource:
         for b, low, high, count, min_rank, max_rank in rows:
             if int(b) < 0:
                 continue
-            if Decimal(str(low)).is_nan() or Decimal(str(high)).is_nan():
-                raise FatalError(f"{'.'.join(table)}.{column} holds NaN values, which have no place in a key range: "
-                                 "choose another chunking column")
             below_high = int(max_rank) - int(min_rank)  # rows of the bucket whose key is below its highest
-            buckets.append(KeyBucket(Decimal(str(low)), Decimal(str(high)), int(count), int(count) - below_high))
+            lowest, highest = (str(low), str(high)) if strings else _numeric_keys(table, column, low, high)
+            buckets.append(KeyBucket(lowest, highest, int(count), int(count) - below_high))
         null_rows = sum(int(r[3]) for r in rows if int(r[0]) < 0)
         return buckets, null_rows
 
@@ -425,6 +427,14 @@ def retention_by_table(columns: list[str], rows: list[tuple[Any, ...]]) -> dict[
     return out
 
 
+def _numeric_keys(table: tuple[str, ...], column: str, low: Any, high: Any) -> tuple[Decimal, Decimal]:
+    lowest, highest = Decimal(str(low)), Decimal(str(high))
+    if lowest.is_nan() or highest.is_nan():
+        raise FatalError(f"{'.'.join(table)}.{column} holds NaN values, which have no place in a key range: "
+                         "choose another chunking column")
+    return lowest, highest
+
+
 def _timestamp_literal(text: str) -> str:
     """A snapshot timestamp, checked to be one before it goes into SQL."""
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,9})?[+-]\d{2}:\d{2}", text):
@@ -449,7 +459,7 @@ def chunk_predicate(bounds: Bounds, tag: str = "") -> tuple[str, dict[str, Any]]
         key, cast = f"DATE({instant(bounds.column, bounds.utc)})", "TO_DATE(%({p})s)"
     elif bounds.key_kind == "hour":
         key, cast = f"DATE_TRUNC('HOUR', {instant(bounds.column, bounds.utc)})", "TO_TIMESTAMP_NTZ(%({p})s)"
-    else:
+    else:  # numeric, or string: the column's own order, code point order (a collated column is never a chunk key)
         key, cast = col, "%({p})s"
     parts = [f"{col} IS NOT NULL"]
     params: dict[str, Any] = {}

@@ -118,6 +118,8 @@ class KeyedLoader:
         return Written(rows, nbytes, inserted, updated)
 
     def _range_is_new(self, conn: psycopg.Connection[Any], columns: list[Column], bounds: Bounds | None) -> bool:
+        # Numeric ranges only: a string range is compared in the "C" collation, which the key's index cannot
+        # answer, so the probe would scan the whole target once per chunk; string chunks go through the stage.
         if bounds is None or bounds.kind != "range" or bounds.key_kind != "numeric" or len(self.key) != 1:
             return False
         column = next((c for c in columns if pg.target_column_name(c.name) == self.key[0]), None)

@@ -126,8 +126,9 @@ def chunk_predicate(bounds: Bounds, columns: list[Column]) -> tuple[sql.Composab
         return sql.SQL("{} IS NULL").format(name), []
     instant = sql.SQL("({} AT TIME ZONE 'UTC')").format(name) if bounds.utc else name
     key = {"date": sql.SQL("({})::date").format(instant),
-           "hour": sql.SQL("date_trunc('hour', {})").format(instant)}.get(bounds.key_kind or "", name)
-    cast = {"date": "date", "hour": "timestamp"}.get(bounds.key_kind or "", column.pg_type)
+           "hour": sql.SQL("date_trunc('hour', {})").format(instant),
+           "string": _code_point_ordered(name)}.get(bounds.key_kind or "", name)
+    cast = {"date": "date", "hour": "timestamp", "string": "text"}.get(bounds.key_kind or "", column.pg_type)
     parts: list[sql.Composable] = [sql.SQL("{} IS NOT NULL").format(name)]
     params: list[Any] = []
     for value, operator in ((bounds.lo, ">="), (bounds.hi, "<")):
@@ -135,6 +136,15 @@ def chunk_predicate(bounds: Bounds, columns: list[Column]) -> tuple[sql.Composab
             parts.append(sql.SQL("{} {} %s::{}").format(key, sql.SQL(operator), sql.SQL(cast)))
             params.append(value)
     return sql.SQL(" AND ").join(parts), params
+
+
+def _code_point_ordered(name: sql.Composable) -> sql.Composable:
+    """A string key as Snowflake orders it (code points, no collation): the text itself (a citext value compared as
+    its text), in the "C" collation, whose byte order of UTF-8 is code point order. The database's
+    own collation (en_US.UTF-8 on RDS and Aurora) orders case, accents and punctuation otherwise, so a chunk's
+    key range would select other rows in PostgreSQL than it read in Snowflake. The key's index (in the
+    column's collation) cannot serve this comparison: repairing a chunk scans the table."""
+    return sql.SQL('({})::text COLLATE "C"').format(name)
 
 
 def unique_keys(conn: psycopg.Connection[Any], target: tuple[str, str]) -> list[tuple[bool, tuple[str, ...]]]:
