@@ -110,3 +110,20 @@ def test_a_pass_killed_between_ranges_resumes_exact(env, nth) -> None:
     resumed = cli(env.env, path)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     _target_equals_source(env)
+
+
+def test_hard_deletes_with_a_text_key_cut_in_code_point_order(env, monkeypatch) -> None:
+    monkeypatch.setattr(deletes, "RANGE_ROWS", 400)
+    env.sf_execute("CREATE TABLE DT (ID VARCHAR PRIMARY KEY, V VARCHAR, UPDATED_AT TIMESTAMP_NTZ)",
+                   "INSERT INTO DT SELECT IFF(MOD(SEQ8(), 2) = 0, 'k-', 'K-') || LPAD(SEQ8()::VARCHAR, 5, '0'), "
+                   "'v' || SEQ8(), '2024-01-01'::TIMESTAMP_NTZ FROM TABLE(GENERATOR(ROWCOUNT => 4000))")
+    config = [{"source": "DT", "target": "public.dt", "source_watermark": "UPDATED_AT", "merge_key": ["ID"],
+               "deletes": "hard"}]
+    assert run(env.config(config)).status == "completed"
+    env.sf_execute("DELETE FROM DT WHERE ID LIKE 'K-011%'")  # upper case: a block in code point order
+
+    assert run(env.config(config)).status == "completed"
+    target = sorted(r[0] for r in env.pg_rows("SELECT id FROM public.dt"))
+    assert target == sorted(r[0] for r in env.sf_rows("SELECT ID FROM DT")) and len(target) == 3950
+    mode, ranges, differing, deleted, _, _ = _passes(env)[-1]
+    assert (mode, deleted) == ("hard", 50) and ranges >= 10 and differing == 1

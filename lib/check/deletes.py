@@ -1,8 +1,8 @@
 """Deletes: the target rows of a merge or watermark table whose key the source no longer has (`deletes` hard or
 soft), found without reading the whole table in either database.
 
-1. The key's range is cut at real key values of the source (one aggregated query, as a numeric chunk plan is;
-   a key that is not one numeric column is one range).
+1. The key's range is cut at real key values of the source (one aggregated query, as a chunk plan is) when its
+   first column is a number or a text without a collation; any other key is one range.
 2. Per range, a checksum of the keys (lib/check/checksum.py: count and hash sums, computed inside each
    database, ranges grouped into one query per side) in the source's scope (the rows the target holds,
    load_modes.held_scope, at the run's read point) and in the target (live rows: a soft-deleted one is not).
@@ -34,7 +34,8 @@ from lib.errors import FatalError
 from lib.identifiers import and_sql
 from lib.log import ctx, get_logger
 from lib.models import Bounds
-from lib.plan.chunking import BUCKETS_PER_CHUNK, plan_numeric
+from lib.plan.chunking import BUCKETS_PER_CHUNK, plan_numeric, plan_strings
+from lib.plan.strategy import is_string
 from lib.source.snowflake import SnowflakeSource, chunk_predicate
 from lib.target import postgres as pg
 from lib.target.load_modes import SOFT_COLUMN, TableLoad, live_rows
@@ -136,13 +137,15 @@ def add_soft_column(conn: psycopg.Connection[Any], target: tuple[str, str]) -> N
 
 
 def key_ranges(source: SnowflakeSource, spec: TableSpec, key: list[Column], scope: str | None) -> list[Bounds]:
-    """Ranges of about RANGE_ROWS keys, cut at the source's key values; one range when the key is not one number."""
+    """Ranges of about RANGE_ROWS keys, cut at the source's key values (a number, or a text without a collation,
+    in code point order as string chunks are); one range for any other key."""
     first = key[0]
-    if len(key) != 1 or not first.source_type.startswith("NUMBER"):
+    numeric, text = first.source_type.startswith("NUMBER"), is_string(first) and first.collation is None
+    if not numeric and not text:
         return [Bounds("all")]
-    buckets, _ = source.key_buckets(spec.source, first.name, scope, max(1, RANGE_ROWS // BUCKETS_PER_CHUNK))
-    plan = plan_numeric(first.name, buckets, 0, RANGE_ROWS, False, "")
-    return [c.bounds for c in plan.chunks]
+    buckets, _ = source.key_buckets(spec.source, first.name, scope, max(1, RANGE_ROWS // BUCKETS_PER_CHUNK), text)
+    planner = plan_strings if text else plan_numeric
+    return [c.bounds for c in planner(first.name, buckets, 0, RANGE_ROWS, False, "").chunks]
 
 
 def _grouped(predicates: list[str]) -> tuple[str, str]:

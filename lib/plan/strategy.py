@@ -68,7 +68,7 @@ def choose_strategy(columns: list[Column], primary_key: list[str]) -> Choice:
             return Choice("numeric", key.name, f"first primary key column {key.name} is numeric")
         if _base_type(key) in DATE_TYPES:
             return Choice("date", key.name, f"first primary key column {key.name} is a date")
-        if _is_string(key) and key.collation is None:
+        if is_string(key) and key.collation is None:
             return Choice("string", key.name, f"first primary key column {key.name} is text")
     for c in columns:
         if _is_integer(c) and (c.name.upper() == "ID" or c.name.upper().endswith("_ID")):
@@ -123,9 +123,9 @@ def _check_ranked_column(spec: TableSpec, column: Column, strings: bool) -> None
     where = f"chunking column {spec.name}.{column.name} is {column.source_type}"
     if not strings:
         if not _is_numeric(column):
-            raise FatalError(f"{where}, not numeric" + (" (chunk it as string)" if _is_string(column) else ""))
+            raise FatalError(f"{where}, not numeric" + (" (chunk it as string)" if is_string(column) else ""))
         return
-    if not _is_string(column):
+    if not is_string(column):
         raise FatalError(f"{where}, not text (VARCHAR, STRING, TEXT, CHAR)")
     if column.collation is not None:
         raise FatalError(
@@ -142,7 +142,7 @@ def _is_numeric(column: Column) -> bool:
     return column.source_type.startswith(NUMERIC_PREFIXES)
 
 
-def _is_string(column: Column) -> bool:
+def is_string(column: Column) -> bool:
     return _base_type(column) == "VARCHAR"
 
 
