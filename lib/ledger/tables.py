@@ -213,6 +213,13 @@ def record_delete_pass(conn: psycopg.Connection[Any], run_id: int, table: str, m
          counts.get("restored", 0), counts.get("target_rows", 0), counts.get("seconds", 0), refused))
 
 
+def rows_written(conn: psycopg.Connection[Any], run_id: int, table: str) -> int:
+    """Rows the table's done chunks wrote in this run (inserted or updated)."""
+    row = conn.execute(f"SELECT coalesce(sum(rows_copied), 0) FROM {SCHEMA}.migration_chunk_status "
+                       "WHERE run_id = %s AND table_name = %s AND status = 'done'", (run_id, table)).fetchone()
+    return int(row[0]) if row else 0
+
+
 def add_plan_note(conn: psycopg.Connection[Any], run_id: int, table: str, note: str) -> None:
     conn.execute(f"UPDATE {SCHEMA}.migration_table_status SET plan_notes = plan_notes || jsonb_build_array(%s::text) "
                  "WHERE run_id = %s AND table_name = %s", (note, run_id, table))

@@ -124,7 +124,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     else:
         scoped = scoped_spec(spec, window)
         fit = read_fit(source, config, scoped, columns)
-        plan = plan_table(source, scoped, columns, fit.chunk_rows)
+        plan = plan_table(source, scoped, columns, window_chunk_rows(fit.chunk_rows, spec, window))
         plan.source_results, plan.row_bytes = fit.results, fit.row_bytes
         plan.notes.extend([fit.note] if fit.note else [])
     plan.notes.extend(read_notes)
@@ -283,6 +283,21 @@ def reads_at(source: SnowflakeSource, spec: TableSpec, config: SourceConfig,
                           f"of {spec.name}"]
     log.warning("%s", note, **ctx(table=spec.name))
     return snapshot, [note]
+
+
+# An incremental window's chunks are this much smaller than a copy's: a window is small next to the table, and
+# merging a changed row costs several times copying a new one, so a few large chunks leave threads idle while
+# one merges (measured: 250,000 rows in one chunk, 3.98 s, beside 150,000 in the other, 1.36 s)
+WINDOW_CHUNK_DIVISOR = 4
+WINDOW_CHUNK_MIN_ROWS = 10_000
+
+
+def window_chunk_rows(chunk_rows: int, spec: TableSpec, window: Window | None) -> int:
+    """chunk_rows for this table's plan: an incremental window's (after the first) is a quarter of it, unless the
+    table sets its own."""
+    if window is None or window.lo is None or spec.chunk_rows is not None:
+        return chunk_rows
+    return max(min(chunk_rows, WINDOW_CHUNK_MIN_ROWS), chunk_rows // WINDOW_CHUNK_DIVISOR)
 
 
 def scoped_spec(spec: TableSpec, window: Window | None) -> TableSpec:

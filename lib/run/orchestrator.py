@@ -395,7 +395,8 @@ def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, lo
                 if step.primary_key and not pg.has_primary_key(conn, spec.target):
                     what = f"building the primary key of {spec.target_name} after the load"
                     pg.add_primary_key(conn, spec.target, step.primary_key)
-                pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
+                if not load.staged or pg.worth_analyzing(conn, spec.target, ledger.rows_written(conn, run_id, spec.name)):
+                    pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
             faults.maybe_crash("post_load")
             ledger.complete_post_load(conn, run_id, spec.name, bool(step.primary_key))
     except Exception as exc:
@@ -480,8 +481,9 @@ def run(config: SourceConfig) -> RunResult:
     final = "running"
     try:
         plan = retried(lambda: work_plan(config, start.run_id), "loading the plan")
-        if plan.tables:
-            threads = thread_count(config, plan)
+        claimable = retried(lambda: _claimable_chunks(config, start.run_id), "counting the chunks to copy")
+        if plan.tables and claimable:
+            threads = thread_count(config, plan, at_most=claimable)
             log.info("copying with %d thread(s)", threads, **ctx(run_id=start.run_id))
             with ProgressMonitor(config.postgres_connect_args(), start.run_id):
                 work(plan, threads)
@@ -501,6 +503,12 @@ def run(config: SourceConfig) -> RunResult:
             log.error("could not persist the final run status: %s", exc, **ctx(run_id=start.run_id))
     return RunResult(start.run_id, start.mode, final, start.message, round(time.monotonic() - started, 2),
                      tables=retried(lambda: summarize(config, start.run_id, wall_start), "summarizing"))
+
+
+def _claimable_chunks(config: SourceConfig, run_id: int) -> int:
+    """Chunks of the run left to copy: no more threads (and connections) than that are started."""
+    with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
+        return sum(c["pending"] + c["running"] for c in ledger.chunk_counts(conn, run_id).values())
 
 
 def run_seconds(config: SourceConfig, run_id: int) -> float:

@@ -166,6 +166,20 @@ def analyze(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
     conn.execute(sql.SQL("ANALYZE {}").format(table_ident(target)))
 
 
+# the share of a table's rows whose change makes its statistics worth renewing at once (autovacuum's own
+# default, autovacuum_analyze_scale_factor, renews them after 10% of the rows changed anyway)
+ANALYZE_SHARE = 0.1
+
+
+def worth_analyzing(conn: psycopg.Connection[Any], target: tuple[str, str], rows_written: int) -> bool:
+    """Would ANALYZE after writing `rows_written` rows change the planner's view: a table never analyzed, or
+    one whose estimated size the load changed by at least ANALYZE_SHARE."""
+    row = conn.execute("SELECT reltuples FROM pg_catalog.pg_class WHERE oid = %s::regclass",
+                       (table_ident(target).as_string(conn),)).fetchone()
+    estimated = float(row[0]) if row else -1.0
+    return estimated <= 0 or rows_written >= ANALYZE_SHARE * estimated
+
+
 def truncate(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
     conn.execute(sql.SQL("TRUNCATE TABLE {}").format(table_ident(target)))
 
