@@ -17,17 +17,13 @@ about timing.
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from bench.incremental_bench import DATABASE, PG_DB, SCHEMA, TABLE, bench_config, build_source, engine_run
+from bench.incremental_bench import DATABASE, PG_DB, SCHEMA, TABLE, bench_stack, engine_run
 from bench.results_file import keep
-from scripts.local_stack import LocalStack
 
 DELETIONS = {
     "clustered": "ID > {rows} / 2 AND ID <= {rows} / 2 + {rows} / 1000",
@@ -38,44 +34,31 @@ DELETIONS = {
 def main() -> None:
     rows = int(os.environ.get("DELETES_BENCH_ROWS", "5000000"))
     result: dict[str, Any] = {"rows": rows}
-    with tempfile.TemporaryDirectory() as tmp:
-        directory = Path(tmp)
-        stack = LocalStack(directory / "stack")
-        stack.start_postgres()
-        stack.start_snowflake(persist=True, tied=True)
-        try:
-            stack.create_database(PG_DB)
-            env = {**os.environ, **stack.env(PG_DB)}
-            build_source(stack, rows)
-            config = directory / "config.json"
-            config.write_text(json.dumps(bench_config(deletes="hard")))
-            first = engine_run(config, env)
-            result["copy_seconds"] = first["wall"]
-            print(f"  copy: {first['wall']:.1f} s", flush=True)
-            with psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
-                for name, where in DELETIONS.items():
-                    with stack.snowflake_connect(DATABASE, SCHEMA) as sf, sf.cursor() as cur:
-                        cur.execute(f"DELETE FROM {TABLE} WHERE {where.format(rows=rows)}")
-                        deleted = cur.rowcount
-                    report = engine_run(config, env)
-                    ranges, differing, removed, seconds = conn.execute(
-                        "SELECT key_ranges, differing_ranges, deleted, seconds FROM migration_status.delete_passes "
-                        "ORDER BY at DESC LIMIT 1").fetchone()
-                    with stack.snowflake_connect(DATABASE, SCHEMA) as sf, sf.cursor() as cur:
-                        cur.execute(f"SELECT COUNT(*) FROM {TABLE}")
-                        source_rows = cur.fetchone()[0]
-                    target_rows = conn.execute("SELECT count(*) FROM public.items").fetchone()[0]
-                    if removed != deleted or target_rows != source_rows:
-                        raise RuntimeError(f"{name}: deleted {deleted} in Snowflake, the pass {removed}; "
-                                           f"source {source_rows} rows, target {target_rows}")
-                    result[name] = {"deleted": deleted, "run_seconds": report["wall"], "pass_seconds": float(seconds),
-                                    "key_ranges": ranges, "differing_ranges": differing,
-                                    "run_vs_copy": round(report["wall"] / first["wall"], 3),
-                                    "pass_vs_copy": round(float(seconds) / first["wall"], 3)}
-                    print(f"  {name}: {result[name]}", flush=True)
-        finally:
-            stack.stop_snowflake()
-            stack.stop_postgres(mode="immediate")
+    with bench_stack(rows, deletes="hard") as (stack, env, config, _):
+        first = engine_run(config, env)
+        result["copy_seconds"] = first["wall"]
+        print(f"  copy: {first['wall']:.1f} s", flush=True)
+        with psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
+            for name, where in DELETIONS.items():
+                with stack.snowflake_connect(DATABASE, SCHEMA) as sf, sf.cursor() as cur:
+                    cur.execute(f"DELETE FROM {TABLE} WHERE {where.format(rows=rows)}")
+                    deleted = cur.rowcount
+                report = engine_run(config, env)
+                ranges, differing, removed, seconds = conn.execute(
+                    "SELECT key_ranges, differing_ranges, deleted, seconds FROM migration_status.delete_passes "
+                    "ORDER BY at DESC LIMIT 1").fetchone()
+                with stack.snowflake_connect(DATABASE, SCHEMA) as sf, sf.cursor() as cur:
+                    cur.execute(f"SELECT COUNT(*) FROM {TABLE}")
+                    source_rows = cur.fetchone()[0]
+                target_rows = conn.execute("SELECT count(*) FROM public.items").fetchone()[0]
+                if removed != deleted or target_rows != source_rows:
+                    raise RuntimeError(f"{name}: deleted {deleted} in Snowflake, the pass {removed}; "
+                                       f"source {source_rows} rows, target {target_rows}")
+                result[name] = {"deleted": deleted, "run_seconds": report["wall"], "pass_seconds": float(seconds),
+                                "key_ranges": ranges, "differing_ranges": differing,
+                                "run_vs_copy": round(report["wall"] / first["wall"], 3),
+                                "pass_vs_copy": round(float(seconds) / first["wall"], 3)}
+                print(f"  {name}: {result[name]}", flush=True)
     keep("deletes", result)
 
 

@@ -21,12 +21,14 @@ bench/results/incremental.json. Nothing is asserted about timing.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -130,6 +132,34 @@ def main() -> None:
     rows = int(os.environ.get("INCR_BENCH_ROWS", "2000000"))
     changed = rows // 10
     result: dict[str, Any] = {"rows": rows, "updated_rows": changed, "new_rows": changed}
+    with bench_stack(rows) as (stack, env, config, directory), psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
+        first = engine_run(config, env)
+        result["first_copy_seconds"] = first["wall"]
+        with stack.snowflake_connect(DATABASE, SCHEMA) as sf, sf.cursor() as cur:
+            cur.execute(f"UPDATE {DATABASE}.{SCHEMA}.{TABLE} SET AMOUNT = AMOUNT + 1, STATUS = 'changed', "
+                        f"UPDATED_AT = DATEADD(millisecond, ID, '{CHANGED_AT}'::TIMESTAMP_NTZ) WHERE MOD(ID, 10) = 0")
+            cur.execute(ROWS_SQL.format(table=f"{DATABASE}.{SCHEMA}.{TABLE}", first=rows + 1, rows=changed,
+                                        updated=CHANGED_AT))
+        conn.execute("CREATE TABLE public.items_floor AS SELECT * FROM public.items")
+        conn.execute("ALTER TABLE public.items_floor ADD PRIMARY KEY (id)")
+        conn.execute("ANALYZE public.items_floor")
+        result["window"] = measured_run("window", config, env, conn)
+        result["floor_seconds"], result["floor_rows"] = floor(conn, directory)
+        differ = conn.execute("SELECT count(*) FROM ((TABLE public.items EXCEPT ALL TABLE public.items_floor) "
+                              "UNION ALL (TABLE public.items_floor EXCEPT ALL TABLE public.items)) d").fetchone()[0]
+        if differ:
+            raise RuntimeError(f"the engine's target and the floor's differ in {differ} rows")
+        result["no_op"] = measured_run("no-op", config, env, conn)
+        result["import_seconds"] = import_seconds(env)
+    result["window_vs_floor"] = round(result["window"]["seconds"] / result["floor_seconds"], 2)
+    result["no_op_vs_import"] = round(result["no_op"]["seconds"] / result["import_seconds"], 2)
+    keep("incremental", result)
+
+
+@contextlib.contextmanager
+def bench_stack(rows: int, **options: Any) -> Iterator[tuple[LocalStack, dict[str, str], Path, Path]]:
+    """A private stack holding the source table of `rows` rows, and the config of its table (with `options`):
+    (the stack, the environment of an engine run, the config's path, the temporary directory)."""
     with tempfile.TemporaryDirectory() as tmp:
         directory = Path(tmp)
         stack = LocalStack(directory / "stack")
@@ -137,35 +167,13 @@ def main() -> None:
         stack.start_snowflake(persist=True, tied=True)
         try:
             stack.create_database(PG_DB)
-            env = {**os.environ, **stack.env(PG_DB)}
             build_source(stack, rows)
             config = directory / "config.json"
-            config.write_text(json.dumps(bench_config()))
-            with psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
-                first = engine_run(config, env)
-                result["first_copy_seconds"] = first["wall"]
-                with stack.snowflake_connect(DATABASE, SCHEMA) as sf, sf.cursor() as cur:
-                    cur.execute(f"UPDATE {DATABASE}.{SCHEMA}.{TABLE} SET AMOUNT = AMOUNT + 1, STATUS = 'changed', "
-                                f"UPDATED_AT = DATEADD(millisecond, ID, '{CHANGED_AT}'::TIMESTAMP_NTZ) WHERE MOD(ID, 10) = 0")
-                    cur.execute(ROWS_SQL.format(table=f"{DATABASE}.{SCHEMA}.{TABLE}", first=rows + 1, rows=changed,
-                                                updated=CHANGED_AT))
-                conn.execute("CREATE TABLE public.items_floor AS SELECT * FROM public.items")
-                conn.execute("ALTER TABLE public.items_floor ADD PRIMARY KEY (id)")
-                conn.execute("ANALYZE public.items_floor")
-                result["window"] = measured_run("window", config, env, conn)
-                result["floor_seconds"], result["floor_rows"] = floor(conn, directory)
-                differ = conn.execute("SELECT count(*) FROM ((TABLE public.items EXCEPT ALL TABLE public.items_floor) "
-                                      "UNION ALL (TABLE public.items_floor EXCEPT ALL TABLE public.items)) d").fetchone()[0]
-                if differ:
-                    raise RuntimeError(f"the engine's target and the floor's differ in {differ} rows")
-                result["no_op"] = measured_run("no-op", config, env, conn)
-                result["import_seconds"] = import_seconds(env)
+            config.write_text(json.dumps(bench_config(**options)))
+            yield stack, {**os.environ, **stack.env(PG_DB)}, config, directory
         finally:
             stack.stop_snowflake()
             stack.stop_postgres(mode="immediate")
-    result["window_vs_floor"] = round(result["window"]["seconds"] / result["floor_seconds"], 2)
-    result["no_op_vs_import"] = round(result["no_op"]["seconds"] / result["import_seconds"], 2)
-    keep("incremental", result)
 
 
 def build_source(stack: LocalStack, rows: int) -> None:
