@@ -5,12 +5,13 @@ that would delete more than max_delete_fraction is refused and deletes nothing; 
 from __future__ import annotations
 
 import signal
+import time
 from typing import Any
 
 import pytest
 
 from lib.check import deletes
-from lib.run.orchestrator import run
+from lib.run.orchestrator import finalize_run, reconcile_finished_tables, run, start_run, work, work_plan
 from tests.helpers import cli
 
 ROWS = 6000
@@ -127,3 +128,27 @@ def test_hard_deletes_with_a_text_key_cut_in_code_point_order(env, monkeypatch) 
     assert target == sorted(r[0] for r in env.sf_rows("SELECT ID FROM DT")) and len(target) == 3950
     mode, ranges, differing, deleted, _, _ = _passes(env)[-1]
     assert (mode, deleted) == ("hard", 50) and ranges >= 10 and differing == 1
+
+
+def test_a_pass_split_across_step_invocations_advances_each_time_and_ends_exact(env, monkeypatch) -> None:
+    """A Step Functions Reconcile invocation stops at its deadline; each one does a group at least."""
+    monkeypatch.setattr(deletes, "RANGE_ROWS", 100)  # 60 ranges: two groups of checksums
+    monkeypatch.setattr(deletes, "KEY_GROUP", 2)
+    _source(env)
+    config = env.config([{**MERGE, "deletes": "hard"}])
+    assert run(config).status == "completed"
+    env.sf_execute("DELETE FROM DT WHERE MOD(ID, 50) = 0")  # 2%, in every range
+
+    start = start_run(config)
+    work(work_plan(config, start.run_id), 2)
+    calls = 0
+    while env.pg_value("SELECT status FROM migration_status.migration_table_status WHERE run_id = %s",
+                       (start.run_id,)) not in ("completed", "failed"):
+        reconcile_finished_tables(config, start.run_id, deadline=time.monotonic() + 0.05)  # a tiny budget
+        calls += 1
+        assert calls < 100
+    assert calls > 10  # two checksum groups, then 30 groups of differing ranges to apply, a few per call
+    assert finalize_run(config, start.run_id) == "completed"
+    _target_equals_source(env)
+    _, ranges, differing, deleted, _, _ = _passes(env)[-1]
+    assert deleted == 120 and ranges >= 55 and differing >= ranges - 2

@@ -26,9 +26,9 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from lib import faults
+from lib import faults, ledger
 from lib.check import checksum
-from lib.check.verify import chunk_groups, source_checksums, target_checksums
+from lib.check.verify import MAX_GROUP, source_checksums, target_checksums
 from lib.config import TableSpec
 from lib.errors import FatalError
 from lib.identifiers import and_sql
@@ -78,10 +78,12 @@ def key_columns(load: TableLoad, columns: list[Column], spec: TableSpec) -> list
 
 
 def find_and_apply(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
-                   load: TableLoad, scope: str | None, max_fraction: float, run_id: int) -> DeletePass:
-    """The pass of one table (see the module's text). `scope`: the source filter of the rows the target holds."""
+                   load: TableLoad, scope: str | None, max_fraction: float, run_id: int,
+                   deadline: float | None = None) -> DeletePass | None:
+    """The pass of one table (see the module's text), continued from the ledger where an earlier attempt stopped.
+    `scope`: the source filter of the rows the target holds. Returns None when `deadline` (time.monotonic())
+    came first: the next call goes on."""
     started = time.monotonic()
-    result = DeletePass(spec.name, spec.deletes)
     key = key_columns(load, columns, spec)
     fields = checksum.fields(key)
     if not all(f.values for f in fields):
@@ -91,44 +93,97 @@ def find_and_apply(conn: psycopg.Connection[Any], source: SnowflakeSource, spec:
         add_soft_column(conn, load.destination)
     marked = live_rows(spec)
     live = (marked, []) if marked is not None else None
-    ranges = key_ranges(source, spec, key, scope)
-    result.ranges = len(ranges)
-    differing: list[Bounds] = []
-    for group in chunk_groups(ranges, 1):
-        theirs = source_checksums(source, fields, spec.source, group, scope, f"checksumming the keys of {spec.name}")
-        ours = target_checksums(conn, fields, load.destination, columns, group, live)
-        for n, bounds in enumerate(group):
-            result.target_rows += ours.get(n, (0, 0, 0))[0]
-            if theirs.get(n, (0, 0, 0)) != ours.get(n, (0, 0, 0)):
-                differing.append(bounds)
-    result.differing = len(differing)
-    soft = spec.deletes == "soft"
-    found: list[tuple[Bounds, set[Key], set[Key]]] = []  # per differing range: keys to remove, keys to restore
-    for group in [differing[i:i + KEY_GROUP] for i in range(0, len(differing), KEY_GROUP)]:
-        theirs = _source_keys(source, spec, fields, group, scope)
-        ours = _target_keys(conn, load, fields, columns, group, live)
-        found.extend((bounds, ours[n] - theirs[n], (theirs[n] - ours[n]) if soft else set())
-                     for n, bounds in enumerate(group))  # only the differences are kept, never a range's keys
-    gone = sum(len(remove) for _, remove, _ in found)
-    if result.target_rows and gone / result.target_rows > max_fraction:
-        raise FatalError(
-            f"{spec.name}: deletes {spec.deletes} would remove {gone} of its {result.target_rows} rows "
-            f"({gone / result.target_rows:.1%}), more than max_delete_fraction {max_fraction:g}; nothing was deleted. "
-            "A source read that missed rows (a wrong source_filter, a role that sees fewer rows, a truncated table) "
-            "looks exactly like a mass delete. If the source really lost them, resume with a higher "
-            f"max_delete_fraction (e.g. --max-delete-fraction {min(1.0, round(gone / result.target_rows + 0.01, 2)):g}, "
-            "or in the execution input)")
-    for bounds, remove, restore in found:
-        if not remove and not restore:
-            continue
-        with conn.transaction():
-            deleted, restored = _apply(conn, spec, load, fields, columns, bounds, remove, restore)
-        result.deleted += deleted
-        result.restored += restored
-        faults.maybe_crash("during_deletes")
-    result.seconds = round(time.monotonic() - started, 2)
+    work = _Work(conn, source, spec, columns, load, scope, fields, live, run_id)
+    ranges = ledger.delete_ranges(conn, run_id, spec.name)
+    if not ranges:
+        ledger.store_delete_ranges(conn, run_id, spec.name, key_ranges(source, spec, key, scope))
+        ranges = ledger.delete_ranges(conn, run_id, spec.name)
+    worked = False  # every call does one group at least, so that a pass split across calls always advances
+
+    def out_of_time() -> bool:
+        return worked and deadline is not None and time.monotonic() >= deadline
+
+    unchecked = [r for r in ranges if not r.checked]
+    for group in [unchecked[i:i + MAX_GROUP] for i in range(0, len(unchecked), MAX_GROUP)]:
+        if out_of_time():
+            return None
+        work.check(group)
+        worked = True
+    ranges = ledger.delete_ranges(conn, run_id, spec.name)
+    _guard(spec, ranges, max_fraction)
+    todo = [r for r in ranges if r.differs and not r.applied and (r.to_delete or r.to_restore)]
+    for group in [todo[i:i + KEY_GROUP] for i in range(0, len(todo), KEY_GROUP)]:
+        if out_of_time():
+            return None
+        work.apply(group)
+        worked = True
+    ranges = ledger.delete_ranges(conn, run_id, spec.name)
+    result = DeletePass(spec.name, spec.deletes, len(ranges), sum(r.differs for r in ranges),
+                        sum(r.deleted for r in ranges), sum(r.restored for r in ranges),
+                        sum(r.target_rows for r in ranges), round(time.monotonic() - started, 2))
     log.info("%s", result.describe(), **ctx(run_id=run_id, table=spec.name))
     return result
+
+
+def _guard(spec: TableSpec, ranges: list[ledger.DeleteRange], max_fraction: float) -> None:
+    """Refuse the pass when it would delete more than `max_fraction` of the table, counted over every range before
+    any is applied (a pass resumed after some ranges were applied was judged whole already)."""
+    if any(r.applied for r in ranges):
+        return
+    gone, rows = sum(r.to_delete for r in ranges), sum(r.target_rows for r in ranges)
+    if rows and gone / rows > max_fraction:
+        raise FatalError(
+            f"{spec.name}: deletes {spec.deletes} would remove {gone} of its {rows} rows ({gone / rows:.1%}), more than "
+            f"max_delete_fraction {max_fraction:g}; nothing was deleted. A source read that missed rows (a wrong "
+            "source_filter, a role that sees fewer rows, a truncated table) looks exactly like a mass delete. If the "
+            "source really lost them, resume with a higher max_delete_fraction (e.g. --max-delete-fraction "
+            f"{min(1.0, round(gone / rows + 0.01, 2)):g}, or in the execution input)")
+
+
+@dataclass
+class _Work:
+    """What checking and applying a table's ranges needs."""
+
+    conn: psycopg.Connection[Any]
+    source: SnowflakeSource
+    spec: TableSpec
+    columns: list[Column]
+    load: TableLoad
+    scope: str | None
+    fields: list[checksum.Field]
+    live: tuple[sql.Composable, list[Any]] | None
+    run_id: int
+
+    def check(self, group: list[ledger.DeleteRange]) -> None:
+        """Checksums of the group's ranges on both sides; the keys of those that differ, counted and forgotten."""
+        spec, bounds = self.spec, [r.bounds for r in group]
+        theirs = source_checksums(self.source, self.fields, spec.source, bounds, self.scope,
+                                  f"checksumming the keys of {spec.name}")
+        ours = target_checksums(self.conn, self.fields, self.load.destination, self.columns, bounds, self.live)
+        differing = []
+        for n, r in enumerate(group):
+            if theirs.get(n, (0, 0, 0)) != ours.get(n, (0, 0, 0)):
+                differing.append((r, ours.get(n, (0, 0, 0))[0]))
+            else:  # a differing range is marked checked only with its counts, below
+                ledger.range_checked(self.conn, self.run_id, spec.name, r.range_no, ours.get(n, (0, 0, 0))[0], False, 0, 0)
+        for part in [differing[i:i + KEY_GROUP] for i in range(0, len(differing), KEY_GROUP)]:
+            source_keys = _source_keys(self.source, spec, self.fields, [r.bounds for r, _ in part], self.scope)
+            target_keys = _target_keys(self.conn, self.load, self.fields, self.columns, [r.bounds for r, _ in part],
+                                       self.live)
+            for (r, rows), theirs_keys, ours_keys in zip(part, source_keys, target_keys, strict=True):
+                restore = len(theirs_keys - ours_keys) if spec.deletes == "soft" else 0
+                ledger.range_checked(self.conn, self.run_id, spec.name, r.range_no, rows, True,
+                                     len(ours_keys - theirs_keys), restore)
+
+    def apply(self, group: list[ledger.DeleteRange]) -> None:
+        """Each range in its own transaction, against the source's keys read again now (one query for the group)."""
+        spec = self.spec
+        source_keys = _source_keys(self.source, spec, self.fields, [r.bounds for r in group], self.scope)
+        for r, theirs in zip(group, source_keys, strict=True):
+            with self.conn.transaction():
+                deleted, restored = _apply(self.conn, spec, self.load, self.fields, self.columns, r.bounds, theirs)
+                ledger.range_applied(self.conn, self.run_id, spec.name, r.range_no, deleted, restored)
+            faults.maybe_crash("during_deletes")
 
 
 def add_soft_column(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
@@ -204,19 +259,20 @@ def _locked_rows(conn: psycopg.Connection[Any], load: TableLoad, fields: list[ch
 
 
 def _apply(conn: psycopg.Connection[Any], spec: TableSpec, load: TableLoad, fields: list[checksum.Field],
-           columns: list[Column], bounds: Bounds, remove: set[Key], restore: set[Key]) -> tuple[int, int]:
-    """One range, in the caller's transaction: its rows read again under lock, then deleted, marked or restored."""
+           columns: list[Column], bounds: Bounds, source_keys: set[Key]) -> tuple[int, int]:
+    """One range, in the caller's transaction: its target rows read under lock and compared with the source's keys,
+    then deleted or marked (the live rows the source lacks) and restored (the marked rows it has again)."""
     table = pg.table_ident(load.destination)
     marked = sql.Identifier(SOFT_COLUMN)
     live, dead = (live_rows(spec), sql.SQL("{} IS NOT NULL").format(marked)) if spec.deletes == "soft" else (None, None)
     gone = [row[0] for row in _locked_rows(conn, load, fields, columns, bounds, live)
-            if tuple(str(v) for v in row[1:]) in remove] if remove else []
+            if tuple(str(v) for v in row[1:]) not in source_keys]
     if spec.deletes == "hard":
         return conn.execute(sql.SQL("DELETE FROM {} WHERE ctid = ANY(%s::tid[])").format(table), (gone,)).rowcount, 0
     done = conn.execute(sql.SQL("UPDATE {} SET {} = now() WHERE ctid = ANY(%s::tid[])").format(table, marked),
                         (gone,)).rowcount
     back = [row[0] for row in _locked_rows(conn, load, fields, columns, bounds, dead)
-            if tuple(str(v) for v in row[1:]) in restore] if restore else []
+            if tuple(str(v) for v in row[1:]) in source_keys]
     restored = conn.execute(sql.SQL("UPDATE {} SET {} = NULL WHERE ctid = ANY(%s::tid[])").format(table, marked),
                             (back,)).rowcount
     return done, restored

@@ -203,16 +203,6 @@ def store_reconciliation(
     )
 
 
-def record_delete_pass(conn: psycopg.Connection[Any], run_id: int, table: str, mode: str, counts: dict[str, Any],
-                       refused: str | None = None) -> None:
-    """One deletes pass (lib/check/deletes.py): its ranges, what it deleted or restored, or why it refused."""
-    conn.execute(
-        f"INSERT INTO {SCHEMA}.delete_passes (run_id, table_name, mode, key_ranges, differing_ranges, deleted, restored, "
-        "target_rows, seconds, refused) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-        (run_id, table, mode, counts.get("ranges", 0), counts.get("differing", 0), counts.get("deleted", 0),
-         counts.get("restored", 0), counts.get("target_rows", 0), counts.get("seconds", 0), refused))
-
-
 def rows_written(conn: psycopg.Connection[Any], run_id: int, table: str) -> int:
     """Rows the table's done chunks wrote in this run (inserted or updated)."""
     row = conn.execute(f"SELECT coalesce(sum(rows_copied), 0) FROM {SCHEMA}.migration_chunk_status "

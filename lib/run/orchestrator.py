@@ -316,7 +316,9 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
             if deadline is not None and time.monotonic() >= deadline:
                 break
             try:
-                refused = _deletes(conn, source, config, run_id, spec, columns, load, chunks)
+                refused = _deletes(conn, source, config, run_id, spec, columns, load, chunks, deadline)
+                if refused is CONTINUED:
+                    continue
                 results.append(refused or reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load))
             except StillRunning as pending:
                 log.info("%s: the count waits for Snowflake query %s", name, pending.query_id,
@@ -330,22 +332,31 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
     return results
 
 
+# a deletes pass that the step's deadline interrupted: the table is reconciled by a later invocation
+CONTINUED = Reconciliation("", False, 0, None, None, "the deletes pass continues")
+
+
 def _deletes(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
-             spec: TableSpec, columns: list[Column], load: TableLoad, chunks: dict[str, int]) -> Reconciliation | None:
-    """The table's deletes pass (lib/check/deletes.py), before its counts; a refused pass fails the table."""
+             spec: TableSpec, columns: list[Column], load: TableLoad, chunks: dict[str, int],
+             deadline: float | None) -> Reconciliation | None:
+    """The table's deletes pass (lib/check/deletes.py), before its counts; a refused pass fails the table, one the
+    deadline interrupted is CONTINUED."""
     if spec.deletes == "soft":
         deletes.add_soft_column(conn, load.destination)  # from the first load on: verify compares the live rows
     if spec.deletes == "ignore" or chunks.get("failed") or not load.staged:  # a copy starts the target afresh
         return None
     try:
         done = deletes.find_and_apply(conn, source, spec, columns, load, held_scope(conn, run_id, spec),
-                                      config.settings.max_delete_fraction, run_id)
+                                      config.settings.max_delete_fraction, run_id, deadline)
     except FatalError as exc:
         log.error("%s", exc, **ctx(run_id=run_id, table=spec.name))
         ledger.record_delete_pass(conn, run_id, spec.name, spec.deletes, {}, str(exc))
         ledger.store_reconciliation(conn, run_id, spec.name, chunks.get("rows_copied", 0), None, None, False, str(exc),
                                     "rows_read")
         return Reconciliation(spec.name, False, chunks.get("rows_copied", 0), None, None, str(exc))
+    if done is None:
+        log.info("the deletes pass of %s goes on in the next invocation", spec.name, **ctx(run_id=run_id, table=spec.name))
+        return CONTINUED
     ledger.record_delete_pass(conn, run_id, spec.name, spec.deletes, vars(done))
     ledger.add_plan_note(conn, run_id, spec.name, done.describe())
     return None
