@@ -13,8 +13,9 @@ soft), found without reading the whole table in either database.
    compared with the source's keys, so a row another writer changed meanwhile is judged as it is now. `hard`
    deletes them; `soft` sets `_deleted_at`, and clears it on a row whose key the source has again.
 
-The pass runs in the table's reconcile step, after its chunks and before its counts. It is idempotent: a crash
-anywhere leaves the table unreconciled, and the next attempt finds only what is still to do.
+The pass runs in the table's reconcile step, after its chunks and before its counts. Its ranges are kept in the
+ledger (delete_ranges), each marked checked, then applied in the transaction that changes its rows: a crash, or a
+Step Functions step's deadline, leaves the table unreconciled, and the next attempt goes on where it stopped.
 """
 
 from __future__ import annotations
