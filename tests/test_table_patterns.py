@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from lib.config import load_config
 from lib.errors import ConfigError
 from lib.run import orchestrator
 from lib.run.orchestrator import config_of_run, finalize_run, reconcile_finished_tables, run, start_run, work, work_plan
@@ -159,3 +160,19 @@ def test_a_match_that_would_load_a_listed_tables_target_fails_before_anything_is
     assert env.pg_value("SELECT count(*) FROM information_schema.tables WHERE table_schema = 'public'") == 0
     excluded = run(env.config([entries[0], {**entries[1], "exclude": ["ORDERS"]}]))
     assert excluded.status == "completed" and [t["target"] for t in excluded.tables] == ["public.orders"]
+
+
+def test_a_table_subset_of_a_config_with_patterns_is_a_run_of_its_own(env) -> None:
+    for name, rows in (("A_ONE", 50), ("A_TWO", 80)):
+        _table(env, name, rows)
+    _table(env, "LISTED", 30)
+    entries = [{"source": "LISTED", "truncate_onstart": True}, {"source": "PUBLIC.A_*", "truncate_onstart": True}]
+    subset = run(load_config("test", {"tables": ["A_ONE"]}, env.write_config(entries)))
+    assert [t["table"].rsplit(".", 1)[1] for t in subset.tables] == ["A_ONE"]
+
+    # not "already completed", and not only the tables the subset left: the subset ran under a fingerprint of its
+    # own, as a --table subset of listed tables does
+    whole = run(env.config(entries))
+    assert whole.mode == "fresh" and whole.status == "completed", whole.tables
+    assert env.pg_value("SELECT count(*) FROM public.listed") == 30
+    assert env.pg_value("SELECT count(*) FROM public.a_two") == 80

@@ -85,6 +85,8 @@ class SourceConfig:
             "tables": sorted(json.dumps(_non_default(t), sort_keys=True, default=str) for t in self.tables
                              if t.pattern is None),
         }
+        if self.wanted is not None:  # a --table subset of a config with patterns is a config of its own, as without
+            identity["wanted"] = sorted(self.wanted)
         if self.patterns:  # the patterns as written, not what they match: a table that appears keeps the run
             identity["patterns"] = sorted(
                 json.dumps({**p.identity(), "options": _non_default(replace(p.template, source=(), target=("", "")))},
