@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from lib.check import deletes
+from lib.errors import TransientError
 from lib.run.orchestrator import finalize_run, reconcile_finished_tables, run, start_run, work, work_plan
 from tests.helpers import cli
 
@@ -152,3 +153,42 @@ def test_a_pass_split_across_step_invocations_advances_each_time_and_ends_exact(
     _target_equals_source(env)
     _, ranges, differing, deleted, _, _ = _passes(env)[-1]
     assert deleted == 120 and ranges >= 55 and differing >= ranges - 2
+
+
+def test_a_source_that_loses_rows_between_check_and_delete_is_judged_again_and_refused(env, monkeypatch) -> None:
+    monkeypatch.setattr(deletes, "RANGE_ROWS", 100)
+    _source(env)
+    config = env.config([{**MERGE, "deletes": "hard"}])
+    assert run(config).status == "completed"
+    env.sf_execute("DELETE FROM DT WHERE MOD(ID, 100) = 0")  # 1%: the guard lets it pass
+
+    start = start_run(config)
+    work(work_plan(config, start.run_id), 2)
+    while env.pg_value("SELECT count(*) FROM migration_status.delete_ranges WHERE NOT checked") != 0 \
+            or not env.pg_value("SELECT count(*) FROM migration_status.delete_ranges"):
+        reconcile_finished_tables(config, start.run_id, deadline=time.monotonic() + 0.05)
+    env.sf_execute("DELETE FROM DT WHERE MOD(ID, 5) = 1")  # then a read that misses 20% more (a role, a truncate)
+
+    with pytest.raises(TransientError, match="the source changed meanwhile"):
+        reconcile_finished_tables(config, start.run_id)
+    reconcile_finished_tables(config, start.run_id)  # checked again: the guard refuses the whole pass
+    assert finalize_run(config, start.run_id) == "completed_with_errors"
+    deleted_so_far = ROWS - env.pg_value("SELECT count(*) FROM public.dt")
+    assert deleted_so_far <= ROWS // 100  # at most the 1% judged before the source changed, never the 20%
+    assert "would remove" in env.pg_value("SELECT error FROM migration_status.migration_table_status "
+                                          "WHERE run_id = %s", (start.run_id,))
+
+
+def test_deletes_refuse_a_key_whose_text_differs_between_the_databases(env) -> None:
+    _source(env)
+    with env.pg() as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS citext")
+        conn.execute("CREATE TABLE public.dt (id bigint, v citext PRIMARY KEY, updated_at timestamp)")
+    config = env.config([{**MERGE, "merge_key": ["V"], "deletes": "hard", "chunking_columns": ["ID"]}])
+    assert run(config).status == "completed"  # the first load copies into the empty table: nothing to delete
+    env.sf_execute("DELETE FROM DT WHERE ID = 1")
+
+    second = run(config)
+    assert second.status == "completed_with_errors"
+    assert "need a key whose text is the same in both databases" in second.tables[0]["error"]
+    assert env.pg_value("SELECT count(*) FROM public.dt") == ROWS

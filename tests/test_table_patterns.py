@@ -176,3 +176,15 @@ def test_a_table_subset_of_a_config_with_patterns_is_a_run_of_its_own(env) -> No
     assert whole.mode == "fresh" and whole.status == "completed", whole.tables
     assert env.pg_value("SELECT count(*) FROM public.listed") == 30
     assert env.pg_value("SELECT count(*) FROM public.a_two") == 80
+
+
+def test_a_match_whose_target_name_postgres_would_truncate_is_refused(env) -> None:
+    long = "EVENTS_" + "X" * 60
+    _table(env, f"{long}_2023", 5)
+    with pytest.raises(ConfigError, match="PostgreSQL keeps at most 63"):
+        orchestrator.start_run(env.config([{"source": "PUBLIC.EVENTS_*"}]))
+
+
+def test_the_order_of_patterns_is_part_of_the_fingerprint(env) -> None:
+    wide, narrow = {"source": "PUBLIC.*"}, {"source": "PUBLIC.CUST*", "source_filter": "ID > 5"}
+    assert env.config([wide, narrow]).fingerprint() != env.config([narrow, wide]).fingerprint()

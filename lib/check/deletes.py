@@ -31,7 +31,7 @@ from lib import faults, ledger
 from lib.check import checksum
 from lib.check.verify import MAX_GROUP, source_checksums, target_checksums
 from lib.config import TableSpec
-from lib.errors import FatalError
+from lib.errors import FatalError, TransientError
 from lib.identifiers import and_sql
 from lib.log import ctx, get_logger
 from lib.models import Bounds
@@ -80,16 +80,18 @@ def key_columns(load: TableLoad, columns: list[Column], spec: TableSpec) -> list
 
 def find_and_apply(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
                    load: TableLoad, scope: str | None, max_fraction: float, run_id: int,
-                   deadline: float | None = None) -> DeletePass | None:
+                   deadline: float | None = None, nul_bytes: str = "fail") -> DeletePass | None:
     """The pass of one table (see the module's text), continued from the ledger where an earlier attempt stopped.
     `scope`: the source filter of the rows the target holds. Returns None when `deadline` (time.monotonic())
     came first: the next call goes on."""
     started = time.monotonic()
     key = key_columns(load, columns, spec)
     fields = checksum.fields(key)
-    if not all(f.values for f in fields):
-        raise FatalError(f"{spec.name}: deletes {spec.deletes} need a key both databases can compare by value; "
-                         f"{', '.join(f.describe() for f in fields if not f.values)} cannot be")
+    problem = comparability_problem(spec, key, nul_bytes) or next(
+        (f"{f.describe()} cannot be compared by value" for f in fields if not f.values), None)
+    if problem:
+        raise FatalError(f"{spec.name}: deletes {spec.deletes} need a key whose text is the same in both databases: "
+                         f"{problem}. Leave deletes out, or set merge_key to columns that are")
     if spec.deletes == "soft":
         add_soft_column(conn, load.destination)
     marked = live_rows(spec)
@@ -111,12 +113,17 @@ def find_and_apply(conn: psycopg.Connection[Any], source: SnowflakeSource, spec:
         work.check(group)
         worked = True
     ranges = ledger.delete_ranges(conn, run_id, spec.name)
-    _guard(spec, ranges, max_fraction)
+    _guard(conn, run_id, spec, ranges, max_fraction)
     todo = [r for r in ranges if r.differs and not r.applied and (r.to_delete or r.to_restore)]
     for group in [todo[i:i + KEY_GROUP] for i in range(0, len(todo), KEY_GROUP)]:
         if out_of_time():
             return None
-        work.apply(group)
+        try:
+            work.apply(group)
+        except _Changed as changed:
+            ledger.forget_unapplied_ranges(conn, run_id, spec.name)
+            log.warning("%s", changed, **ctx(run_id=run_id, table=spec.name))
+            raise TransientError(f"{spec.name}: {changed}") from changed
         worked = True
     ranges = ledger.delete_ranges(conn, run_id, spec.name)
     result = DeletePass(spec.name, spec.deletes, len(ranges), sum(r.differs for r in ranges),
@@ -126,19 +133,50 @@ def find_and_apply(conn: psycopg.Connection[Any], source: SnowflakeSource, spec:
     return result
 
 
-def _guard(spec: TableSpec, ranges: list[ledger.DeleteRange], max_fraction: float) -> None:
-    """Refuse the pass when it would delete more than `max_fraction` of the table, counted over every range before
-    any is applied (a pass resumed after some ranges were applied was judged whole already)."""
-    if any(r.applied for r in ranges):
-        return
-    gone, rows = sum(r.to_delete for r in ranges), sum(r.target_rows for r in ranges)
+def _guard(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, ranges: list[ledger.DeleteRange],
+           max_fraction: float) -> None:
+    """Refuse the pass when it would delete more than `max_fraction` of the table: the rows already deleted and
+    those still to delete, against the rows the ranges held when checked, so a pass in parts is judged whole. A
+    refused pass forgets what it found (its ranges not applied are checked again by the next attempt)."""
+    gone = sum(r.deleted if r.applied else r.to_delete for r in ranges)
+    rows = sum(r.target_rows for r in ranges)
     if rows and gone / rows > max_fraction:
+        ledger.forget_unapplied_ranges(conn, run_id, spec.name)
         raise FatalError(
             f"{spec.name}: deletes {spec.deletes} would remove {gone} of its {rows} rows ({gone / rows:.1%}), more than "
             f"max_delete_fraction {max_fraction:g}; nothing was deleted. A source read that missed rows (a wrong "
             "source_filter, a role that sees fewer rows, a truncated table) looks exactly like a mass delete. If the "
             "source really lost them, resume with a higher max_delete_fraction (e.g. --max-delete-fraction "
             f"{min(1.0, round(gone / rows + 0.01, 2)):g}, or in the execution input)")
+
+
+def comparability_problem(spec: TableSpec, key: list[Column], nul_bytes: str) -> str | None:
+    """Why the key's text in PostgreSQL might not be the key's text in Snowflake, which would make the pass delete
+    rows the source has: a key column cast through text (citext, uuid, ...), a target type of another kind than
+    the source's (a NUMBER in a text column: ranges would select different rows), or NUL bytes changed on the way."""
+    for column in key:
+        base, target = column.source_type.split("(")[0], column.pg_type.split("(")[0]
+        if column.via_text:
+            return (f"key column {column.name} is {column.pg_type} in the target, whose text need not be the source's "
+                    "(citext keeps the first spelling of a key that differs in case)")
+        if base == "NUMBER" and target not in ("smallint", "integer", "bigint", "numeric"):
+            return f"key column {column.name} is a NUMBER in Snowflake but {column.pg_type} in the target"
+        if base in ("VARCHAR", "TEXT", "STRING", "CHAR") and target not in ("text", "varchar", "character varying",
+                                                                             "character", "char", "bpchar"):
+            return f"key column {column.name} is text in Snowflake but {column.pg_type} in the target"
+        if base in ("VARCHAR", "TEXT", "STRING", "CHAR") and nul_bytes != "fail":
+            return (f"key column {column.name} is text and nul_bytes is {nul_bytes}: a key holding a NUL byte is stored "
+                    "changed, so it would look deleted")
+    return None
+
+
+class _Changed(FatalError):
+    """A range would delete more rows than when it was checked: it is rolled back and the pass checked again."""
+
+    def __init__(self, range_no: int, now: int, checked: int) -> None:
+        super().__init__(f"key range {range_no} would now delete {now} rows, {checked} when the pass was checked and "
+                         "judged: the source changed meanwhile. Nothing was deleted in it; the pass is checked again")
+        self.range_no = range_no
 
 
 @dataclass
@@ -183,6 +221,8 @@ class _Work:
         for r, theirs in zip(group, source_keys, strict=True):
             with self.conn.transaction():
                 deleted, restored = _apply(self.conn, spec, self.load, self.fields, self.columns, r.bounds, theirs)
+                if deleted > r.to_delete:  # the source lost more since the guard judged the pass: judge it again
+                    raise _Changed(r.range_no, deleted, r.to_delete)
                 ledger.range_applied(self.conn, self.run_id, spec.name, r.range_no, deleted, restored)
             faults.maybe_crash("during_deletes")
 

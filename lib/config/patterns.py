@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from typing import Any
 
-from lib.config.tables import TableSpec, parse_table
+from lib.config.tables import TableSpec, parse_table, pg_identifier_problem
 from lib.identifiers import split_qualified
 
 
@@ -96,7 +96,8 @@ def parse_patterns(entries: list[tuple[str, dict[str, Any]]], problems: list[str
 def expand(listed: Iterable[TableSpec], patterns: Iterable[TablePattern],
            found: dict[tuple[str, str], list[str]]) -> tuple[list[TableSpec], list[str]]:
     """The listed tables, then each pattern's matches among `found` ((db, schema) → table names) that are not
-    listed on their own, in name order. Returns them and the problems: two tables that would load one target."""
+    listed on their own and not matched by an earlier pattern, in name order. Returns them and the problems: two
+    tables that would load one target, a target name PostgreSQL would truncate."""
     tables = list(listed)
     sources = {t.source for t in tables}
     targets = {t.target_name: t.name for t in tables}
@@ -106,6 +107,10 @@ def expand(listed: Iterable[TableSpec], patterns: Iterable[TablePattern],
             if not pattern.matches(name) or (pattern.database, pattern.schema, name) in sources:
                 continue
             spec = pattern.spec_for(name)
+            if problem := pg_identifier_problem(spec.target[1]):
+                problems.append(f"{pattern.text} matches {spec.name}, whose target {problem}: exclude it, or list it "
+                                "with a target of its own")
+                continue
             if spec.target_name in targets:
                 problems.append(f"{pattern.text} matches {spec.name}, whose target {spec.target_name} is also the "
                                 f"target of {targets[spec.target_name]}: exclude it or list it with its own target")

@@ -87,10 +87,11 @@ class SourceConfig:
         }
         if self.wanted is not None:  # a --table subset of a config with patterns is a config of its own, as without
             identity["wanted"] = sorted(self.wanted)
-        if self.patterns:  # the patterns as written, not what they match: a table that appears keeps the run
-            identity["patterns"] = sorted(
+        if self.patterns:  # as written, not what they match: a table that appears keeps the run; in their order,
+            # which decides the entry (and the options) of a table two patterns match
+            identity["patterns"] = [
                 json.dumps({**p.identity(), "options": _non_default(replace(p.template, source=(), target=("", "")))},
-                           sort_keys=True, default=str) for p in self.patterns)
+                           sort_keys=True, default=str) for p in self.patterns]
         canonical = json.dumps(identity, sort_keys=True, default=str)
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 

@@ -50,6 +50,12 @@ def range_checked(conn: psycopg.Connection[Any], run_id: int, table: str, range_
         (target_rows, differs, to_delete, to_restore, run_id, table, range_no))
 
 
+def forget_unapplied_ranges(conn: psycopg.Connection[Any], run_id: int, table: str) -> None:
+    """The pass's findings in the ranges not applied yet are stale: the next attempt checks them again."""
+    conn.execute(f"UPDATE {SCHEMA}.delete_ranges SET checked = false, differs = NULL, to_delete = NULL, "
+                 "to_restore = NULL WHERE run_id = %s AND table_name = %s AND NOT applied", (run_id, table))
+
+
 def range_applied(conn: psycopg.Connection[Any], run_id: int, table: str, range_no: int, deleted: int,
                   restored: int) -> None:
     """In the range's own transaction: its rows and this mark commit together."""

@@ -346,8 +346,14 @@ def _deletes(conn: psycopg.Connection[Any], source: SnowflakeSource, config: Sou
     if spec.deletes == "ignore" or chunks.get("failed") or not load.staged:  # a copy starts the target afresh
         return None
     try:
+        owner = ledger.target_owner(conn, spec.target_name, run_id)
+        if owner is not None:
+            raise FatalError(
+                f"{spec.name}: deletes {spec.deletes} refused: run {owner.run_id} (source {owner.source_name}, table "
+                f"{owner.table_name}) is loading {spec.target_name} too and has not finished; its rows are in no "
+                "scope this config knows yet, so the pass would delete them. Let that run finish or abandon it, then resume")
         done = deletes.find_and_apply(conn, source, spec, columns, load, held_scope(conn, run_id, spec),
-                                      config.settings.max_delete_fraction, run_id, deadline)
+                                      config.settings.max_delete_fraction, run_id, deadline, config.nul_bytes(spec))
     except FatalError as exc:
         log.error("%s", exc, **ctx(run_id=run_id, table=spec.name))
         ledger.record_delete_pass(conn, run_id, spec.name, spec.deletes, {}, str(exc))
