@@ -29,7 +29,7 @@ def statements() -> dict[str, str]:
 
 
 def test_doc_has_every_label_and_names_what_users_need() -> None:
-    assert list(statements()) == [f"L{n}" for n in range(1, 10)]
+    assert list(statements()) == [f"L{n}" for n in range(1, 11)]
     text = DOC.read_text()
     for needed in ("insert_only_mode", "merge_key", "source_watermark", "target_watermark", "watermark_lag",
                    "load_mode", "keep_backups", "migrate.py rollback", "migrate.py cleanup", "ON COMMIT DROP",
@@ -126,3 +126,15 @@ def test_the_deletes_statement_shows_each_pass_and_a_refused_one(env) -> None:
     refused = env.pg_rows(sql["L9"])[0]
     assert refused[5] == 0 and "would remove 490 of its 990 rows" in refused[9]
     assert env.pg_value("SELECT count(*) FROM public.orders") == 990
+
+
+def test_the_pattern_statement_shows_what_each_run_matched(env) -> None:
+    sql = statements()
+    for name in ("A_ONE", "A_TWO", "B_ONE"):
+        env.sf_execute(f"CREATE TABLE {name} AS SELECT SEQ8()::NUMBER(18,0) AS ID FROM TABLE(GENERATOR(ROWCOUNT => 10))")
+    path = env.write_config([{"source": "PUBLIC.A_*"}])
+    assert cli(env.env, path).returncode == 0
+    env.sf_execute("CREATE TABLE A_THREE AS SELECT 1::NUMBER(18,0) AS ID")
+    assert cli(env.env, path).returncode == 0
+    assert [(r[0], r[1], r[2], r[3]) for r in env.pg_rows(sql["L10"])] == [
+        (2, "completed", ["PUBLIC.A_*"], 1), (1, "completed", ["PUBLIC.A_*"], 2)]
