@@ -15,6 +15,8 @@ import snowflake.connector.errorcode as sf_codes
 import snowflake.connector.errors as sf_errors
 from psycopg import errors as pg_errors
 from snowflake.connector.network import CREDENTIAL_REJECTION_GS_CODES
+from snowflake.connector.vendored.requests import exceptions as sf_requests
+from snowflake.connector.vendored.urllib3 import exceptions as sf_urllib3
 
 
 class MigrationError(Exception):
@@ -103,6 +105,13 @@ _SF_TRANSIENT_CLASSES = (
 # Rejected credentials: the connector reports them with SQLSTATE 28000 and these error numbers.
 _SF_AUTH_ERRNOS = {int(code) for code in CREDENTIAL_REJECTION_GS_CODES}
 
+# The HTTP library inside the Snowflake connector, when a connection breaks off (a server gone mid-answer, a reset
+# socket) or times out in a way the connector does not wrap in its own errors.
+_HTTP_BROKEN = (
+    sf_requests.ConnectionError, sf_requests.ChunkedEncodingError, sf_requests.Timeout,
+    sf_urllib3.ProtocolError, sf_urllib3.ReadTimeoutError,
+)
+
 # OSError numbers of a network that is down or unreachable (not ConnectionError subclasses).
 _NET_ERRNOS = {errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN, errno.EHOSTUNREACH}
 
@@ -119,7 +128,7 @@ def is_transient(exc: BaseException) -> bool:
         return _sf_transient(exc)
     if isinstance(exc, (pa.ArrowException, MemoryError)):
         return False  # data that cannot be converted, or no memory for it: a retry meets the same
-    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, EOFError)):
+    if isinstance(exc, (ConnectionError, TimeoutError, socket.timeout, EOFError, *_HTTP_BROKEN)):
         return True
     return isinstance(exc, OSError) and exc.errno in _NET_ERRNOS
 

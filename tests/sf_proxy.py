@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import socket
 import threading
 import urllib.error
 import urllib.request
@@ -60,6 +61,9 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                 self.server.released.wait()
                 return  # never answered: the connection closes without a response
         for prefix, (status, payload) in self.server.canned.items():
+            if self.path.startswith(prefix) and status == TRUNCATED:
+                self._truncated()
+                return
             if self.path.startswith(prefix):
                 self._answer(status, b"" if payload is None else json.dumps(payload).encode(), {"Content-Type": "application/json"})
                 return
@@ -73,6 +77,17 @@ class _ProxyHandler(BaseHTTPRequestHandler):
             status, data, reply = failure.code, failure.read(), failure.headers
         self._answer(status, data, {k: reply[k] for k in ("Content-Type", "Content-Encoding") if reply.get(k)})
 
+    def _truncated(self) -> None:
+        """A 200 that promises more body than it sends, then closes: a server gone mid-answer."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", "34136")
+        self.end_headers()
+        self.wfile.write(b'{"data": {"rowset": [')
+        self.wfile.flush()
+        self.close_connection = True
+        self.connection.shutdown(socket.SHUT_RDWR)
+
     def _answer(self, status: int, data: bytes, headers: dict[str, str]) -> None:
         self.send_response(status)
         for key, value in headers.items():
@@ -83,6 +98,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
 
 QUERY_PATH = "/queries/v1/query-request"
+TRUNCATED = -1  # a canned status: the answer breaks off mid-body (_truncated)
 
 
 def _sql_text(body: bytes, encoding: str | None) -> str | None:

@@ -24,7 +24,7 @@ from psycopg import errors as pg_errors
 
 from lib.errors import ConfigError, FatalError, FenceLostError, MigrationError, TransientError, classify, is_transient
 from scripts.local_stack import free_port
-from tests.sf_proxy import SnowflakeProxy
+from tests.sf_proxy import TRUNCATED, SnowflakeProxy
 
 ExcType = type[BaseException]
 
@@ -310,6 +310,17 @@ def test_sf_http_5xx_after_the_connectors_retries_is_transient(sf_proxy: Snowfla
     # errno is ER_HTTP_GENERAL_ERROR (290000) + status; the connector's re-raise adds 290000 once more
     assert exc.errno % sf_codes.ER_HTTP_GENERAL_ERROR == status
     assert_transient(exc)
+
+
+def test_sf_answer_broken_off_mid_body_is_transient(sf_proxy: SnowflakeProxy) -> None:
+    """The stand-in (or a proxy) stopped while it answered: the connector raises the HTTP library's error."""
+    with proxy_connect(sf_proxy, timeout=5) as conn, conn.cursor() as cur:
+        sf_proxy.canned = {QUERY: (TRUNCATED, None)}
+        with pytest.raises(Exception) as info:
+            cur.execute("SELECT 1")
+        sf_proxy.canned = {}
+    assert "ChunkedEncodingError" in type(info.value).__name__ or "IncompleteRead" in str(info.value), repr(info.value)
+    assert_transient(info.value)
 
 
 def test_sf_http_5xx_at_login_is_transient(sf_proxy: SnowflakeProxy) -> None:
