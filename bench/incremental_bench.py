@@ -61,13 +61,15 @@ CHANGED_AT = "2025-06-01 00:00:00"
 
 
 def engine_run(config: Path, env: dict[str, str]) -> dict[str, Any]:
-    """One run in a fresh process; its wall seconds include the interpreter and the imports."""
+    """One run as a user starts it, `migrate.py --json` in a fresh process; its wall seconds include the
+    interpreter and the imports."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "bench.engine_run", str(config), "bench", "{}"], cwd=ROOT, env=env,
-                          capture_output=True, text=True, check=True)
-    report = json.loads(done.stdout.strip().splitlines()[-1])
-    report["wall"] = round(time.monotonic() - started, 2)
-    return report
+    done = subprocess.run([sys.executable, "migrate.py", "--config", str(config), "--source", "bench", "--json"],
+                          cwd=ROOT, env=env, capture_output=True, text=True)
+    seconds = round(time.monotonic() - started, 2)
+    if done.returncode != 0:
+        raise RuntimeError(f"migrate.py exited {done.returncode}: {done.stdout[-2000:]} {done.stderr[-2000:]}")
+    return {**json.loads(done.stdout), "wall": seconds}
 
 
 def split(conn: psycopg.Connection[Any], run_id: int, wall_start: float, wall_end: float) -> dict[str, float]:
