@@ -166,9 +166,9 @@ def analyze(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
     conn.execute(sql.SQL("ANALYZE {}").format(table_ident(target)))
 
 
-# the share of a table's rows whose change makes its statistics worth renewing at once (autovacuum's own
-# default, autovacuum_analyze_scale_factor, renews them after 10% of the rows changed anyway)
-ANALYZE_SHARE = 0.1
+# the share of a table's rows a keyed load must have written for the engine to renew its statistics at once;
+# below it autovacuum does so in the background (autovacuum_analyze_scale_factor: after 10% of the rows changed)
+ANALYZE_SHARE = 0.5
 
 
 def worth_analyzing(conn: psycopg.Connection[Any], target: tuple[str, str], rows_written: int) -> bool:
