@@ -19,7 +19,7 @@ from lib.models import TablePlan
 from lib.plan import evolution
 from lib.plan.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
 from lib.plan.strategy import plan_table
-from lib.plan.windows import null_note, plan_window
+from lib.plan.windows import plan_window
 from lib.source.snowflake import SnowflakeSource
 from lib.target import load_modes
 from lib.target import postgres as pg
@@ -116,7 +116,8 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     changes = evolution.changes_for(conn, spec, columns, run_id, dry_run)
     scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
                        spec.source_watermark, spec.target_name)
-    window, window_notes = plan_window(conn, source, spec, columns, run_id, scope) if spec.source_watermark else (None, [])
+    window, window_notes, nulls_note = (plan_window(conn, source, spec, columns, run_id, scope) if spec.source_watermark
+                                        else (None, [], None))
     if window is not None:
         window = evolution.filling_window(conn, window, changes, columns, scope, run_id, window_notes)
     if window is not None and window.empty:
@@ -139,8 +140,8 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         whole = "first window" if window.lo_from == "none" else f"whole window ({window.lo_from})"
         plan.notes.append(f"window {window.column} >= {window.lo} (from the {window.lo_from}) and <= {window.hi}"
                           if window.lo is not None else f"{whole}: {window.column} <= {window.hi}, and NULLs")
-        if window.lo is not None and (note := null_note(source, spec.source, window.column, spec.source_filter)):
-            plan.notes.append(note)
+        if nulls_note:
+            plan.notes.append(nulls_note)
     with conn.transaction(force_rollback=dry_run):
         ledger.lock_target(conn, spec.target_name)
         owner = ledger.target_owner(conn, spec.target_name, run_id)

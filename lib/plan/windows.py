@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 
 from lib.config.tables import TableSpec
-from lib.identifiers import and_sql, quote_snowflake, where_sql
+from lib.identifiers import quote_snowflake, where_sql
 from lib.log import ctx, get_logger
 from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
@@ -18,8 +18,9 @@ from lib.typemap import Column
 log = get_logger()
 
 
-def source_max(source: SnowflakeSource, table: tuple[str, ...], column: str, kind: str, source_filter: str | None) -> str | None:
-    """The source's largest watermark as exact text (source: a SnowflakeSource)."""
+def source_max(source: SnowflakeSource, table: tuple[str, ...], column: str, kind: str,
+               source_filter: str | None) -> tuple[str | None, int]:
+    """The source's largest watermark as exact text, and how many rows have none: one query."""
     col = quote_snowflake(column)
     expression = {
         "numeric": f"TO_VARCHAR(MAX({col}))",
@@ -27,16 +28,13 @@ def source_max(source: SnowflakeSource, table: tuple[str, ...], column: str, kin
         "timestamp": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD HH24:MI:SS.FF9')",
         "timestamptz": f"TO_VARCHAR(CONVERT_TIMEZONE('UTC', MAX({col})), 'YYYY-MM-DD HH24:MI:SS.FF9')",
     }[kind]
-    rows = source.scan(f"SELECT {expression} FROM {source.table_sql(table)}{where_sql(source_filter)}", None,
-                       f"reading the largest {column} of {'.'.join(table)}")
-    return rows[0][0] if rows else None
+    rows = source.scan(f"SELECT {expression}, SUM(IFF({col} IS NULL, 1, 0)) FROM {source.table_sql(table)}"
+                       f"{where_sql(source_filter)}", None, f"reading the largest {column} of {'.'.join(table)}")
+    return (rows[0][0], int(rows[0][1] or 0)) if rows else (None, 0)
 
 
-def null_note(source: SnowflakeSource, table: tuple[str, ...], column: str, source_filter: str | None) -> str | None:
+def null_note(column: str, count: int) -> str | None:
     """A plan note when rows have no watermark: incremental loads cannot see them."""
-    rows = source.scan(f"SELECT COUNT(*) FROM {source.table_sql(table)} WHERE {quote_snowflake(column)} IS NULL"
-                       f"{and_sql(source_filter)}", None, f"counting rows of {'.'.join(table)} without {column}")
-    count = int(rows[0][0] or 0) if rows else 0
     if not count:
         return None
     return (f"{count} row(s) have a NULL {column}: an incremental window cannot order them, so they are not read "
@@ -44,9 +42,10 @@ def null_note(source: SnowflakeSource, table: tuple[str, ...], column: str, sour
 
 
 def plan_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
-            run_id: int, scope: dict[str, Any]) -> tuple[Window, list[str]]:
+            run_id: int, scope: dict[str, Any]) -> tuple[Window, list[str], str | None]:
     """This run's watermark window: lo from the last window of the same scope (else, where it may serve, the
-    target's largest watermark), hi from the source, now; and the notes that explain a fresh start."""
+    target's largest watermark), hi from the source, now; the notes that explain a fresh start; and a note when
+    rows in scope have no watermark (they are counted by the same query as hi)."""
     assert spec.source_watermark is not None
     column = spec.source_watermark
     kind = kind_of({c.name: c for c in columns}[column])
@@ -62,5 +61,5 @@ def plan_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: Ta
         lo_from = "none"
     elif spec.watermark_lag:
         lo = lowered(kind, lo, spec.watermark_lag)
-    hi = source_max(source, spec.source, column, kind, spec.source_filter)
-    return Window(column, kind, lo, hi, lo_from), notes
+    hi, nulls = source_max(source, spec.source, column, kind, spec.source_filter)
+    return Window(column, kind, lo, hi, lo_from), notes, null_note(column, nulls) if lo is not None else None
