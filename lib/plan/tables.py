@@ -18,6 +18,7 @@ from lib.log import ctx, get_logger
 from lib.models import TablePlan
 from lib.plan import evolution
 from lib.plan.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
+from lib.plan.chunking import plan_single
 from lib.plan.strategy import plan_table
 from lib.plan.windows import plan_window
 from lib.source.snowflake import SnowflakeSource
@@ -116,12 +117,21 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     changes = evolution.changes_for(conn, spec, columns, run_id, dry_run)
     scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
                        spec.source_watermark, spec.target_name)
-    window, window_notes, nulls_note = (plan_window(conn, source, spec, columns, run_id, scope) if spec.source_watermark
-                                        else (None, [], None))
+    planned_window = plan_window(conn, source, spec, columns, run_id, scope) if spec.source_watermark else None
+    window = planned_window.window if planned_window else None
+    window_notes = planned_window.notes if planned_window else []
+    nulls_note = planned_window.nulls_note if planned_window else None
     if window is not None:
         window = evolution.filling_window(conn, window, changes, columns, scope, run_id, window_notes)
     if window is not None and window.empty:
         plan = TablePlan("window", [], f"nothing at or above the last {window.column} ({window.lo}): no rows to read")
+    elif planned_window and planned_window.rows is not None and planned_window.rows <= SMALL_WINDOW_ROWS:
+        # a small incremental window (a run that finds little or nothing new): one chunk, sized by the query that
+        # read hi, with no stats query and no sample
+        plan = plan_single(planned_window.rows, f"an incremental window of {planned_window.rows} row(s), at most "
+                                                f"{SMALL_WINDOW_ROWS}: one chunk, counted with its high end")
+        plan.source_results = source.results_mode(config.settings.source_results)
+        plan.row_bytes = estimated_row_bytes(columns)
     else:
         scoped = scoped_spec(spec, window)
         fit = read_fit(source, config, scoped, columns)
@@ -290,6 +300,7 @@ def reads_at(source: SnowflakeSource, spec: TableSpec, config: SourceConfig,
 # merging a changed row costs several times copying a new one, so a few large chunks leave threads idle while
 # one merges (measured: 250,000 rows in one chunk, 3.98 s, beside 150,000 in the other, 1.36 s)
 WINDOW_CHUNK_DIVISOR = 4
+SMALL_WINDOW_ROWS = 10_000  # an incremental window this small is one chunk, planned without a stats query
 WINDOW_CHUNK_MIN_ROWS = 10_000
 
 

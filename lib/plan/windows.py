@@ -3,6 +3,7 @@ from the source now, and what the plan notes say about it (lib/target/windows.py
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -12,15 +13,24 @@ from lib.identifiers import quote_snowflake, where_sql
 from lib.log import ctx, get_logger
 from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
-from lib.target.windows import Window, kind_of, last_load, lowered, target_max
+from lib.target.windows import Window, at_or_above, kind_of, last_load, lowered, target_max
 from lib.typemap import Column
 
 log = get_logger()
 
 
+@dataclass(frozen=True)
+class PlannedWindow:
+    window: Window
+    notes: list[str]  # why it starts afresh, if it does
+    nulls_note: str | None  # rows in scope without a watermark, which no incremental window reads
+    rows: int | None  # rows at or above lo when hi was read (None: a first window)
+
+
 def source_max(source: SnowflakeSource, table: tuple[str, ...], column: str, kind: str,
-               source_filter: str | None) -> tuple[str | None, int]:
-    """The source's largest watermark as exact text, and how many rows have none: one query."""
+               source_filter: str | None, lo: str | None = None) -> tuple[str | None, int, int | None]:
+    """The source's largest watermark as exact text, how many rows have none, and (with `lo`) how many are at or
+    above `lo`, which is the window's size: one query, so the three agree."""
     col = quote_snowflake(column)
     expression = {
         "numeric": f"TO_VARCHAR(MAX({col}))",
@@ -28,9 +38,12 @@ def source_max(source: SnowflakeSource, table: tuple[str, ...], column: str, kin
         "timestamp": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD HH24:MI:SS.FF9')",
         "timestamptz": f"TO_VARCHAR(CONVERT_TIMEZONE('UTC', MAX({col})), 'YYYY-MM-DD HH24:MI:SS.FF9')",
     }[kind]
-    rows = source.scan(f"SELECT {expression}, SUM(IFF({col} IS NULL, 1, 0)) FROM {source.table_sql(table)}"
+    above = f"SUM(IFF({at_or_above(column, kind, lo)}, 1, 0))" if lo is not None else "NULL"
+    rows = source.scan(f"SELECT {expression}, SUM(IFF({col} IS NULL, 1, 0)), {above} FROM {source.table_sql(table)}"
                        f"{where_sql(source_filter)}", None, f"reading the largest {column} of {'.'.join(table)}")
-    return (rows[0][0], int(rows[0][1] or 0)) if rows else (None, 0)
+    if not rows:
+        return None, 0, None
+    return rows[0][0], int(rows[0][1] or 0), None if rows[0][2] is None else int(rows[0][2])
 
 
 def null_note(column: str, count: int) -> str | None:
@@ -42,10 +55,9 @@ def null_note(column: str, count: int) -> str | None:
 
 
 def plan_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
-            run_id: int, scope: dict[str, Any]) -> tuple[Window, list[str], str | None]:
+            run_id: int, scope: dict[str, Any]) -> PlannedWindow:
     """This run's watermark window: lo from the last window of the same scope (else, where it may serve, the
-    target's largest watermark), hi from the source, now; the notes that explain a fresh start; and a note when
-    rows in scope have no watermark (they are counted by the same query as hi)."""
+    target's largest watermark), hi from the source, now, with its size and the rows without a watermark."""
     assert spec.source_watermark is not None
     column = spec.source_watermark
     kind = kind_of({c.name: c for c in columns}[column])
@@ -61,5 +73,6 @@ def plan_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: Ta
         lo_from = "none"
     elif spec.watermark_lag:
         lo = lowered(kind, lo, spec.watermark_lag)
-    hi, nulls = source_max(source, spec.source, column, kind, spec.source_filter)
-    return Window(column, kind, lo, hi, lo_from), notes, null_note(column, nulls) if lo is not None else None
+    hi, nulls, rows = source_max(source, spec.source, column, kind, spec.source_filter, lo)
+    return PlannedWindow(Window(column, kind, lo, hi, lo_from), notes,
+                         null_note(column, nulls) if lo is not None else None, rows)

@@ -209,6 +209,11 @@ def _microseconds(kind: str, text: str) -> str:
     return _from_nanoseconds(_nanoseconds(text) // 1000 * 1000)[:-3]
 
 
+def at_or_above(column: str, kind: str, lo: str) -> str:
+    """Raw Snowflake SQL: the column at or above a window's lower end, at full precision."""
+    return f"{quote_snowflake_raw(column)} >= {_literal(kind, lo)}"
+
+
 def _next_microsecond(text: str) -> str:
     return _from_nanoseconds(_nanoseconds(text) // 1000 * 1000 + 1000)[:-3]
 
