@@ -125,9 +125,10 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         window = evolution.filling_window(conn, window, changes, columns, scope, run_id, window_notes)
     if window is not None and window.empty:
         plan = TablePlan("window", [], f"nothing at or above the last {window.column} ({window.lo}): no rows to read")
-    elif planned_window and planned_window.rows is not None and planned_window.rows <= SMALL_WINDOW_ROWS:
-        # a small incremental window (a run that finds little or nothing new): one chunk, sized by the query that
-        # read hi, with no stats query and no sample
+    elif planned_window and planned_window.rows is not None and planned_window.rows <= min(
+            SMALL_WINDOW_ROWS, window_chunk_rows(config.chunk_rows(spec), spec, window)):
+        # a small incremental window (a run that finds little or nothing new) that fits one of its chunks: one
+        # chunk, sized by the query that read hi, with no stats query and no sample
         plan = plan_single(planned_window.rows, f"an incremental window of {planned_window.rows} row(s), at most "
                                                 f"{SMALL_WINDOW_ROWS}: one chunk, counted with its high end")
         plan.source_results = source.results_mode(config.settings.source_results)
@@ -300,7 +301,7 @@ def reads_at(source: SnowflakeSource, spec: TableSpec, config: SourceConfig,
 # merging a changed row costs several times copying a new one, so a few large chunks leave threads idle while
 # one merges (measured: 250,000 rows in one chunk, 3.98 s, beside 150,000 in the other, 1.36 s)
 WINDOW_CHUNK_DIVISOR = 4
-SMALL_WINDOW_ROWS = 10_000  # an incremental window this small is one chunk, planned without a stats query
+SMALL_WINDOW_ROWS = 10_000  # an incremental window this small (and within one chunk) is one chunk, without a stats query
 WINDOW_CHUNK_MIN_ROWS = 10_000
 
 
