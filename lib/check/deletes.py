@@ -29,7 +29,7 @@ from psycopg import sql
 
 from lib import faults, ledger
 from lib.check import checksum
-from lib.check.verify import MAX_GROUP, source_checksums, target_checksums
+from lib.check.verify import MAX_GROUP, source_buckets, source_checksums, target_buckets, target_checksums
 from lib.config import TableSpec
 from lib.errors import FatalError, TransientError
 from lib.identifiers import and_sql
@@ -37,7 +37,7 @@ from lib.log import ctx, get_logger
 from lib.models import Bounds
 from lib.plan.chunking import BUCKETS_PER_CHUNK, plan_numeric, plan_strings
 from lib.plan.strategy import is_string
-from lib.source.snowflake import SnowflakeSource, chunk_predicate
+from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
 from lib.target.load_modes import SOFT_COLUMN, TableLoad, live_rows
 from lib.target.wire import target_column_name
@@ -161,10 +161,10 @@ def comparability_problem(spec: TableSpec, key: list[Column], nul_bytes: str) ->
                     "(citext keeps the first spelling of a key that differs in case)")
         if base == "NUMBER" and target not in ("smallint", "integer", "bigint", "numeric"):
             return f"key column {column.name} is a NUMBER in Snowflake but {column.pg_type} in the target"
-        if base in ("VARCHAR", "TEXT", "STRING", "CHAR") and target not in ("text", "varchar", "character varying",
+        if is_string(column) and target not in ("text", "varchar", "character varying",
                                                                              "character", "char", "bpchar"):
             return f"key column {column.name} is text in Snowflake but {column.pg_type} in the target"
-        if base in ("VARCHAR", "TEXT", "STRING", "CHAR") and nul_bytes != "fail":
+        if is_string(column) and nul_bytes != "fail":
             return (f"key column {column.name} is text and nul_bytes is {nul_bytes}: a key holding a NUL byte is stored "
                     "changed, so it would look deleted")
     return None
@@ -176,7 +176,6 @@ class _Changed(FatalError):
     def __init__(self, range_no: int, now: int, checked: int) -> None:
         super().__init__(f"key range {range_no} would now delete {now} rows, {checked} when the pass was checked and "
                          "judged: the source changed meanwhile. Nothing was deleted in it; the pass is checked again")
-        self.range_no = range_no
 
 
 @dataclass
@@ -247,44 +246,34 @@ def key_ranges(source: SnowflakeSource, spec: TableSpec, key: list[Column], scop
     return [c.bounds for c in planner(first.name, buckets, 0, RANGE_ROWS, False, "").chunks]
 
 
-def _grouped(predicates: list[str]) -> tuple[str, str]:
-    """A CASE naming the first of the predicates a row satisfies, and the OR of them all."""
-    case = " ".join(f"WHEN {p} THEN {n}" for n, p in enumerate(predicates))
-    return f"CASE {case} END", " OR ".join(f"({p})" for p in predicates)
-
-
 def _source_keys(source: SnowflakeSource, spec: TableSpec, fields: list[checksum.Field], group: list[Bounds],
                  scope: str | None) -> list[set[Key]]:
     """The source's key texts in each range of the group: one query."""
-    predicates, params = [], {}
-    for n, bounds in enumerate(group):
-        where, chunk_params = chunk_predicate(bounds, tag=f"_{n}")
-        predicates.append(where)
-        params.update(chunk_params)
-    case, where = _grouped(predicates)
+    buckets, params = source_buckets(group)
+    case = " ".join(f"WHEN {b} THEN {n}" for n, b in enumerate(buckets))
+    where = " OR ".join(f"({b})" for b in buckets)
     texts = ", ".join(f.snowflake for f in fields)
-    rows = source.scan(f"SELECT {case}, {texts} FROM {source.table_sql(spec.source)} WHERE ({where}){and_sql(scope)}",
-                       params, f"reading the keys of {spec.name} in {len(group)} range(s)")
-    out: list[set[Key]] = [set() for _ in group]
-    for bucket, *values in rows:
-        out[int(bucket)].add(tuple(str(v) for v in values))
-    return out
+    rows = source.scan(f"SELECT CASE {case} END, {texts} FROM {source.table_sql(spec.source)} WHERE ({where})"
+                       f"{and_sql(scope)}", params, f"reading the keys of {spec.name} in {len(group)} range(s)")
+    return _by_bucket(rows, len(group))
 
 
 def _target_keys(conn: psycopg.Connection[Any], load: TableLoad, fields: list[checksum.Field], columns: list[Column],
                  group: list[Bounds], live: tuple[sql.Composable, list[Any]] | None) -> list[set[Key]]:
     """The target's key texts (of its live rows) in each range of the group: one query."""
-    predicates = [pg.chunk_predicate(bounds, columns) for bounds in group]
-    case = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(p[0], sql.Literal(n))
-                             for n, p in enumerate(predicates) if p is not None)
-    where = sql.SQL(" OR ").join(sql.SQL("({})").format(p[0]) for p in predicates if p is not None)
+    buckets, params = target_buckets(group, columns)
+    case = sql.SQL(" ").join(sql.SQL("WHEN {} THEN {}").format(b, sql.Literal(n)) for n, b in enumerate(buckets))
+    where = sql.SQL(" OR ").join(sql.SQL("({})").format(b) for b in buckets)
     if live is not None:
         where = sql.SQL("({}) AND {}").format(where, live[0])
     query = sql.SQL("SELECT CASE {} END, {} FROM {} WHERE {}").format(
         case, sql.SQL(", ").join(f.postgres for f in fields), pg.table_ident(load.destination), where)
-    params = [v for p in predicates if p is not None for v in p[1]]
-    out: list[set[Key]] = [set() for _ in group]
-    for bucket, *values in conn.execute(query, params * 2).fetchall():
+    return _by_bucket(conn.execute(query, params * 2).fetchall(), len(group))
+
+
+def _by_bucket(rows: list[tuple[Any, ...]], buckets: int) -> list[set[Key]]:
+    out: list[set[Key]] = [set() for _ in range(buckets)]
+    for bucket, *values in rows:
         out[int(bucket)].add(tuple(str(v) for v in values))
     return out
 

@@ -229,14 +229,32 @@ def compared_scope(spec: TableSpec, load: TableLoad,
     return held, None if live is None else (live, [])
 
 
-def source_checksums(source: SnowflakeSource, fields: list[checksum.Field], table: tuple[str, ...],
-                     chunks: list[Bounds], source_filter: str | None, context: str) -> dict[int, Sums]:
-    """The checksums of these chunks in Snowflake, one query, by their index in `chunks` (an empty chunk is absent)."""
+def source_buckets(chunks: list[Bounds]) -> tuple[list[str], dict[str, Any]]:
+    """Each chunk's predicate in Snowflake, its parameters tagged by its index, so that one statement holds them all."""
     buckets, params = [], {}
     for n, bounds in enumerate(chunks):
         where, chunk_params = chunk_predicate(bounds, tag=f"_{n}")
         buckets.append(where)
         params.update(chunk_params)
+    return buckets, params
+
+
+def target_buckets(chunks: list[Bounds], columns: list[Column]) -> tuple[list[sql.Composable], list[Any]]:
+    """Each chunk's predicate in PostgreSQL, and all their parameters in order (a statement that names every
+    predicate twice, in a CASE and in its WHERE, passes them twice)."""
+    buckets, params = [], []
+    for bounds in chunks:
+        selected = pg.chunk_predicate(bounds, columns)
+        assert selected is not None, "a key range, not a hash class"
+        buckets.append(selected[0])
+        params.extend(selected[1])
+    return buckets, params
+
+
+def source_checksums(source: SnowflakeSource, fields: list[checksum.Field], table: tuple[str, ...],
+                     chunks: list[Bounds], source_filter: str | None, context: str) -> dict[int, Sums]:
+    """The checksums of these chunks in Snowflake, one query, by their index in `chunks` (an empty chunk is absent)."""
+    buckets, params = source_buckets(chunks)
     query = checksum.snowflake_query(fields, source.table_sql(table), buckets, and_sql(source_filter))
     return source.checksums(query, params, context)
 
@@ -245,14 +263,8 @@ def target_checksums(conn: psycopg.Connection[Any], fields: list[checksum.Field]
                      columns: list[Column], chunks: list[Bounds],
                      narrowed: tuple[sql.Composable, list[Any]] | None = None) -> dict[int, Sums]:
     """The same checksums in PostgreSQL (`narrowed`: a predicate and its parameters that narrow every chunk)."""
-    predicates = []
-    for bounds in chunks:
-        selected = pg.chunk_predicate(bounds, columns)
-        assert selected is not None, "a key range, not a hash class"
-        predicates.append(selected)
-    query = checksum.postgres_query(fields, destination, [where for where, _ in predicates],
-                                    narrowed[0] if narrowed else None)
-    params = [value for _, chunk_params in predicates for value in chunk_params]
+    buckets, params = target_buckets(chunks, columns)
+    query = checksum.postgres_query(fields, destination, buckets, narrowed[0] if narrowed else None)
     # the buckets' parameters: the CASE's, then the WHERE's; then the narrowing predicate's
     rows = conn.execute(query, params * 2 + (narrowed[1] if narrowed else [])).fetchall()
     return {int(b): (int(count), int(first), int(second)) for b, count, first, second in rows}

@@ -81,7 +81,7 @@ class SnowflakeSource:
         self._retry = retry or RetryPolicy()
         self.snapshots = dict(snapshots or {})
         self.deferred: Deferred | None = None  # a Step Functions step: scans may be waited for across invocations
-        self._retention: dict[tuple[str, str], dict[str, int | None]] = {}
+        self._tables: dict[tuple[str, str], dict[str, int | None]] = {}
         self._primary_keys: dict[tuple[str, str], dict[str, list[str]]] = {}
         self.on_connect: list[str] = []  # statements every new session runs first (e.g. a temporary UDF)
         self._conn: snowflake.connector.SnowflakeConnection | None = None
@@ -150,12 +150,12 @@ class SnowflakeSource:
 
     def _tables_of(self, db: str, schema: str) -> dict[str, int | None]:
         """One SHOW TABLES per schema and session, whatever the number of its tables planned or matched."""
-        if (db, schema) not in self._retention:
-            self._retention[(db, schema)] = self._query(
+        if (db, schema) not in self._tables:
+            self._tables[(db, schema)] = self._query(
                 f"SHOW TABLES IN SCHEMA {quote_snowflake(db)}.{quote_snowflake(schema)}", None,
                 f"listing the tables of {db}.{schema}",
                 lambda cur: retention_by_table([d[0] for d in cur.description], cur.fetchall()))
-        return self._retention[(db, schema)]
+        return self._tables[(db, schema)]
 
     def checksums(self, sql: str, params: dict[str, Any] | None, context: str) -> dict[int, tuple[int, int, int]]:
         """{bucket: (rows, sum 1, sum 2)} of a checksum query (lib/check/checksum.py); the sums travel as exact text."""
