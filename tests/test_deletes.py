@@ -192,3 +192,35 @@ def test_deletes_refuse_a_key_whose_text_differs_between_the_databases(env) -> N
     assert second.status == "completed_with_errors"
     assert "need a key whose text is the same in both databases" in second.tables[0]["error"]
     assert env.pg_value("SELECT count(*) FROM public.dt") == ROWS
+
+
+def test_deletes_keep_the_rows_another_config_loaded_into_the_same_target(env) -> None:
+    """Two configs fill one target with complementary filters; the one with deletes removes only what its own
+    scope lost, never the other's rows (the target's scope is the union of the loads that hold it)."""
+    _source(env)
+    env.sf_execute("ALTER TABLE DT ADD COLUMN REGION VARCHAR", "UPDATE DT SET REGION = IFF(MOD(ID, 2) = 0, 'EU', 'US')")
+    eu = env.config([{**MERGE, "source_filter": "REGION = 'EU'", "deletes": "hard"}])
+    us = env.config([{**MERGE, "source_filter": "REGION = 'US'"}])
+    assert run(eu).status == "completed" and run(us).status == "completed"
+    assert env.pg_value("SELECT count(*) FROM public.dt") == ROWS
+    env.sf_execute("DELETE FROM DT WHERE ID IN (2, 4, 6)")  # three EU rows gone
+
+    again = run(eu)
+
+    assert again.status == "completed", again.tables
+    assert env.pg_value("SELECT count(*) FROM public.dt") == ROWS - 3
+    assert env.pg_value("SELECT count(*) FROM public.dt WHERE region = 'US'") == ROWS // 2
+    _target_equals_source(env)
+
+
+def test_the_soft_delete_column_is_no_schema_difference_for_a_frozen_table(env) -> None:
+    _source(env)
+    config = env.config([{**MERGE, "deletes": "soft", "schema_changes": "freeze"}])
+    assert run(config).status == "completed"
+    env.sf_execute("DELETE FROM DT WHERE ID = 3")
+    assert run(config).status == "completed"  # _deleted_at exists now: the target's own column, not a change
+    env.sf_execute("DELETE FROM DT WHERE ID = 4")
+    third = run(config)
+    assert third.status == "completed", third.tables
+    assert {int(r[0]) for r in env.pg_rows("SELECT id FROM public.dt WHERE _deleted_at IS NOT NULL")} == {3, 4}
+    _target_equals_source(env, "_deleted_at IS NULL")

@@ -145,3 +145,24 @@ def test_verify_of_a_watermark_table_checks_the_window_the_run_copied(env) -> No
     with env.pg() as conn:  # and a real difference inside the window is found
         conn.execute("UPDATE public.items SET name = 'damaged' WHERE id = 3")
     assert not all(r.clean for r in verify_run(config, 2, threads=2))
+
+
+def test_a_zoned_watermark_at_the_last_instant_written_in_another_offset_is_read_by_a_small_window(env) -> None:
+    """The window that finds almost nothing is one chunk counted with its high end: its lower end still compares
+    instants, so a row at the last window's instant written in another offset is read, once."""
+    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0) PRIMARY KEY, NAME VARCHAR, UPDATED_AT TIMESTAMP_TZ)",
+                   "INSERT INTO ITEMS SELECT SEQ8(), 'item', DATEADD(second, SEQ8(), "
+                   "'2024-01-01 00:00:00 +00:00'::TIMESTAMP_TZ) FROM TABLE(GENERATOR(ROWCOUNT => 100))")
+    assert run(env.config(WINDOW)).status == "completed"
+    # the last instant, 00:01:39 UTC, written at +05:00; and one just before it, which the window must not take
+    env.sf_execute("INSERT INTO ITEMS VALUES (5000, 'same instant, +05:00', '2024-01-01 05:01:39 +05:00'::TIMESTAMP_TZ)",
+                   "INSERT INTO ITEMS VALUES (5001, 'a second earlier, -03:00', '2023-12-31 21:01:38 -03:00'::TIMESTAMP_TZ)")
+
+    second = run(env.config(WINDOW))
+
+    assert second.status == "completed" and second.tables[0]["reconcile"] == "match", second.tables
+    reason = env.pg_value(f"SELECT strategy_reason FROM {status.SCHEMA}.migration_table_status ORDER BY run_id DESC LIMIT 1")
+    assert "incremental window of 2 row(s)" in reason  # the row at the boundary, read again, and the late one
+    ids = {int(r[0]) for r in env.pg_rows("SELECT id FROM public.items")}
+    assert 5000 in ids and 5001 not in ids and len(ids) == 101
+    assert env.pg_value("SELECT count(*) FROM public.items") == 101
