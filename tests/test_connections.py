@@ -129,3 +129,33 @@ def test_every_session_works_in_utc_on_both_sides_whatever_the_config_or_the_dat
     assert config.snowflake_connect_args()["session_parameters"]["TIMEZONE"] == "UTC"
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         assert conn.execute("SHOW TimeZone").fetchone()[0] == "UTC"
+
+
+PROBE_COUNT = """
+import json, sys
+from snowflake.connector import platform_detection
+from lib.source.snowflake import SnowflakeSource
+probes = []
+platform_detection.is_ec2_instance = lambda *a, **k: probes.append("ec2") or platform_detection._DetectionState.NOT_DETECTED
+source = SnowflakeSource(json.loads(sys.argv[1]), None)
+source.count(tuple(sys.argv[2:5]), None)
+source.close()
+print(len(probes))
+"""
+
+
+@pytest.mark.parametrize(("configured", "probes"), [(None, "0"), (0.5, "1")])
+def test_a_login_probes_no_cloud_metadata_endpoint_unless_the_config_asks(env, configured, probes) -> None:
+    """The connector's first login in a process asks six metadata endpoints which cloud it runs in, for its
+    telemetry, up to 0.2 s: in a Lambda (no such endpoint) every cold start would wait for it."""
+    import json
+    import subprocess
+    import sys
+
+    snowflake = {} if configured is None else {"platform_detection_timeout_seconds": configured}
+    args = env.config(TABLES, snowflake=snowflake).snowflake_connect_args()
+    args.pop("session_parameters")  # not JSON-safe values aside, the login is the same
+    done = subprocess.run([sys.executable, "-c", PROBE_COUNT, json.dumps(args, default=str),
+                           env.sf_database, "INFORMATION_SCHEMA", "TABLES"],
+                          capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == probes

@@ -23,7 +23,7 @@ SNOWFLAKE_KEYS = frozenset({
     "authenticator", "private_key", "private_key_passphrase", "private_key_file", "private_key_file_pwd", "token",
     "passcode", "passcode_in_password", "login_timeout", "network_timeout", "socket_timeout", "session_parameters",
     "client_session_keep_alive", "client_session_keep_alive_heartbeat_frequency",
-    "application", "ocsp_fail_open", "validate_default_parameters",
+    "application", "ocsp_fail_open", "validate_default_parameters", "platform_detection_timeout_seconds",
 })
 
 # Keys of the `postgres` block: libpq connection parameters.
@@ -48,6 +48,12 @@ SECRET_KEYS = frozenset({
 #   empty params, so a `%` in an identifier or a filter is escaped the same way everywhere (see
 #   lib.identifiers.quote_snowflake and snowflake_source.run).
 SNOWFLAKE_FORCED = {"arrow_number_to_decimal": True, "interpolate_empty_sequences": True}
+
+# The connector's first login in a process probes six cloud metadata endpoints (AWS, Azure, GCP) for its
+# telemetry, waiting up to 0.2 s: 70 ms here, the full 0.2 s in a Lambda (which has no metadata endpoint), on
+# every cold start and every local run. 0.0 keeps the environment-variable checks and skips the probes; a
+# config may set `platform_detection_timeout_seconds` to have them.
+SNOWFLAKE_DEFAULTS = {"platform_detection_timeout_seconds": 0.0}
 
 # Every session of the engine, on both sides, works in UTC wherever a date or time is compared, cast or
 # bucketed: Snowflake's default TIMEZONE is America/Los_Angeles, PostgreSQL's is the server's. Set last, so
@@ -77,7 +83,9 @@ def snowflake_kwargs(resolved: dict[str, Any], statement_timeout_seconds: int, r
     """Connector kwargs from a resolved `snowflake` block. Result parts are downloaded `result_prefetch`
     ahead (the connector's default, 4, would hold five parts per thread) and asked to be at most
     `result_chunk_mb` (Snowflake's CLIENT_RESULT_CHUNK_SIZE, 160 by default; see RESULT_CHUNK_MB_KEY)."""
-    kwargs = dict(resolved)
+    kwargs = {**SNOWFLAKE_DEFAULTS, **resolved}
+    if isinstance(kwargs["platform_detection_timeout_seconds"], int):
+        kwargs["platform_detection_timeout_seconds"] = float(kwargs["platform_detection_timeout_seconds"])
     session = dict(kwargs.get("session_parameters") or {})
     if statement_timeout_seconds:
         session.setdefault("STATEMENT_TIMEOUT_IN_SECONDS", statement_timeout_seconds)
