@@ -4,6 +4,8 @@ rows behind a `match`."""
 
 from __future__ import annotations
 
+import pytest
+
 from lib import ledger as status
 from lib.run.orchestrator import run
 from tests.helpers import at_fault_point_once
@@ -88,13 +90,48 @@ def test_null_keys_behind_a_unique_index_are_refused_instead_of_inserted_again_b
     assert env.pg_value("SELECT count(*) FROM public.items WHERE id IS NULL") == 0
 
 
-def test_a_merge_of_clean_keys_still_works_and_reports_the_check_in_its_plan(env) -> None:
+def test_a_merge_of_clean_keys_still_works_and_reports_the_check_in_its_plan(env, monkeypatch) -> None:
+    from lib.source.snowflake import SnowflakeSource
+
     _source(env)
     with env.pg() as conn:
         conn.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, name text)")
         conn.execute("INSERT INTO public.items SELECT g, 'old ' || g FROM generate_series(0, 99) g")
+    scans = []
+    real = SnowflakeSource.scan
+    monkeypatch.setattr(SnowflakeSource, "scan", lambda self, sql, *a, **k: scans.append(sql) or real(self, sql, *a, **k))
     result = run(env.config([{"source": "ITEMS", "insert_only_mode": False, **NUMERIC}], chunk_rows=300))
+    # chunks cut on the key: the key buckets counted its NULLs and repeats, no query of its own checks the key
+    assert any("COUNT(DISTINCT k)" in s for s in scans) and not any("HAS_NULL" in s for s in scans), scans
     assert result.status == "completed", result.tables
     assert env.pg_value("SELECT count(*) FROM public.items WHERE name LIKE 'item %%'") == 1000
     notes = env.pg_value(f"SELECT plan_notes::text FROM {status.SCHEMA}.migration_table_status")
     assert "key (ID): no NULL and no repeated key in the rows in scope" in notes
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    (["(5000, 'new', '2025-01-01')", "(5000, 'new again', '2025-01-01')", "(7, 'seven', '2025-01-01')"],
+     "the source repeats keys: 1 row(s) of the chunk have a key (id)"),
+    (["(NULL, 'no key', '2025-01-02')", "(8, 'eight', '2025-01-02')"], "1 row(s) of the chunk have a NULL in the key (id)"),
+])
+def test_a_small_window_read_live_finds_repeated_and_null_keys_in_its_stage_and_writes_nothing(env, bad, message) -> None:
+    """A window small enough to be one chunk is not key-checked at planning (its stage holds every row in scope):
+    the stage's check must still refuse a repeated key and a NULL key, and the target stays as it was."""
+    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0), NAME VARCHAR, UPDATED_AT TIMESTAMP_NTZ)",
+                   "INSERT INTO ITEMS SELECT SEQ8(), 'item ' || SEQ8(), DATEADD(second, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ) "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
+    with env.pg() as conn:
+        conn.execute("CREATE TABLE public.items (id bigint UNIQUE, name text, updated_at timestamp)")
+    table = [{"source": "ITEMS", "source_watermark": "UPDATED_AT", "merge_key": ["ID"], **NUMERIC}]
+    assert run(env.config(table, snapshot=False)).status == "completed"
+    before = env.pg_rows("SELECT * FROM public.items ORDER BY id")
+
+    env.sf_execute(f"INSERT INTO ITEMS VALUES {', '.join(bad)}")
+    result = run(env.config(table, snapshot=False))
+
+    assert result.status == "completed_with_errors"
+    state, error, _ = _table(env)
+    assert state == "failed" and message in error, error
+    notes = env.pg_value(f"SELECT plan_notes::text FROM {status.SCHEMA}.migration_table_status ORDER BY run_id DESC LIMIT 1")
+    assert "the window is one chunk read live, whose stage is checked" in notes
+    assert env.pg_rows("SELECT * FROM public.items ORDER BY id") == before

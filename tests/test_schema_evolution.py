@@ -73,6 +73,8 @@ def test_a_column_added_widened_and_dropped_between_incremental_runs_keeps_every
                                  'ALTER TABLE "public"."customers" ADD COLUMN "phone" varchar(20)', True)]
     assert "reads the whole scope" in _notes(env, 2)
     assert env.pg_value(f"SELECT watermark_lo FROM {ledger.SCHEMA}.migration_table_status WHERE run_id = 2") is None
+    # the fill reads the whole scope in chunks of chunk_rows, not as the one chunk its two new rows would make
+    assert env.pg_value(f"SELECT planned_chunks FROM {ledger.SCHEMA}.migration_table_status WHERE run_id = 2") >= 3
 
     # a VARCHAR and a NUMBER widened, with values only the wider types hold
     env.sf_execute("ALTER TABLE CUSTOMERS ALTER COLUMN NAME SET DATA TYPE VARCHAR(100)",

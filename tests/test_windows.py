@@ -166,3 +166,35 @@ def test_a_zoned_watermark_at_the_last_instant_written_in_another_offset_is_read
     ids = {int(r[0]) for r in env.pg_rows("SELECT id FROM public.items")}
     assert 5000 in ids and 5001 not in ids and len(ids) == 101
     assert env.pg_value("SELECT count(*) FROM public.items") == 101
+
+
+def test_a_window_read_as_one_chunk_is_proven_by_its_count_and_counted_again_when_rows_arrived_meanwhile(
+        env, monkeypatch) -> None:
+    """A small window's one chunk reads the whole window at one instant: when it reads as many rows as the window
+    held when hi was read, no count of the same rows follows. When rows arrive between the two, it is counted."""
+    from lib.source.snowflake import SnowflakeSource
+
+    _source(env)
+    assert run(env.config(WINDOW)).status == "completed"
+    counted = []
+    real = SnowflakeSource.count
+    monkeypatch.setattr(SnowflakeSource, "count", lambda self, *a, **k: counted.append(a) or real(self, *a, **k))
+    env.sf_execute("INSERT INTO ITEMS VALUES (5000, 'new', '2025-01-01')")
+
+    quiet = run(env.config(WINDOW))
+
+    assert quiet.status == "completed" and quiet.tables[0]["reconcile"] == "match", quiet.tables
+    assert quiet.tables[0]["source_count"] == 2 and quiet.tables[0]["rows_copied"] == 2  # the boundary row and the new one
+    assert counted == []
+    _same(env)
+
+    # a row arrives at the window's lower end after planning counted the window and before its chunk reads it
+    late = at_fault_point_once(monkeypatch, "after_claim",
+                               lambda: env.sf_execute("INSERT INTO ITEMS VALUES (5001, 'late', '2025-01-01')"))
+    env.sf_execute("INSERT INTO ITEMS VALUES (5002, 'newer', '2025-01-02')")
+
+    busy = run(env.config(WINDOW))
+
+    assert late and busy.status == "completed" and busy.tables[0]["reconcile"] == "match", busy.tables
+    assert busy.tables[0]["rows_copied"] == 3 and busy.tables[0]["source_count"] == 3 and len(counted) == 1
+    _same(env)

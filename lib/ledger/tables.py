@@ -93,7 +93,7 @@ def planned_tables(conn: psycopg.Connection[Any], run_id: int) -> dict[str, str]
 
 # How a table's chunks meet its target (lib/load_modes.TableLoad.ledger_fields), stored with its plan.
 LOAD_FIELDS = ("load_mode", "merge_key", "destination_table", "destination", "watermark_column", "watermark_lo",
-               "watermark_hi", "watermark_lo_from", "load_scope", "read_at")
+               "watermark_hi", "watermark_lo_from", "watermark_rows", "load_scope", "read_at")
 
 
 def store_plan(

@@ -55,7 +55,7 @@ def filling_window(conn: psycopg.Connection[Any], window: Window, changes: list[
     notes.append(f"column(s) {', '.join(sorted(added))} new since the last window: this run reads the whole scope "
                  f"({window.column} <= {window.hi}, and NULLs) instead of from {window.lo}, so that the merge fills "
                  "them in every row the target holds (cost: one full read and merge; later windows are incremental again)")
-    return replace(window, lo=None, lo_from="schema change")
+    return replace(window, lo=None, lo_from="schema change", rows=None)
 
 
 def apply_changes(conn: psycopg.Connection[Any], spec: TableSpec, run_id: int, changes: list[Change],

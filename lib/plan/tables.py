@@ -123,12 +123,17 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     nulls_note = planned_window.nulls_note if planned_window else None
     if window is not None:
         window = evolution.filling_window(conn, window, changes, columns, scope, run_id, window_notes)
+    # a small incremental window (a run that finds little or nothing new) that fits one of its chunks: one chunk,
+    # sized by the query that read hi, with no stats query and no sample (not a window that fills an added column
+    # from the beginning: that one holds the whole scope, which the count did not cover)
+    small = planned_window.rows if planned_window and window is planned_window.window else None
+    one_chunk = small is not None and small <= min(SMALL_WINDOW_ROWS,
+                                                   window_chunk_rows(config.chunk_rows(spec), spec, window))
     if window is not None and window.empty:
         plan = TablePlan("window", [], f"nothing at or above the last {window.column} ({window.lo}): no rows to read")
-    elif planned_window and planned_window.rows is not None and planned_window.rows <= min(
-            SMALL_WINDOW_ROWS, window_chunk_rows(config.chunk_rows(spec), spec, window)):
-        # a small incremental window (a run that finds little or nothing new) that fits one of its chunks: one
-        # chunk, sized by the query that read hi, with no stats query and no sample
+        one_chunk = False
+    elif one_chunk:
+        assert planned_window is not None and planned_window.rows is not None
         plan = plan_single(planned_window.rows, f"an incremental window of {planned_window.rows} row(s), at most "
                                                 f"{SMALL_WINDOW_ROWS}: one chunk, counted with its high end")
         plan.source_results = source.results_mode(config.settings.source_results)
@@ -174,7 +179,12 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                                                        config.no_resume, dry_run,
                                                        None if post_load_seconds is None
                                                        else (plan.expected_rows, post_load_seconds))
-        if load.staged:
+        if load.staged and one_chunk and read_at is None:
+            # the one chunk's stage is checked for NULL and repeated keys (lib/target/loaders.py), and it holds every
+            # row in scope: a query here would read the same rows once more
+            plan.notes.append(f"key ({', '.join(load.key)}): the window is one chunk read live, whose stage is "
+                              "checked for NULL and repeated keys")
+        elif load.staged:
             _check_source_key(source, scoped_spec(spec, window), columns, load.key, read_at, plan.notes)
         if not early:
             evolution.apply_changes(conn, spec, run_id, changes, dry_run, plan.notes)

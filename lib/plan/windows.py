@@ -74,5 +74,5 @@ def plan_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: Ta
     elif spec.watermark_lag:
         lo = lowered(kind, lo, spec.watermark_lag)
     hi, nulls, rows = source_max(source, spec.source, column, kind, spec.source_filter, lo)
-    return PlannedWindow(Window(column, kind, lo, hi, lo_from), notes,
+    return PlannedWindow(Window(column, kind, lo, hi, lo_from, rows), notes,
                          null_note(column, nulls) if lo is not None else None, rows)

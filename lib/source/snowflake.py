@@ -83,6 +83,9 @@ class SnowflakeSource:
         self.deferred: Deferred | None = None  # a Step Functions step: scans may be waited for across invocations
         self._tables: dict[tuple[str, str], dict[str, int | None]] = {}
         self._primary_keys: dict[tuple[str, str], dict[str, list[str]]] = {}
+        # (table, column, filter, read point) → (rows with a NULL, rows repeating another's value), as the key
+        # buckets of that column counted them: a key check of that one column needs no query of its own
+        self._column_keys: dict[tuple[Any, ...], tuple[int, int]] = {}
         self.on_connect: list[str] = []  # statements every new session runs first (e.g. a temporary UDF)
         self._conn: snowflake.connector.SnowflakeConnection | None = None
         self._reading: Any = None  # the cursor of the read in progress, for cancel()
@@ -269,6 +272,9 @@ class SnowflakeSource:
     def key_problems(self, table: tuple[str, ...], key: list[str], source_filter: str | None) -> KeyProblems:
         """ONE aggregated query over the rows in scope: how many have a NULL in `key`, and how many repeat a key
         another row has (each beyond the first); a second query, only when keys repeat, for a few of them."""
+        counted = self._column_keys.get((table, key[0], source_filter, self.snapshots.get(table))) if len(key) == 1 else None
+        if counted is not None and not counted[1]:  # counted by key_buckets; repeats need the query for examples
+            return KeyProblems(counted[0], 0, [])
         cols = ", ".join(quote_snowflake(c) for c in key)
         any_null = " OR ".join(f"{quote_snowflake(c)} IS NULL" for c in key)
         grouped = (f"SELECT {cols}, COUNT(*) AS N, ({any_null}) AS HAS_NULL FROM {self.table_sql(table)}"
@@ -303,7 +309,9 @@ class SnowflakeSource:
         """ONE aggregated query: sorted keys cut into buckets of about `bucket_rows`, plus the NULL count.
 
         RANK() gives equal keys one rank, so a key value never spans two buckets; MAX(rank) - MIN(rank)
-        is the number of the bucket's rows below its highest key, which lets a heavy value stand alone.
+        is the number of the bucket's rows below its highest key, which lets a heavy value stand alone. Equal keys
+        share a bucket, so COUNT(*) - COUNT(DISTINCT k) over the buckets counts the rows that repeat a key: kept
+        with the NULL count for a key check of this column (key_problems), which then needs no query.
         `strings`: the keys are text, kept exactly as Snowflake returns them (ordered by code point, the
         order of a column without a collation).
         """
@@ -311,21 +319,23 @@ class SnowflakeSource:
         name = self.table_sql(table)
         extra = and_sql(source_filter)
         sql = (
-            f"SELECT b, MIN(k), MAX(k), COUNT(*), MIN(r), MAX(r) FROM ("
+            f"SELECT b, MIN(k), MAX(k), COUNT(*), MIN(r), MAX(r), COUNT(*) - COUNT(DISTINCT k) FROM ("
             f"SELECT k, r, FLOOR((r - 1) / %(n)s) AS b FROM ("
             f"SELECT {col} AS k, RANK() OVER (ORDER BY {col}) AS r "
             f"FROM {name} WHERE {col} IS NOT NULL{extra}) AS ranked) AS keyed GROUP BY b "
-            f"UNION ALL SELECT -1, NULL, NULL, COUNT(*), NULL, NULL FROM {name} WHERE {col} IS NULL{extra}"
+            f"UNION ALL SELECT -1, NULL, NULL, COUNT(*), NULL, NULL, 0 FROM {name} WHERE {col} IS NULL{extra}"
         )
         rows = self.scan(sql, {"n": bucket_rows}, f"bucketing keys of {'.'.join(table)}.{column}")
         buckets = []
-        for b, low, high, count, min_rank, max_rank in rows:
+        for b, low, high, count, min_rank, max_rank, _ in rows:
             if int(b) < 0:
                 continue
             below_high = int(max_rank) - int(min_rank)  # rows of the bucket whose key is below its highest
             lowest, highest = (str(low), str(high)) if strings else _numeric_keys(table, column, low, high)
             buckets.append(KeyBucket(lowest, highest, int(count), int(count) - below_high))
         null_rows = sum(int(r[3]) for r in rows if int(r[0]) < 0)
+        self._column_keys[(table, column, source_filter, self.snapshots.get(table))] = (
+            null_rows, sum(int(r[6]) for r in rows if int(r[0]) >= 0))
         return buckets, null_rows
 
     def results_mode(self, setting: str) -> str:

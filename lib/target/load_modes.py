@@ -56,6 +56,7 @@ class TableLoad:
             "destination_table": ".".join(self.destination), "destination": json.dumps(list(self.destination)),
             "watermark_column": w.column if w else None, "watermark_lo": w.lo if w else None,
             "watermark_hi": w.hi if w else None, "watermark_lo_from": w.lo_from if w else None,
+            "watermark_rows": w.rows if w else None,
         }
 
     @classmethod
@@ -63,7 +64,7 @@ class TableLoad:
         window = None
         if row.get("watermark_column"):
             window = Window(row["watermark_column"], watermark_kind or "numeric", row["watermark_lo"],
-                            row["watermark_hi"], row["watermark_lo_from"])
+                            row["watermark_hi"], row["watermark_lo_from"], row.get("watermark_rows"))
         destination = tuple(row["destination"]) if row.get("destination") else target
         return cls(row.get("load_mode") or "copy", destination, tuple(row.get("merge_key") or ()), window,  # type: ignore[arg-type]
                    row.get("read_at"))

@@ -56,6 +56,7 @@ class Window:
     lo: str | None  # inclusive; None: from the beginning, NULL watermarks included
     hi: str | None  # inclusive; None: the source holds no watermark at all
     lo_from: str  # "ledger" | "target" | "none": where lo came from
+    rows: int | None = None  # rows in [lo, hi] when hi was read, by the same query (None: not counted)
 
     @property
     def empty(self) -> bool:
