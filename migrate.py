@@ -16,10 +16,13 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import signal
 import sys
-from typing import Any
+import threading
+from typing import Any, NoReturn
 
 from lib.config import LOAD_MODES, SETTING_NAMES, TABLE_OVERRIDE_KEYS, Settings, SourceConfig, load_config
 from lib.errors import ConfigError, MigrationError
@@ -555,5 +558,21 @@ def cmd_reconcile(config: SourceConfig, as_json: bool) -> int:
     return EXIT_OK if completed else EXIT_ERRORS
 
 
+def exit_without_teardown(code: int) -> NoReturn:
+    """Exit with `code` once everything registered to run at exit has run and the output is flushed, without the
+    interpreter's teardown of the ~1,000 modules the engine imports: 0.15 s of CPU on every command, which a
+    finished command does not need (its connections are closed, its files written). With a thread of our own still
+    running, the normal exit waits for it instead."""
+    if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()  # logging's flush, weakref finalizers, whatever a library registered
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    except OSError:  # a closed pipe: what the interpreter would report as an exit status of 120
+        code = code or 120
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -46,3 +46,32 @@ def test_every_override_is_also_a_cli_flag() -> None:
     assert set(SETTING_NAMES) | {"tables", "no_resume", "abandon_live", "load_mode", "insert_only_mode"} == \
         OVERRIDE_KEYS - {"source_name"}
     assert OVERRIDE_KEYS - {"source_name"} <= {action.dest for action in build_parser()._actions}
+
+
+EXITS = """
+import atexit, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import migrate
+out = sys.argv[2]
+atexit.register(lambda: open(out + ".atexit", "w").write("ran"))
+if sys.argv[3] == "thread":  # a thread of ours still working: the exit waits for it
+    threading.Thread(target=lambda: (time.sleep(0.3), open(out + ".thread", "w").write("done"))).start()
+print("unflushed output", end="")
+migrate.exit_without_teardown(3)
+"""
+
+
+def test_the_cli_exit_keeps_its_code_output_exit_handlers_and_waits_for_a_working_thread(tmp_path) -> None:
+    """migrate.py exits without the interpreter's teardown: nothing a command leaves to the exit may be lost."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    for mode in ("alone", "thread"):
+        out = str(tmp_path / mode)
+        done = subprocess.run([sys.executable, "-c", EXITS, root, out, mode], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 3 and done.stdout == "unflushed output", (done.returncode, done.stdout, done.stderr)
+        assert Path(out + ".atexit").read_text() == "ran"
+        if mode == "thread":
+            assert Path(out + ".thread").read_text() == "done"
