@@ -9,9 +9,13 @@ UPDATED_AT, and a tenth more rows arrive. Measured, each engine run in a fresh p
   window   the run that reads the window (`source_watermark UPDATED_AT`, merge on ID);
   floor    PostgreSQL alone: the same changed rows (exported by the server, in binary, from the engine's result)
            COPY'd server-side from that file into a TEMP stage and upserted with INSERT … ON CONFLICT (id) DO
-           UPDATE of every column, in one transaction, into a copy of the target as it was before the window;
-  no-op    the next run, with nothing new (three of them, the median reported);
-  import   a fresh interpreter that imports the engine (migrate.py and lib.run.orchestrator), the no-op's floor.
+           UPDATE of every column, in one transaction, into the target as it was before the window;
+  no-op    the next run, with nothing new;
+  import   a fresh interpreter that imports the engine (migrate.py and lib.run.orchestrator) and exits the way
+           migrate.py does (without the interpreter's teardown), the no-op's floor; with the teardown, for the record.
+
+The window and the floor are measured three times each, alternately, every time on the database (target and
+ledger) as it was before the window, recreated from a template; the no-op three times; medians are reported.
 
 Each engine run's seconds are split by the ledger's timestamps: before the first chunk starts (interpreter,
 import, login, planning), the chunks (first start to last end), and after (reconcile, post-load, finalize, exit).
@@ -101,8 +105,8 @@ def measured_run(name: str, config: Path, env: dict[str, str], conn: psycopg.Con
     return out
 
 
-def floor(conn: psycopg.Connection[Any], directory: Path) -> tuple[float, int]:
-    """Server-side COPY of the changed rows into a TEMP stage and the upsert of every column, one transaction."""
+def export_changed(conn: psycopg.Connection[Any], directory: Path) -> tuple[Path, int]:
+    """The rows the window changed, from the engine's result, to a binary file the server reads for the floor."""
     folder = directory / "copy"
     folder.mkdir(mode=0o777, exist_ok=True)
     for p in (directory, folder):
@@ -110,31 +114,57 @@ def floor(conn: psycopg.Connection[Any], directory: Path) -> tuple[float, int]:
     path = folder / "changed.bin"
     changed = conn.execute(f"COPY (SELECT {', '.join(COLUMNS)} FROM public.items WHERE updated_at >= '{CHANGED_AT}') "
                            f"TO '{path}' (FORMAT BINARY)").rowcount
+    return path, changed
+
+
+def floor(conn: psycopg.Connection[Any], path: Path) -> float:
+    """Server-side COPY of the changed rows into a TEMP stage and the upsert of every column, one transaction."""
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in COLUMNS if c != "id")
-    conn.execute("CHECKPOINT")
     started = time.monotonic()
     with conn.transaction():
-        conn.execute("CREATE TEMP TABLE stage (LIKE public.items_floor) ON COMMIT DROP")
+        conn.execute("CREATE TEMP TABLE stage (LIKE public.items) ON COMMIT DROP")
         conn.execute(f"COPY stage FROM '{path}' (FORMAT BINARY)")
-        conn.execute(f"INSERT INTO public.items_floor SELECT * FROM stage ON CONFLICT (id) DO UPDATE SET {updates}")
-    return round(time.monotonic() - started, 2), changed
+        conn.execute(f"INSERT INTO public.items SELECT * FROM stage ON CONFLICT (id) DO UPDATE SET {updates}")
+    return round(time.monotonic() - started, 2)
 
 
-def import_seconds(env: dict[str, str], times: int = 3) -> float:
-    """A fresh interpreter importing the engine, median of `times`."""
+IMPORT = "import migrate, lib.run.orchestrator"
+
+
+def import_seconds(env: dict[str, str], exit_code: str, times: int = 5) -> float:
+    """A fresh interpreter importing the engine and running `exit_code`, median of `times`."""
     seconds = []
     for _ in range(times):
         started = time.monotonic()
-        subprocess.run([sys.executable, "-c", "import migrate, lib.run.orchestrator"], cwd=ROOT, env=env, check=True)
+        subprocess.run([sys.executable, "-c", f"{IMPORT}; {exit_code}"], cwd=ROOT, env=env, check=True)
         seconds.append(time.monotonic() - started)
-    return round(sorted(seconds)[len(seconds) // 2], 2)
+    return median(seconds)
+
+
+def median(values: list[float]) -> float:
+    return round(sorted(values)[len(values) // 2], 2)
+
+
+def reset(stack: LocalStack) -> psycopg.Connection[Any]:
+    """The bench database (target and ledger) as it was before the window, its pages written: a new connection."""
+    with psycopg.connect(**stack.pg_args("postgres"), autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {PG_DB} WITH (FORCE)")
+        admin.execute(f"CREATE DATABASE {PG_DB} TEMPLATE {PG_DB}_before STRATEGY FILE_COPY")
+    conn = psycopg.connect(**stack.pg_args(PG_DB), autocommit=True)
+    conn.execute("CHECKPOINT")
+    return conn
+
+
+def digest(conn: psycopg.Connection[Any]) -> str:
+    row = conn.execute("SELECT count(*) || ':' || md5(string_agg(md5(t::text), '' ORDER BY id)) FROM public.items t").fetchone()
+    return str(row[0])
 
 
 def main() -> None:
     rows = int(os.environ.get("INCR_BENCH_ROWS", "2000000"))
     changed = rows // 10
     result: dict[str, Any] = {"rows": rows, "updated_rows": changed, "new_rows": changed}
-    with bench_stack(rows) as (stack, env, config, directory), psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
+    with bench_stack(rows) as (stack, env, config, directory):
         first = engine_run(config, env)
         result["first_copy_seconds"] = first["wall"]
         with stack.snowflake_connect(DATABASE, SCHEMA) as sf, sf.cursor() as cur:
@@ -142,19 +172,35 @@ def main() -> None:
                         f"UPDATED_AT = DATEADD(millisecond, ID, '{CHANGED_AT}'::TIMESTAMP_NTZ) WHERE MOD(ID, 10) = 0")
             cur.execute(ROWS_SQL.format(table=f"{DATABASE}.{SCHEMA}.{TABLE}", first=rows + 1, rows=changed,
                                         updated=CHANGED_AT))
-        conn.execute("CREATE TABLE public.items_floor AS SELECT * FROM public.items")
-        conn.execute("ALTER TABLE public.items_floor ADD PRIMARY KEY (id)")
-        conn.execute("ANALYZE public.items_floor")
-        conn.execute("CHECKPOINT")  # the copy's dirty pages written now, not by the checkpointer during the window
-        result["window"] = measured_run("window", config, env, conn)
-        result["floor_seconds"], result["floor_rows"] = floor(conn, directory)
-        differ = conn.execute("SELECT count(*) FROM ((TABLE public.items EXCEPT ALL TABLE public.items_floor) "
-                              "UNION ALL (TABLE public.items_floor EXCEPT ALL TABLE public.items)) d").fetchone()[0]
-        if differ:
-            raise RuntimeError(f"the engine's target and the floor's differ in {differ} rows")
-        no_ops = sorted((measured_run("no-op", config, env, conn) for _ in range(3)), key=lambda r: r["seconds"])
-        result["no_op"] = {**no_ops[1], "all_seconds": [r["seconds"] for r in no_ops]}  # the median of three
-        result["import_seconds"] = import_seconds(env)
+        with psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
+            conn.execute("ANALYZE public.items")
+        with psycopg.connect(**stack.pg_args("postgres"), autocommit=True) as admin:
+            admin.execute(f"CREATE DATABASE {PG_DB}_before TEMPLATE {PG_DB} STRATEGY FILE_COPY")
+        windows, floors, path = [], [], None
+        for trial in range(3):  # the floor first but in the first trial, which exports its rows: the engine's last
+            if trial:
+                with reset(stack) as conn:
+                    floors.append(floor(conn, path))
+                    floor_digest = digest(conn)
+            with reset(stack) as conn:
+                windows.append(measured_run("window", config, env, conn))
+                engine_digest = digest(conn)
+                if trial == 0:
+                    path, result["floor_rows"] = export_changed(conn, directory)
+            if not trial:
+                with reset(stack) as conn:
+                    floors.append(floor(conn, path))
+                    floor_digest = digest(conn)
+            if floor_digest != engine_digest:
+                raise RuntimeError(f"the engine's target and the floor's differ: {engine_digest} {floor_digest}")
+            print(f"  floor: {floors[-1]:.2f} s", flush=True)
+        result["window"] = {**sorted(windows, key=lambda r: r["seconds"])[1], "all_seconds": [r["seconds"] for r in windows]}
+        result["floor_seconds"], result["floor_all_seconds"] = median(floors), floors
+        with psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
+            no_ops = sorted((measured_run("no-op", config, env, conn) for _ in range(3)), key=lambda r: r["seconds"])
+        result["no_op"] = {**no_ops[1], "all_seconds": [r["seconds"] for r in no_ops]}
+        result["import_seconds"] = import_seconds(env, "import migrate; migrate.exit_without_teardown(0)")
+        result["import_with_teardown_seconds"] = import_seconds(env, "pass")
     result["window_vs_floor"] = round(result["window"]["seconds"] / result["floor_seconds"], 2)
     result["no_op_vs_import"] = round(result["no_op"]["seconds"] / result["import_seconds"], 2)
     keep("incremental", result)
