@@ -17,6 +17,7 @@ import pytest
 from moto import mock_aws
 from moto.awslambda_simple.models import LambdaSimpleBackend
 
+from lib import faults
 from lib import ledger as status
 from lib.errors import ConfigError, FatalError, TransientError
 from lib.run.step_functions import EXECUTION_OVERHEAD_EVENTS, HISTORY_LIMIT, continuation_name, events_per_loop, max_loops_for, split_input
@@ -339,6 +340,11 @@ def test_history_events_per_loop_stay_within_the_arithmetic(aws, monkeypatch) ->
     aws.configure([_table("H")], parallel_threads=1)
     monkeypatch.setattr(lambda_handler, "SAFETY_MARGIN_SECONDS", 0.0)
     aws.work_timeout_seconds(1)
+    # at least 50 ms a chunk: 81 chunks over 3 slots outlast a 1 s Work step however fast the machine is, so the
+    # execution loops (a slower machine loops more, which the bound below scales with)
+    real = faults.maybe_crash
+    monkeypatch.setattr(faults, "maybe_crash", lambda point: (time.sleep(0.05) if point == "after_claim" else None,
+                                                              real(point)))
     execution = aws.start(workers=3)
     # every slot copies at least one chunk (worker.WorkPlan.may_claim), so the loops are bounded by the chunks,
     # not by how fast a shared CPU runs a slot's setup within its one second: the wait is sized for that bound

@@ -198,3 +198,97 @@ def test_a_window_read_as_one_chunk_is_proven_by_its_count_and_counted_again_whe
     assert late and busy.status == "completed" and busy.tables[0]["reconcile"] == "match", busy.tables
     assert busy.tables[0]["rows_copied"] == 3 and busy.tables[0]["source_count"] == 3 and len(counted) == 1
     _same(env)
+
+
+LIVE = [{"source": "ITEMS", "source_watermark": "UPDATED_AT", **NUMERIC}]
+
+
+def _statements(monkeypatch) -> list[str]:
+    """Every statement the engine sends to Snowflake from now on."""
+    from lib.source import snowflake as snowflake_source
+
+    sent: list[str] = []
+    real = snowflake_source.run
+    monkeypatch.setattr(snowflake_source, "run", lambda cur, sql, params=None: sent.append(sql) or real(cur, sql, params))
+    return sent
+
+
+def test_a_run_that_finds_little_or_nothing_new_sends_snowflake_one_query_per_table(env, monkeypatch) -> None:
+    """Read live, a window after the first finds its columns, its high end, its size and (small) its rows in one
+    query, and its chunk is written from those rows: nothing is read twice, nothing is missed."""
+    _source(env)
+    assert run(env.config(LIVE, snapshot=False)).status == "completed"
+    env.sf_execute("INSERT INTO ITEMS VALUES (5000, 'new', '2025-01-01')",
+                   "UPDATE ITEMS SET NAME = 'changed', UPDATED_AT = '2025-01-02' WHERE ID = 3")
+    sent = _statements(monkeypatch)
+
+    changed = run(env.config(LIVE, snapshot=False))
+
+    assert changed.status == "completed" and changed.tables[0]["reconcile"] == "match", changed.tables
+    assert changed.tables[0]["rows_copied"] == 3  # the last window's boundary row, the new one and the changed one
+    assert len(sent) == 1, sent
+    _same(env)
+    notes = env.pg_value(f"SELECT plan_notes::text FROM {status.SCHEMA}.migration_table_status ORDER BY run_id DESC LIMIT 1")
+    assert "row(s) were read by the query that found its high end" in notes
+
+    sent.clear()
+    quiet = run(env.config(LIVE, snapshot=False))
+    assert quiet.status == "completed" and quiet.tables[0]["reconcile"] == "match" and len(sent) == 1, sent
+    _same(env)
+
+
+def test_a_window_too_large_for_one_chunk_or_after_a_schema_change_is_planned_and_read_as_before(env, monkeypatch) -> None:
+    _source(env)
+    config = env.config(LIVE, snapshot=False, chunk_rows=400)  # one chunk holds at most 400 rows of a window
+    assert run(config).status == "completed"
+    env.sf_execute("INSERT INTO ITEMS SELECT 10000 + SEQ8(), 'new', DATEADD(second, SEQ8(), '2025-01-01'::TIMESTAMP_NTZ) "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 500))")
+
+    large = run(config)
+
+    assert large.status == "completed" and large.tables[0]["reconcile"] == "match", large.tables
+    assert large.tables[0]["chunks"] > 1 and large.tables[0]["rows_copied"] == 501
+    _same(env)
+
+    env.sf_execute("ALTER TABLE ITEMS ADD COLUMN NOTE VARCHAR(10)", "UPDATE ITEMS SET NOTE = 'n' || ID")
+    sent = _statements(monkeypatch)
+    added = run(config)
+    assert added.status == "completed", added.tables
+    assert any("information_schema.columns" in s and "MD5" not in s for s in sent), "the new columns were described"
+    notes = env.pg_value(f"SELECT plan_notes::text FROM {status.SCHEMA}.migration_table_status ORDER BY run_id DESC LIMIT 1")
+    assert "reads the whole scope" in notes
+    source = {int(r[0]): r[1] for r in env.sf_rows("SELECT ID, NOTE FROM ITEMS")}
+    assert dict(env.pg_rows("SELECT id, note FROM public.items")) == source
+    _same(env)
+
+
+def test_a_source_table_gone_since_the_last_window_fails_its_table_saying_so(env) -> None:
+    _source(env)
+    assert run(env.config(LIVE, snapshot=False)).status == "completed"
+    env.sf_execute("DROP TABLE ITEMS")
+
+    gone = run(env.config(LIVE, snapshot=False))
+
+    assert gone.status == "completed_with_errors"
+    error = env.pg_value(f"SELECT error FROM {status.SCHEMA}.migration_table_status ORDER BY run_id DESC LIMIT 1")
+    assert "does not exist or the configured role cannot see it" in error, error
+
+
+def test_a_row_committed_late_below_the_windows_high_end_is_read_by_the_next_window_within_the_lag(
+        env, monkeypatch) -> None:
+    """A row whose watermark is older than rows already read (a transaction that committed late) is behind the
+    window that read the others; watermark_lag starts the next window early enough to read it."""
+    _source(env)
+    table = [{**LIVE[0], "watermark_lag": 3600}]
+    assert run(env.config(table, snapshot=False)).status == "completed"
+    env.sf_execute("INSERT INTO ITEMS VALUES (5000, 'new', '2025-01-01 12:00:00')")
+    late = at_fault_point_once(monkeypatch, "after_claim", lambda: env.sf_execute(
+        "INSERT INTO ITEMS VALUES (5001, 'committed late', '2025-01-01 11:30:00')"))
+
+    first = run(env.config(table, snapshot=False))
+
+    assert late and first.status == "completed"
+    assert env.pg_value("SELECT count(*) FROM public.items WHERE id = 5001") == 0  # behind the window, for now
+    second = run(env.config(table, snapshot=False))
+    assert second.status == "completed" and second.tables[0]["reconcile"] == "match", second.tables
+    _same(env)

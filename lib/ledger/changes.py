@@ -25,11 +25,17 @@ def previous_columns(conn: psycopg.Connection[Any], target: str, run_id: int) ->
 
 def last_load_columns(conn: psycopg.Connection[Any], scope: dict[str, Any], run_id: int) -> list[str] | None:
     """The source columns the last completed load of `scope` (a watermark window) read; None: no such load."""
+    described = last_load_described(conn, scope, run_id)
+    return [c["name"] for c in described] if described is not None else None
+
+
+def last_load_described(conn: psycopg.Connection[Any], scope: dict[str, Any], run_id: int) -> list[dict[str, Any]] | None:
+    """The source columns of the last completed load of `scope` as planning described them; None: no such load."""
     row = conn.execute(
         f"SELECT source_columns FROM {SCHEMA}.migration_table_status WHERE target_table = %s AND status = 'completed' "
         "AND run_id <> %s AND load_scope = %s::jsonb AND source_columns IS NOT NULL ORDER BY completed_at DESC LIMIT 1",
         (scope["target"], run_id, Jsonb(scope))).fetchone()
-    return [c["name"] for c in row[0]] if row else None
+    return list(row[0]) if row else None
 
 
 def record_schema_changes(conn: psycopg.Connection[Any], run_id: int, table: str, target: str,

@@ -19,8 +19,10 @@ from lib.models import TablePlan
 from lib.plan import evolution
 from lib.plan.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
 from lib.plan.chunking import plan_single
+from lib.plan.probe import probe_window
 from lib.plan.strategy import plan_table
 from lib.plan.windows import plan_window
+from lib.source.early_reads import EarlyReads
 from lib.source.snowflake import SnowflakeSource
 from lib.target import load_modes
 from lib.target import postgres as pg
@@ -48,11 +50,12 @@ def refresh_target_types(conn: psycopg.Connection[Any], config: SourceConfig, ru
 
 def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int,
                         source: SnowflakeSource, deadline: float | None = None,
-                        post_load_seconds: float | None = None) -> int:
+                        post_load_seconds: float | None = None, early: EarlyReads | None = None) -> int:
     """Plan each table that has no stored plan yet, reading through `source` (at the run's snapshot, if it
     has one), until `deadline` (time.monotonic()). A stored plan is never recomputed. Returns how many tables
     are left to plan: those the deadline left, and those whose stats query still runs in Snowflake (a Step
-    Functions Plan step asks again later, lib/source/deferred.py)."""
+    Functions Plan step asks again later, lib/source/deferred.py). `early`: where a process that copies the run's
+    chunks too keeps a small window's rows read while planning, for its chunk (lib/source/early_reads.py)."""
     planned = ledger.planned_tables(conn, run_id)
     todo = [t for t in config.tables if t.name not in planned]
     if not todo:
@@ -65,7 +68,7 @@ def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run
             continue
         attempted += 1
         try:
-            _plan_one(conn, source, config, run_id, spec, snapshot, post_load_seconds=post_load_seconds)
+            _plan_one(conn, source, config, run_id, spec, snapshot, post_load_seconds=post_load_seconds, early_reads=early)
         except StillRunning as pending:
             log.info("planning %s waits for Snowflake query %s", spec.name, pending.query_id,
                      **ctx(run_id=run_id, table=spec.name))
@@ -99,8 +102,16 @@ def preview(conn: psycopg.Connection[Any], source: SnowflakeSource, config: Sour
 
 def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
               spec: TableSpec, snapshot: str | None, dry_run: bool = False,
-              post_load_seconds: float | None = None) -> PlannedTable:
-    described = source.describe(spec.source)
+              post_load_seconds: float | None = None, early_reads: EarlyReads | None = None) -> PlannedTable:
+    scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
+                       spec.source_watermark, spec.target_name)
+    # a watermark table read live whose last window completed: its columns, window and (`early_reads`, a small
+    # window) rows in one query; without a snapshot only, whose time and retention would be queries of their own
+    probe = probe_window(conn, source, spec, run_id, scope,
+                         one_chunk_rows(config, spec) if early_reads is not None and not dry_run else 0,
+                         early_reads.held_bytes() if early_reads is not None else 0) \
+        if spec.source_watermark and snapshot is None else None
+    described = probe.described if probe and probe.described is not None else source.describe(spec.source)
     columns = columns_from_description(described)
     read_at, read_notes = reads_at(source, spec, config, snapshot)
     if read_at is None:
@@ -115,9 +126,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     if problems:
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
     changes = evolution.changes_for(conn, spec, columns, run_id, dry_run)
-    scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
-                       spec.source_watermark, spec.target_name)
-    planned_window = plan_window(conn, source, spec, columns, run_id, scope) if spec.source_watermark else None
+    planned_window = plan_window(conn, source, spec, columns, run_id, scope, probe) if spec.source_watermark else None
     window = planned_window.window if planned_window else None
     window_notes = planned_window.notes if planned_window else []
     nulls_note = planned_window.nulls_note if planned_window else None
@@ -127,8 +136,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     # sized by the query that read hi, with no stats query and no sample (not a window that fills an added column
     # from the beginning: that one holds the whole scope, which the count did not cover)
     small = planned_window.rows if planned_window and window is planned_window.window else None
-    one_chunk = small is not None and small <= min(SMALL_WINDOW_ROWS,
-                                                   window_chunk_rows(config.chunk_rows(spec), spec, window))
+    one_chunk = small is not None and window is not None and window.lo is not None and small <= one_chunk_rows(config, spec)
     if window is not None and window.empty:
         plan = TablePlan("window", [], f"nothing at or above the last {window.column} ({window.lo}): no rows to read")
         one_chunk = False
@@ -158,6 +166,11 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                           if window.lo is not None else f"{whole}: {window.column} <= {window.hi}, and NULLs")
         if nulls_note:
             plan.notes.append(nulls_note)
+    early_rows = probe.early if (one_chunk and probe and planned_window and planned_window.probed and read_at is None
+                                 and probe.early is not None and probe.early.num_rows == plan.expected_rows) else None
+    if early_rows is not None:
+        plan.notes.append(f"the window's {early_rows.num_rows} row(s) were read by the query that found its high end; "
+                          "its chunk is written from them")
     with conn.transaction(force_rollback=dry_run):
         ledger.lock_target(conn, spec.target_name)
         owner = ledger.target_owner(conn, spec.target_name, run_id)
@@ -206,6 +219,8 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                           {**load.ledger_fields(), "load_scope": json.dumps(scope), "read_at": read_at})
         if key:
             ledger.set_primary_key_plan(conn, run_id, spec.name, key)
+    if early_reads is not None and early_rows is not None:
+        early_reads.keep(spec.name, early_rows)
     log.info(
         "planned %s: %s load, %s strategy, %d chunks, %d rows expected, %d planning quer%s in %.2fs (%s)",
         spec.name, load.mode, plan.strategy, len(plan.chunks), plan.expected_rows, plan.queries,
@@ -315,10 +330,19 @@ SMALL_WINDOW_ROWS = 10_000  # an incremental window this small (and within one c
 WINDOW_CHUNK_MIN_ROWS = 10_000
 
 
+def one_chunk_rows(config: SourceConfig, spec: TableSpec) -> int:
+    """The most rows an incremental window (after the first) may hold to be planned as one chunk."""
+    return min(SMALL_WINDOW_ROWS, _incremental_chunk_rows(config.chunk_rows(spec), spec))
+
+
 def window_chunk_rows(chunk_rows: int, spec: TableSpec, window: Window | None) -> int:
     """chunk_rows for this table's plan: an incremental window's (after the first) is a quarter of it, unless the
     table sets its own."""
-    if window is None or window.lo is None or spec.chunk_rows is not None:
+    return chunk_rows if window is None or window.lo is None else _incremental_chunk_rows(chunk_rows, spec)
+
+
+def _incremental_chunk_rows(chunk_rows: int, spec: TableSpec) -> int:
+    if spec.chunk_rows is not None:
         return chunk_rows
     return max(min(chunk_rows, WINDOW_CHUNK_MIN_ROWS), chunk_rows // WINDOW_CHUNK_DIVISOR)
 

@@ -9,11 +9,12 @@ from typing import Any
 import psycopg
 
 from lib.config.tables import TableSpec
-from lib.identifiers import quote_snowflake, where_sql
+from lib.identifiers import quote_snowflake, raw_sql, where_sql
 from lib.log import ctx, get_logger
+from lib.plan.probe import Probe
 from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
-from lib.target.windows import Window, at_or_above, kind_of, last_load, lowered, target_max
+from lib.target.windows import Window, at_or_above, kind_of, last_load, lowered, max_expression, target_max
 from lib.typemap import Column
 
 log = get_logger()
@@ -25,6 +26,7 @@ class PlannedWindow:
     notes: list[str]  # why it starts afresh, if it does
     nulls_note: str | None  # rows in scope without a watermark, which no incremental window reads
     rows: int | None  # rows at or above lo when hi was read (None: a first window)
+    probed: bool = False  # hi, the rows without a watermark and `rows` are the probe's (lib/plan/probe.py)
 
 
 def source_max(source: SnowflakeSource, table: tuple[str, ...], column: str, kind: str,
@@ -32,14 +34,8 @@ def source_max(source: SnowflakeSource, table: tuple[str, ...], column: str, kin
     """The source's largest watermark as exact text, how many rows have none, and (with `lo`) how many are at or
     above `lo`, which is the window's size: one query, so the three agree."""
     col = quote_snowflake(column)
-    expression = {
-        "numeric": f"TO_VARCHAR(MAX({col}))",
-        "date": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD')",
-        "timestamp": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD HH24:MI:SS.FF9')",
-        "timestamptz": f"TO_VARCHAR(CONVERT_TIMEZONE('UTC', MAX({col})), 'YYYY-MM-DD HH24:MI:SS.FF9')",
-    }[kind]
-    above = f"SUM(IFF({at_or_above(column, kind, lo)}, 1, 0))" if lo is not None else "NULL"
-    rows = source.scan(f"SELECT {expression}, SUM(IFF({col} IS NULL, 1, 0)), {above} FROM {source.table_sql(table)}"
+    above = f"SUM(IFF({raw_sql(at_or_above(column, kind, lo))}, 1, 0))" if lo is not None else "NULL"
+    rows = source.scan(f"SELECT {max_expression(column, kind)}, SUM(IFF({col} IS NULL, 1, 0)), {above} FROM {source.table_sql(table)}"
                        f"{where_sql(source_filter)}", None, f"reading the largest {column} of {'.'.join(table)}")
     if not rows:
         return None, 0, None
@@ -55,7 +51,7 @@ def null_note(column: str, count: int) -> str | None:
 
 
 def plan_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
-            run_id: int, scope: dict[str, Any]) -> PlannedWindow:
+            run_id: int, scope: dict[str, Any], probe: Probe | None = None) -> PlannedWindow:
     """This run's watermark window: lo from the last window of the same scope (else, where it may serve, the
     target's largest watermark), hi from the source, now, with its size and the rows without a watermark."""
     assert spec.source_watermark is not None
@@ -73,6 +69,10 @@ def plan_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: Ta
         lo_from = "none"
     elif spec.watermark_lag:
         lo = lowered(kind, lo, spec.watermark_lag)
-    hi, nulls, rows = source_max(source, spec.source, column, kind, spec.source_filter, lo)
+    probed = probe is not None and lo_from == "ledger" and probe.answers(column, kind, lo)
+    if probe is not None and probed:
+        hi, nulls, rows = probe.hi, probe.nulls, probe.rows
+    else:
+        hi, nulls, rows = source_max(source, spec.source, column, kind, spec.source_filter, lo)
     return PlannedWindow(Window(column, kind, lo, hi, lo_from, rows), notes,
-                         null_note(column, nulls) if lo is not None else None, rows)
+                         null_note(column, nulls) if lo is not None else None, rows, probed)

@@ -213,9 +213,7 @@ class SnowflakeSource:
         db, schema, name = table
         rows = self._fetchall(
             f"SELECT column_name, data_type, numeric_precision, numeric_scale, character_maximum_length, is_nullable, "
-            f"collation_name "
-            f"FROM {quote_snowflake(db)}.information_schema.columns "
-            f"WHERE table_schema = %(schema)s AND table_name = %(table)s ORDER BY ordinal_position",
+            f"collation_name {_columns_of(db)} ORDER BY ordinal_position",
             {"schema": schema, "table": name},
             f"describing source table {'.'.join(table)}",
         )
@@ -230,6 +228,15 @@ class SnowflakeSource:
         ]
         columns_from_description(described)  # fail now, at planning, on a type with no mapping
         return described
+
+    def arrow(self, sql: str, params: dict[str, Any] | None, context: str) -> pa.Table:
+        """The whole answer of a read-only query as one Arrow table (timestamps in microseconds, as chunks are)."""
+        def take(cur: Any) -> pa.Table:
+            parts = [p if isinstance(p, pa.Table) else pa.Table.from_batches([p])
+                     for p in cur.fetch_arrow_batches(force_microsecond_precision=True)]
+            return pa.concat_tables(parts) if parts else pa.table({})
+
+        return self._query(sql, params, context, take)
 
     def count(self, table: tuple[str, ...], source_filter: str | None) -> int:
         sql = f"SELECT COUNT(*) FROM {self.table_sql(table)}{where_sql(source_filter)}"
@@ -450,6 +457,22 @@ def _timestamp_literal(text: str) -> str:
     if not re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}(\.\d{1,9})?[+-]\d{2}:\d{2}", text):
         raise FatalError(f"the run's snapshot {text!r} is not a timestamp")
     return text
+
+
+def _columns_of(db: str) -> str:
+    """The FROM and WHERE of a query of a table's columns; parameters `schema` and `table`."""
+    return (f"FROM {quote_snowflake(db)}.information_schema.columns "
+            "WHERE table_schema = %(schema)s AND table_name = %(table)s")
+
+
+def columns_digest_sql(db: str) -> str:
+    """A query of one value: the MD5 of the table's columns as describe reads them (lib/plan/probe.columns_digest
+    computes the same from a stored description), so that a query can tell whether they changed without listing
+    them. Parameters `schema` and `table`."""
+    fields = [f"COALESCE(TO_VARCHAR({f}), '')" for f in ("numeric_precision", "numeric_scale",
+                                                          "character_maximum_length")]
+    line = " || CHR(31) || ".join(["column_name", "data_type", *fields, "is_nullable", "COALESCE(collation_name, '')"])
+    return f"SELECT MD5(LISTAGG({line}, CHR(30)) WITHIN GROUP (ORDER BY ordinal_position)) {_columns_of(db)}"
 
 
 def chunk_predicate(bounds: Bounds, tag: str = "") -> tuple[str, dict[str, Any]]:

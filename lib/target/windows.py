@@ -31,7 +31,7 @@ import psycopg
 from psycopg import sql
 
 from lib.errors import FatalError
-from lib.identifiers import quote_snowflake_raw
+from lib.identifiers import quote_snowflake, quote_snowflake_raw
 from lib.typemap import Column
 
 # Snowflake base type → watermark kind. Anything else cannot be compared reliably (text, JSON, binary).
@@ -208,6 +208,17 @@ def _microseconds(kind: str, text: str) -> str:
     if kind not in ("timestamp", "timestamptz"):
         return text
     return _from_nanoseconds(_nanoseconds(text) // 1000 * 1000)[:-3]
+
+
+def max_expression(column: str, kind: str) -> str:
+    """Snowflake SQL: the column's largest value as exact text, in the form a window's ends are kept."""
+    col = quote_snowflake(column)
+    return {
+        "numeric": f"TO_VARCHAR(MAX({col}))",
+        "date": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD')",
+        "timestamp": f"TO_VARCHAR(MAX({col}), 'YYYY-MM-DD HH24:MI:SS.FF9')",
+        "timestamptz": f"TO_VARCHAR(CONVERT_TIMEZONE('UTC', MAX({col})), 'YYYY-MM-DD HH24:MI:SS.FF9')",
+    }[kind]
 
 
 def at_or_above(column: str, kind: str, lo: str) -> str:
