@@ -243,15 +243,20 @@ def test_a_window_too_large_for_one_chunk_or_after_a_schema_change_is_planned_an
     assert run(config).status == "completed"
     env.sf_execute("INSERT INTO ITEMS SELECT 10000 + SEQ8(), 'new', DATEADD(second, SEQ8(), '2025-01-01'::TIMESTAMP_NTZ) "
                    "FROM TABLE(GENERATOR(ROWCOUNT => 500))")
+    sent = _statements(monkeypatch)
 
     large = run(config)
 
     assert large.status == "completed" and large.tables[0]["reconcile"] == "match", large.tables
     assert large.tables[0]["chunks"] > 1 and large.tables[0]["rows_copied"] == 501
     _same(env)
+    # planned from the probe (whose rows, unused, measured the row size) and the bucket query, which also checks
+    # the key's column: no sample, no key query
+    planning = [s for s in sent if "_MIGRATION_HI" in s or "RANK() OVER" in s or "LIMIT %(n)s" in s or "HAS_NULL" in s]
+    assert len(planning) == 2 and "_MIGRATION_HI" in planning[0] and "RANK() OVER" in planning[1], planning
+    sent.clear()
 
     env.sf_execute("ALTER TABLE ITEMS ADD COLUMN NOTE VARCHAR(10)", "UPDATE ITEMS SET NOTE = 'n' || ID")
-    sent = _statements(monkeypatch)
     added = run(config)
     assert added.status == "completed", added.tables
     assert any("information_schema.columns" in s and "MD5" not in s for s in sent), "the new columns were described"

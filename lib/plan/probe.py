@@ -41,6 +41,7 @@ class Probe:
     nulls: int  # rows without a watermark
     rows: int  # rows at or above lo
     early: pa.Table | None  # every one of them, when they were at most the limit and the columns are unchanged
+    row_bytes: int | None = None  # Arrow bytes per row of the rows it returned (the columns unchanged), a sample
 
     def answers(self, column: str, kind: str, lo: str | None) -> bool:
         """The probe counted the window planning computes now (the same column, type and lower end)."""
@@ -88,13 +89,15 @@ def probe_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: T
     first = answer.select(list(range(len(META)))).slice(0, 1).to_pylist()[0]
     same = first[META[3]] == columns_digest(prior)
     rows = int(first[META[2]] or 0)
-    early = None
-    if limit and same and rows <= limit:
-        early = answer.select(list(range(len(META), answer.num_columns))).slice(0, rows)
-        if early.num_rows != rows or early.schema.names != [c.name for c in columns]:
-            early = None
+    early = row_bytes = None
+    if limit and same and rows:
+        returned = answer.select(list(range(len(META), answer.num_columns))).slice(0, min(rows, limit + 1))
+        if returned.schema.names == [c.name for c in columns]:
+            row_bytes = -(-returned.nbytes // returned.num_rows) if returned.num_rows else None
+            early = returned if rows <= limit and returned.num_rows == rows else None
     described = [{k: v for k, v in d.items() if k in DESCRIBED} for d in prior]
-    return Probe(described if same else None, column, kind, lo, first[META[0]], int(first[META[1]] or 0), rows, early)
+    return Probe(described if same else None, column, kind, lo, first[META[0]], int(first[META[1]] or 0), rows, early,
+                 row_bytes)
 
 
 def columns_digest(described: list[dict[str, Any]]) -> str:

@@ -148,7 +148,8 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
         plan.row_bytes = estimated_row_bytes(columns)
     else:
         scoped = scoped_spec(spec, window)
-        fit = read_fit(source, config, scoped, columns)
+        fit = read_fit(source, config, scoped, columns,
+                       probe.row_bytes if probe and planned_window and planned_window.probed else None)
         plan = plan_table(source, scoped, columns, window_chunk_rows(fit.chunk_rows, spec, window))
         plan.source_results, plan.row_bytes = fit.results, fit.row_bytes
         plan.notes.extend([fit.note] if fit.note else [])
@@ -271,13 +272,16 @@ class ReadFit:
         return ReadShape.for_settings(self.results, self.row_bytes, self.chunk_rows, settings)
 
 
-def read_fit(source: SnowflakeSource, config: SourceConfig, spec: TableSpec, columns: list[Column]) -> ReadFit:
-    """The source's result mode, the table's Arrow bytes per row measured on a sample of real rows (the column
-    types' estimate when there are none; rows wider than the sample lower the threads while copying), and
-    chunk_rows, lowered when a chunk arrives as one whole result and the threads would not fit the budget."""
+def read_fit(source: SnowflakeSource, config: SourceConfig, spec: TableSpec, columns: list[Column],
+             sampled: int | None = None) -> ReadFit:
+    """The source's result mode, the table's Arrow bytes per row measured on a sample of real rows (`sampled`: as
+    a query that read some already measured; the column types' estimate when there are none; rows wider than the
+    sample lower the threads while copying), and chunk_rows, lowered when a chunk arrives as one whole result and
+    the threads would not fit the budget."""
     settings = config.settings
     results = source.results_mode(settings.source_results)
-    row_bytes = source.sample_row_bytes(spec.source, columns, spec.source_filter) or estimated_row_bytes(columns)
+    row_bytes = (sampled or source.sample_row_bytes(spec.source, columns, spec.source_filter)
+                 or estimated_row_bytes(columns))
     chunk_rows, why = config.chunk_rows(spec), None
     if results == "whole":
         _, threads, _ = fit_connections(1, requested_threads(settings.parallel_threads), settings.max_target_connections)
