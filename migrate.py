@@ -566,11 +566,12 @@ def exit_without_teardown(code: int) -> NoReturn:
     if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
         sys.exit(code)
     atexit._run_exitfuncs()  # logging's flush, weakref finalizers, whatever a library registered
-    try:
-        sys.stdout.flush()
-        sys.stderr.flush()
-    except OSError:  # a closed pipe: what the interpreter would report as an exit status of 120
-        code = code or 120
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:  # None: the descriptor was closed before the interpreter started
+                stream.flush()
+        except (OSError, ValueError):  # a closed pipe: what the interpreter would report as an exit status of 120
+            code = code or 120
     os._exit(code)
 
 

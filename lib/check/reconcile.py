@@ -6,8 +6,9 @@ window) against what the load produced, stored per table.
 - insert_missing and merge: the target also holds rows from earlier loads, so against the rows the
   chunks read (every one of them was inserted, updated or already present under its key). The target is
   not counted: its count proves nothing here, and on a large table it costs more than a small window.
-  A keyed window read as one chunk whose rows equal the window's count when its high end was read is
-  not counted again (counted_with_its_high_end).
+  A window is counted at reconcile even when its one chunk read as many rows as planning counted: a row
+  that arrives below `hi` after the read is caught by that count (source_changed: the next window starts
+  at this one's `lo` again), as it would not be by the planning count.
 
 A table passes only when every chunk is done AND the counts match; anything else is `failed` with a
 reason, so "completed with a mismatch" can never be reported as success. One exception is named as
@@ -41,18 +42,6 @@ class Reconciliation:
     error: str | None
 
 
-def counted_with_its_high_end(load: TableLoad, chunks: dict[str, int]) -> bool:
-    """A keyed window read as one chunk that read as many rows as the window held when its high end was read (one
-    query, planning): that chunk read the whole window at one instant, so a count of the same rows now would only
-    repeat it. A row that arrives in the window later, with a watermark at or below hi, is missed by both; that is
-    what watermark_lag is for. Any other count (rows arrived or left between planning and the read) is checked by a
-    count, as is every window of several chunks, which are read at different instants."""
-    window = load.window
-    return bool(load.staged and window is not None and window.lo is not None and window.rows is not None
-                and chunks.get("done") == 1 and not (chunks.get("failed") or chunks.get("pending") or chunks.get("running"))
-                and chunks.get("rows_copied") == window.rows)
-
-
 def reconcile_table(
     source: SnowflakeSource, conn: psycopg.Connection[Any], run_id: int, spec: TableSpec,
     chunks: dict[str, int], load: TableLoad,
@@ -64,13 +53,10 @@ def reconcile_table(
     against = "rows_read" if load.staged else "target"
     # a copy's target may hold the rows of other loads too (complementary filters): count the scope it holds
     scope = spec.source_filter if load.staged or load.window else held_scope(conn, run_id, spec)
-    if counted_with_its_high_end(load, chunks):
-        source_count = chunks["rows_copied"]
-    else:
-        try:
-            source_count = source.count(spec.source, scope)
-        except MigrationError as exc:
-            problems.append(f"source count failed: {exc}")
+    try:
+        source_count = source.count(spec.source, scope)
+    except MigrationError as exc:
+        problems.append(f"source count failed: {exc}")
     if against == "target":  # a keyed load is proven by the rows its chunks read: counting the target proves nothing
         try:
             target_count = pg.row_count(conn, load.destination)
