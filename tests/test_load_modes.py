@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from datetime import datetime
 
+import pyarrow as pa
+
 from lib import ledger as status
 from lib.run.orchestrator import reconcile_finished_tables, run, start_run, work, work_plan
 
@@ -251,3 +253,26 @@ def test_a_chunk_whose_key_range_was_empty_falls_back_to_the_stage_when_rows_app
     assert error == 2
     inserted = env.pg_value(f"SELECT sum(rows_inserted) FROM {status.SCHEMA}.migration_chunk_status")
     assert inserted == ROWS - 2
+
+
+def test_the_new_key_range_probe_walks_the_key_index_even_where_the_planner_expects_many_rows(env) -> None:
+    """A target loaded in key order keeps a late key range behind every earlier row; probing whether that range
+    holds a row must read the key's index, not the table up to the range, once per chunk."""
+    from lib.models import Bounds
+    from lib.target import postgres as postgres_target
+    from lib.typemap import Column
+
+    with env.pg() as conn:
+        conn.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, name text)")
+        conn.execute("INSERT INTO public.items SELECT g, repeat('x', 40) FROM generate_series(1, 200000) g")
+        conn.execute("ANALYZE public.items")
+    id_column = Column("ID", "NUMBER(18,0)", "bigint", pa.int64())
+    late, beyond = (Bounds("range", "ID", "numeric", lo, hi) for lo, hi in (("150000", "400000"), ("200001", None)))
+
+    with env.pg() as conn:  # one transaction: its own table statistics count its scans
+        answers = [postgres_target.has_rows_in_range(conn, ("public", "items"), b, [id_column]) for b in (late, beyond)]
+        scans = conn.execute("SELECT seq_scan, coalesce(seq_tup_read, 0), idx_scan FROM pg_stat_xact_user_tables "
+                             "WHERE relid = 'public.items'::regclass").fetchone()
+
+    assert answers == [True, False]
+    assert scans[:2] == (0, 0) and scans[2] >= 2, scans
