@@ -135,3 +135,68 @@ def test_a_small_window_read_live_finds_repeated_and_null_keys_in_its_stage_and_
     notes = env.pg_value(f"SELECT plan_notes::text FROM {status.SCHEMA}.migration_table_status ORDER BY run_id DESC LIMIT 1")
     assert "the window is one chunk read live, whose stage is checked" in notes
     assert env.pg_rows("SELECT * FROM public.items ORDER BY id") == before
+
+
+def test_a_repeated_key_one_of_whose_rows_equals_the_target_fails_a_small_live_window(env) -> None:
+    """The window's boundary row is read again (inclusive lower bound) and equals the target's; a second source row
+    with its key arrives. ON CONFLICT DO UPDATE ... WHERE IS DISTINCT FROM skips the equal one without touching the
+    target row, so the other updates it and PostgreSQL raises no cardinality violation: two source rows would become
+    one target row behind a `match`. The stage's own check must refuse it."""
+    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0), NAME VARCHAR, UPDATED_AT TIMESTAMP_NTZ)",
+                   "INSERT INTO ITEMS SELECT SEQ8(), 'item ' || SEQ8(), DATEADD(second, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ) "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
+    with env.pg() as conn:
+        conn.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, name text, updated_at timestamp)")
+    table = [{"source": "ITEMS", "source_watermark": "UPDATED_AT", "merge_key": ["ID"], **NUMERIC}]
+    assert run(env.config(table, snapshot=False)).status == "completed"
+    before = env.pg_rows("SELECT * FROM public.items ORDER BY id")
+
+    env.sf_execute("INSERT INTO ITEMS VALUES (999, 'another 999', '2025-01-01')")  # 999: the window's boundary row
+    result = run(env.config(table, snapshot=False))
+
+    assert result.status == "completed_with_errors", result.tables
+    state, error, _ = _table(env)
+    assert state == "failed" and "the source repeats keys: 1 row(s) of the chunk have a key (id)" in error, error
+    assert "999 in 2 rows" in error
+    assert env.pg_rows("SELECT * FROM public.items ORDER BY id") == before
+
+
+def test_a_merge_read_live_refuses_a_key_repeated_after_planning_even_when_one_row_is_unchanged(env, monkeypatch) -> None:
+    """A merge leaves out staged rows equal to the target's before its upsert; a key repeated after planning whose
+    other row differs would then update the target once, silently, instead of failing the chunk."""
+    _source(env)
+    with env.pg() as conn:
+        conn.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, name text)")
+    assert run(env.config([{"source": "ITEMS", **NUMERIC}], snapshot=False)).status == "completed"
+    before = env.pg_rows("SELECT * FROM public.items ORDER BY id")
+    repeated = at_fault_point_once(monkeypatch, "after_claim",
+                                   lambda: env.sf_execute("INSERT INTO ITEMS VALUES (5, 'the other five')"))
+
+    result = run(env.config([{"source": "ITEMS", "insert_only_mode": False, **NUMERIC}], snapshot=False,
+                            chunk_rows=300, parallel_threads=1, max_attempts=1, no_resume=True))
+
+    assert repeated and result.status == "completed_with_errors", result.tables
+    failed = env.pg_rows(f"SELECT error FROM {status.SCHEMA}.migration_chunk_status WHERE status = 'failed'")
+    assert len(failed) == 1 and "5 in 2 rows" in failed[0][0], failed
+    assert env.pg_rows("SELECT * FROM public.items ORDER BY id") == before
+
+
+@pytest.mark.parametrize("key", [["ID"], ["ID", "NAME"]])
+def test_a_null_key_in_a_merge_into_a_not_null_key_is_named_by_the_engine(env, key) -> None:
+    """Not PostgreSQL's bare not-null violation: the engine's message, naming the key and what to do."""
+    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0), NAME VARCHAR, UPDATED_AT TIMESTAMP_NTZ)",
+                   "INSERT INTO ITEMS SELECT SEQ8(), 'item ' || SEQ8(), DATEADD(second, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ) "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
+    with env.pg() as conn:
+        conn.execute(f"CREATE TABLE public.items (id bigint, name text, updated_at timestamp, PRIMARY KEY ({', '.join(key)}))")
+    table = [{"source": "ITEMS", "source_watermark": "UPDATED_AT", "merge_key": key, **NUMERIC}]
+    assert run(env.config(table, snapshot=False)).status == "completed"
+
+    env.sf_execute("INSERT INTO ITEMS VALUES (NULL, 'no key', '2025-01-01'), (5000, 'new', '2025-01-01')")
+    result = run(env.config(table, snapshot=False))
+
+    assert result.status == "completed_with_errors"
+    state, error, _ = _table(env)
+    assert state == "failed" and "1 row(s) " in error and "have a NULL in the key" in error, error
+    assert "NotNullViolation" not in error
+    assert env.pg_value("SELECT count(*) FROM public.items WHERE id = 5000") == 0

@@ -193,10 +193,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                                                        config.no_resume, dry_run,
                                                        None if post_load_seconds is None
                                                        else (plan.expected_rows, post_load_seconds))
-        if load.staged and one_chunk and read_at is None and len(load.key) == 1 and load.mode == "merge" \
-                and len(columns) > 1:
-            # one key column and others to update: the upsert refuses a repeated key (cardinality violation) and
-            # the stage names it; with every column in the key it would be DO NOTHING and keep one of them
+        if load.staged and one_chunk and read_at is None:
             # the one chunk's stage is checked for NULL and repeated keys (lib/target/loaders.py), and it holds every
             # row in scope: a query here would read the same rows once more
             plan.notes.append(f"key ({', '.join(load.key)}): the window is one chunk read live, whose stage is "

@@ -77,8 +77,7 @@ class KeyedLoader:
     The key must name one staged row: a catch-up's ON CONFLICT DO NOTHING would silently keep one of two rows
     with the same key, and NULL never conflicts, so such rows would be inserted again by every run. Planning
     checks that at the table's read point (`keys_checked`: a snapshot, so every chunk reads what was
-    checked); a table read live is checked again in each stage. A merge's upsert refuses a repeated key by
-    itself (cardinality violation), named here.
+    checked); a table read live is checked again in each stage, merges too (see _check_stage).
 
     `skip_equal` (merges): staged rows equal to the target's are left out before the upsert, so they are
     neither locked nor logged. It costs an extra index probe for each changed row, so a watermark window,
@@ -105,15 +104,14 @@ class KeyedLoader:
         stage = pg.create_stage(conn, self.destination, columns)
         seen = _KeySeen(columns, self.key) if not self.keys_checked else None
         rows, nbytes = pg.copy_into(conn, stage, wire, seen.watch(batches) if seen else batches)
-        if seen is not None and not seen.clean(nulls_matter=not self.update or bool(
-                pg.nullable_columns(conn, self.destination, self.key))):
+        if seen is not None and not seen.clean():
             self._check_stage(conn, stage)
         try:
             with conn.transaction():  # a savepoint: after a refused upsert the stage still answers which key repeats
                 inserted, updated = pg.insert_from_stage(conn, self.destination, columns, stage, self.key, self.update,
                                                          self.skip_equal)
-        except psycopg.errors.CardinalityViolation:
-            self._check_stage(conn, stage, repeats=True)
+        except (psycopg.errors.CardinalityViolation, psycopg.errors.NotNullViolation):
+            self._check_stage(conn, stage)
             raise
         return Written(rows, nbytes, inserted, updated)
 
@@ -127,13 +125,13 @@ class KeyedLoader:
             return False
         return not pg.has_rows_in_range(conn, self.destination, bounds, columns)
 
-    def _check_stage(self, conn: psycopg.Connection[Any], stage: sql.Composable, repeats: bool | None = None) -> None:
-        """Fail the chunk (fatal: the same rows fail the same way) if a staged key is NULL or repeated."""
-        if repeats is None:  # a merge's upsert refuses repeats itself; NULLs pass only a nullable unique key
-            repeats = not self.update
-            if not repeats and not pg.nullable_columns(conn, self.destination, self.key):
-                return
-        nulls, repeated, examples = pg.stage_key_problems(conn, stage, self.key, repeats)
+    def _check_stage(self, conn: psycopg.Connection[Any], stage: sql.Composable) -> None:
+        """Fail the chunk (fatal: the same rows fail the same way) if a staged key is NULL or repeated.
+
+        A merge cannot leave repeats to PostgreSQL: ON CONFLICT DO UPDATE raises a cardinality violation only when
+        one statement changes a row twice, and a staged row equal to the target's changes nothing (its WHERE IS
+        DISTINCT FROM, or skip_equal, leaves it out), so its twin would update the row alone, silently."""
+        nulls, repeated, examples = pg.stage_key_problems(conn, stage, self.key)
         shown = ", ".join(self.key)
         if nulls:
             raise FatalError(f"{nulls} row(s) of the chunk have a NULL in the key ({shown}): ON CONFLICT never matches "
@@ -147,31 +145,37 @@ class KeyedLoader:
 
 
 class _KeySeen:
-    """The key values of a chunk as its batches pass on their way to the stage, checked in Arrow (a hash of one
-    column's values in C++, a few ms a chunk) rather than by a second pass over the stage in PostgreSQL; a key
-    of several columns is left to that pass."""
+    """The key values of a chunk as its batches pass on their way to the stage, checked in Arrow (hashing in C++, a
+    few ms a chunk) rather than by a second pass over the stage in PostgreSQL. Only the key columns are kept, copied
+    out of their batches so that the batches themselves are freed as the COPY moves on."""
 
     def __init__(self, columns: list[Column], key: tuple[str, ...]) -> None:
         names = [pg.target_column_name(c.name) for c in columns]
-        self.index = names.index(key[0]) if len(key) == 1 and key[0] in names else None
-        self.values: list[pa.Array] = []
+        self.indexes = [names.index(k) for k in key] if all(k in names for k in key) else None
+        self.values: list[list[pa.Array]] = [[] for _ in key]
 
     def watch(self, batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
         for batch in batches:
-            if self.index is not None:
-                self.values.append(batch.column(self.index))
+            if self.indexes is not None:
+                for kept, index in zip(self.values, self.indexes, strict=True):
+                    kept.append(pa.concat_arrays([batch.column(index)]))
             yield batch
             del batch
 
-    def clean(self, nulls_matter: bool) -> bool:
-        """No NULL key (where it matters) and no key twice; False also when it could not tell (several columns)."""
-        if self.index is None:
+    def clean(self) -> bool:
+        """No NULL in the key and no key twice; False also when it could not tell (a key column not written)."""
+        if self.indexes is None:
             return False
-        keys = pa.chunked_array(self.values) if self.values else pa.chunked_array([], pa.null())
-        if nulls_matter and keys.null_count:
+        if not self.values[0]:
+            return True  # no rows
+        columns = [pa.chunked_array(kept) for kept in self.values]
+        if any(c.null_count for c in columns):
             return False
-        present = keys.drop_null()
-        return len(pc.unique(present)) == len(present)
+        rows = len(columns[0])
+        if len(columns) == 1:
+            return pc.count_distinct(columns[0]).as_py() == rows
+        names = [str(i) for i in range(len(columns))]
+        return pa.table(columns, names=names).group_by(names).aggregate([]).num_rows == rows
 
 
 def loader_for(load: TableLoad, repair: bool = False, staged: bool = False) -> Loader:
