@@ -213,9 +213,12 @@ def _statements(monkeypatch) -> list[str]:
     return sent
 
 
-def test_a_run_that_finds_little_or_nothing_new_sends_snowflake_two_queries_per_table(env, monkeypatch) -> None:
+def test_a_run_that_finds_little_new_sends_snowflake_two_queries_per_table_and_one_that_finds_nothing_one(
+        env, monkeypatch) -> None:
     """Read live, a window after the first finds its columns, its high end, its size and (small) its rows in one
-    query, and its chunk is written from those rows; reconcile counts it once more."""
+    query, and its chunk is written from those rows; reconcile counts it once more. A window that finds nothing
+    newer than its lower end is not counted again: it holds only rows at that end, which the next window reads
+    again, so a row arriving there after the one query is read by the next run."""
     _source(env)
     assert run(env.config(LIVE, snapshot=False)).status == "completed"
     env.sf_execute("INSERT INTO ITEMS VALUES (5000, 'new', '2025-01-01')",
@@ -232,8 +235,14 @@ def test_a_run_that_finds_little_or_nothing_new_sends_snowflake_two_queries_per_
     assert "row(s) were read by the query that found its high end" in notes
 
     sent.clear()
+    late = at_fault_point_once(monkeypatch, "after_commit",  # at the window's one end, after its one query
+                               lambda: env.sf_execute("INSERT INTO ITEMS VALUES (5003, 'late', '2025-01-02')"))
     quiet = run(env.config(LIVE, snapshot=False))
-    assert quiet.status == "completed" and quiet.tables[0]["reconcile"] == "match" and len(sent) == 2, sent
+    assert late and quiet.status == "completed" and quiet.tables[0]["reconcile"] == "match", quiet.tables
+    assert len(sent) == 1 and "_MIGRATION_HI" in sent[0], sent
+    assert quiet.tables[0]["rows_copied"] == quiet.tables[0]["source_count"] == 1  # the row at the lower end
+
+    assert run(env.config(LIVE, snapshot=False)).status == "completed"
     _same(env)
 
 

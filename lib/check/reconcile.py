@@ -8,7 +8,9 @@ window) against what the load produced, stored per table.
   not counted: its count proves nothing here, and on a large table it costs more than a small window.
   A window is counted at reconcile even when its one chunk read as many rows as planning counted: a row
   that arrives below `hi` after the read is caught by that count (source_changed: the next window starts
-  at this one's `lo` again), as it would not be by the planning count.
+  at this one's `lo` again), as it would not be by the planning count. Not a window at its lower end
+  (`hi` = `lo`, nothing newer was found): no row can arrive below `hi` and above `lo`, and one at `lo` is
+  read by the next window, which starts there; the count of the query that found `hi` stands.
 
 A table passes only when every chunk is done AND the counts match; anything else is `failed` with a
 reason, so "completed with a mismatch" can never be reported as success. One exception is named as
@@ -53,10 +55,14 @@ def reconcile_table(
     against = "rows_read" if load.staged else "target"
     # a copy's target may hold the rows of other loads too (complementary filters): count the scope it holds
     scope = spec.source_filter if load.staged or load.window else held_scope(conn, run_id, spec)
-    try:
-        source_count = source.count(spec.source, scope)
-    except MigrationError as exc:
-        problems.append(f"source count failed: {exc}")
+    window = load.window
+    if load.staged and window is not None and window.at_its_lower_end and window.rows is not None:
+        source_count = window.rows
+    else:
+        try:
+            source_count = source.count(spec.source, scope)
+        except MigrationError as exc:
+            problems.append(f"source count failed: {exc}")
     if against == "target":  # a keyed load is proven by the rows its chunks read: counting the target proves nothing
         try:
             target_count = pg.row_count(conn, load.destination)

@@ -63,6 +63,12 @@ class Window:
         """Nothing to read: the source holds no watermark at or above the last window's end."""
         return self.lo is not None and (self.hi is None or exact(self.kind, self.hi) < exact(self.kind, self.lo))
 
+    @property
+    def at_its_lower_end(self) -> bool:
+        """Nothing newer than the last window's end: every row of the window is at `lo`, where the next window
+        starts again, so a row arriving there after this window was read is read by the next one."""
+        return self.lo is not None and self.hi is not None and exact(self.kind, self.hi) == exact(self.kind, self.lo)
+
     def predicate(self) -> str:
         """The window as raw Snowflake SQL (like a source_filter); values are literals the engine rendered."""
         col = quote_snowflake_raw(self.column)
