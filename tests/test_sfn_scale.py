@@ -67,10 +67,10 @@ def _stub_world(monkeypatch, rows_per_table: int) -> None:
                         else real_ensure(conn, t, columns))
     real_copy = worker_module.Worker._copy
 
-    def copy(self: Any, chunk: Any, spec: Any, columns: Any, load: Any) -> Written:
-        if not _stubbed(spec.source):
-            return real_copy(self, chunk, spec, columns, load)
-        conn = self._pg()
+    def copy(self: Any, chunk: Any, lane: Any, started: Any = None) -> Written:
+        if not _stubbed(self.plan.tables[chunk.table_name][0].source):
+            return real_copy(self, chunk, lane, started)
+        conn = lane.pg()
         with conn.transaction():
             status.mark_done(conn, chunk, chunk.expected_rows, chunk.expected_rows * 64)
         status.release_liveness_lock(conn, chunk)

@@ -33,6 +33,8 @@ class Settings:
     # retention covers resume_max_age, True for every table, False never (lib/plan/tables.py reads_at)
     snapshot: str | bool = "auto"
     verify: bool = False  # after reconciliation, compare content checksums of every chunk (lib/check/verify.py)
+    # a thread claims its next chunk and starts reading it while it writes the last one (lib/run/worker.py)
+    read_ahead: bool = True
     source_results: str = "auto"  # how Snowflake answers a chunk: streamed | whole | auto (asks the session)
     result_prefetch: int = 1  # streamed results: result parts downloaded ahead of the one being read
     result_chunk_mb: int = 48  # streamed results: CLIENT_RESULT_CHUNK_SIZE asked of Snowflake (48-160)
@@ -112,7 +114,7 @@ TEXT_SETTINGS = {"nul_bytes": nul_policy_problem, "source_results": source_resul
                  f"snapshot must be auto, true or false, got {value!r}"}
 
 
-BOOL_SETTINGS = {"verify"}
+BOOL_SETTINGS = {"verify", "read_ahead"}
 
 
 SETTING_NAMES = tuple(Settings.__dataclass_fields__)

@@ -104,6 +104,15 @@ def claim_chunk(
     return ClaimedChunk(row[0], row[1], row[2], row[3], Bounds.from_json(row[4]), row[5], row[6], row[7], row[8], row[9])
 
 
+def unclaim_chunk(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> None:
+    """Give a claimed chunk back untouched (a thread read it ahead and stops first): pending again, its attempt not
+    counted. The caller then releases its liveness lock."""
+    conn.execute(
+        f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'pending', attempts = greatest(attempts - 1, 0), "
+        "worker = NULL, lease_expires_at = NULL WHERE chunk_id = %s AND fence = %s AND status = 'running'",
+        (chunk.chunk_id, chunk.fence))
+
+
 def release_liveness_lock(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> None:
     conn.execute(f"SELECT pg_advisory_unlock(%s, {LIVENESS_KEY.format(chunk='%s', fence='%s')})",
                  (CHUNK_LOCK_CLASS, chunk.chunk_id, chunk.fence))

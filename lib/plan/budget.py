@@ -140,6 +140,14 @@ CONNECTIONS_PER_THREAD = 2
 CONNECTIONS_PER_PROCESS = 1
 
 
+CONNECTIONS_PER_THREAD_READING_AHEAD = 4  # a data connection and a lease keeper's for each of two chunks
+
+
+def reads_ahead(threads: int, max_connections: int) -> bool:
+    """Whether `threads` threads may read ahead (two chunks each) within max_target_connections."""
+    return threads * CONNECTIONS_PER_THREAD_READING_AHEAD + CONNECTIONS_PER_PROCESS <= max_connections
+
+
 def fit_connections(slots: int, threads: int, max_connections: int) -> tuple[int, int, str | None]:
     """Clamp worker slots, then threads per slot, so that slots × (threads × 2 + 1) ≤ max_connections.
     Returns (slots, threads per slot, why they were lowered or None)."""

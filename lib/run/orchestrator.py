@@ -26,7 +26,18 @@ from lib.ledger import schema as ledger_schema
 from lib.ledger.tables import source_snapshots
 from lib.log import ctx, get_logger
 from lib.plan import discover
-from lib.plan.budget import MIB, ReadShape, estimate_bytes, fit_connections, fit_threads, memory_budget_bytes, requested_threads, widest
+from lib.plan.budget import (
+    CONNECTIONS_PER_THREAD_READING_AHEAD,
+    MIB,
+    ReadShape,
+    estimate_bytes,
+    fit_connections,
+    fit_threads,
+    memory_budget_bytes,
+    reads_ahead,
+    requested_threads,
+    widest,
+)
 from lib.plan.tables import plan_missing_tables, refresh_target_types, scoped_spec
 from lib.retry import call_with_retry
 from lib.run.progress import ProgressMonitor
@@ -228,6 +239,19 @@ def thread_count(config: SourceConfig, plan: WorkPlan, at_most: int | None = Non
                  estimate_bytes(threads, shapes) / MIB, memory_budget_bytes(config.settings.memory_budget_mb) / MIB,
                  **ctx(run_id=plan.run_id))
     return threads
+
+
+def reading_ahead(config: SourceConfig, threads: int, run_id: int) -> bool:
+    """Whether a local run's threads read ahead: read_ahead set and two chunks per thread within
+    max_target_connections (a Step Functions slot does not: the slots share the cap at two per thread)."""
+    if not config.settings.read_ahead:
+        return False
+    if reads_ahead(threads, config.settings.max_target_connections):
+        return True
+    log.info("not reading ahead: %d thread(s) reading two chunks each would hold %d PostgreSQL connections, more "
+             "than max_target_connections (%d)", threads, threads * CONNECTIONS_PER_THREAD_READING_AHEAD + 1,
+             config.settings.max_target_connections, **ctx(run_id=run_id))
+    return False
 
 
 def work(plan: WorkPlan, threads: int) -> WorkerStats:
@@ -506,7 +530,9 @@ def run(config: SourceConfig) -> RunResult:
         claimable = retried(lambda: _claimable_chunks(config, start.run_id), "counting the chunks to copy")
         if plan.tables and claimable:
             threads = thread_count(config, plan, at_most=claimable)
-            log.info("copying with %d thread(s)", threads, **ctx(run_id=start.run_id))
+            plan.read_ahead = reading_ahead(config, threads, plan.run_id)
+            log.info("copying with %d thread(s)%s", threads, ", each reading its next chunk while it writes one"
+                     if plan.read_ahead else "", **ctx(run_id=start.run_id))
             with ProgressMonitor(config.postgres_connect_args(), start.run_id):
                 work(plan, threads)
         retried(lambda: reconcile_finished_tables(config, start.run_id), "reconciling")

@@ -8,7 +8,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -57,6 +57,7 @@ class WorkPlan:
     # per copy or swap table: the source rows its target holds (load_modes.held_scope), which a repair copies again
     repair_filters: dict[str, str | None] = field(default_factory=dict)
     early: EarlyReads | None = None  # rows planning read for a table's one chunk, in this process
+    read_ahead: bool = False  # each thread claims and starts reading its next chunk while it writes one
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     claims: int = 0  # chunks this process claimed
@@ -85,6 +86,54 @@ class WorkPlan:
                 self.threads = allowed
 
 
+class _Lane:
+    """A PostgreSQL connection and a Snowflake session. A chunk's claim, liveness lock, read and transaction
+    all use one lane; a thread that reads ahead has two, and the next chunk takes the lane the last one left."""
+
+    def __init__(self, plan: WorkPlan) -> None:
+        self.plan = plan
+        self.conn: psycopg.Connection[Any] | None = None
+        self.source: SnowflakeSource | None = None
+
+    def pg(self) -> psycopg.Connection[Any]:
+        if self.conn is None or self.conn.closed:
+            self.conn = pg.connect(self.plan.config.postgres_connect_args(), autocommit=True)
+            ledger.hold_run(self.conn, self.plan.run_id)
+        return self.conn
+
+    def snowflake(self) -> SnowflakeSource:
+        if self.source is None:
+            self.source = SnowflakeSource(self.plan.config.snowflake_connect_args(), self.plan.config.retry_policy(),
+                                          self.plan.snapshots)
+        return self.source
+
+    def reset_pg(self) -> None:
+        # A fresh connection also drops the liveness lock of a chunk claimed on this one.
+        if self.conn is not None:
+            with contextlib.suppress(Exception):
+                self.conn.close()
+            self.conn = None
+
+    def reset_source(self, wait: bool = True) -> None:
+        if self.source is not None:
+            self.source.close(wait=wait)
+            self.source = None
+
+    def close(self) -> None:
+        self.reset_pg()
+        self.reset_source()
+
+
+@dataclass
+class _Started:
+    """A claimed chunk whose read has begun: its lane, its lease keeper (running) and its batches."""
+
+    chunk: ClaimedChunk
+    lane: _Lane
+    keeper: LeaseKeeper
+    batches: Prefetcher[pa.RecordBatch]
+
+
 class Worker:
     def __init__(self, plan: WorkPlan, index: int = 0, name: str | None = None) -> None:
         self.plan = plan
@@ -92,8 +141,9 @@ class Worker:
         self.name = name or f"worker-{uuid.uuid4().hex[:12]}"
         self.stats = WorkerStats()
         self.log = get_logger()
-        self._source: SnowflakeSource | None = None
-        self._conn: psycopg.Connection[Any] | None = None
+        self._lanes = (_Lane(plan), _Lane(plan))  # the loop claims on the first; a chunk read ahead takes the other
+        self._ahead: _Started | None = None  # the next chunk, claimed and being read while the last one is written
+        self._progress = Progress()  # ticked by every batch of this thread's chunks: the thread is moving
         self._outage_since: float | None = None
         self._outage_attempt = 0
 
@@ -105,36 +155,49 @@ class Worker:
         """
         settings = self.plan.config.settings
         try:
-            while self.plan.may_claim(self.index):
+            while True:
+                started, self._ahead = self._ahead, None
+                if started is not None:
+                    if not self.plan.may_claim(self.index):
+                        self._release(started)
+                        break
+                    self._process(started.chunk, started.lane, started)
+                    continue
+                if not self.plan.may_claim(self.index):
+                    break
+                lane = self._lanes[0]
                 try:
-                    chunk = ledger.claim_chunk(
-                        self._pg(), self.plan.run_id, self.name, settings.lease_seconds, settings.max_attempts
-                    )
+                    chunk = ledger.claim_chunk(lane.pg(), self.plan.run_id, self.name, settings.lease_seconds,
+                                               settings.max_attempts)
                     if chunk is not None:
                         self.plan.claims += 1
                     if chunk is None:
-                        wait = ledger.seconds_until_retry(self._pg(), self.plan.run_id)
+                        wait = ledger.seconds_until_retry(lane.pg(), self.plan.run_id)
                         if wait is None:
                             break
                         time.sleep(min(wait, 1.0) + 0.01)
                         continue
                     self._outage_since = None
                 except Exception as exc:  # noqa: BLE001 - classified in _ride_out
-                    self._ride_out(exc)
+                    self._ride_out(exc, lane)
                     continue
                 faults.maybe_crash("after_claim")
-                self._process(chunk)
+                self._process(chunk, lane)
         except MigrationError as exc:
             self.log.error("worker %s stopped: %s", self.name, exc, **ctx(run_id=self.plan.run_id))
             self.stats.errors.append(str(exc))
         finally:
-            self._close()
+            if self._ahead is not None:
+                self._release(self._ahead)
+                self._ahead = None
+            for lane in self._lanes:
+                lane.close()
         return self.stats
 
-    def _ride_out(self, exc: Exception) -> None:
+    def _ride_out(self, exc: Exception, lane: _Lane) -> None:
         """A ledger call failed: reconnect after a backoff if transient and the outage is young; else raise."""
         error = classify(exc, "talking to the PostgreSQL ledger")
-        self._reset_pg()
+        lane.reset_pg()
         if not isinstance(error, TransientError):
             raise error from exc
         now = time.monotonic()
@@ -147,15 +210,14 @@ class Worker:
         self.log.warning("%s; reconnecting in %.1fs", error, wait, **ctx(run_id=self.plan.run_id))
         time.sleep(wait)
 
-    def _process(self, chunk: ClaimedChunk) -> None:
-        spec, columns, load = self.plan.tables[chunk.table_name]
+    def _process(self, chunk: ClaimedChunk, lane: _Lane, started: _Started | None = None) -> None:
         where = f"{chunk.table_name} chunk {chunk.chunk_no} ({chunk.bounds.describe()})"
         fields = ctx(run_id=chunk.run_id, table=chunk.table_name, chunk=chunk.chunk_no)
         try:
-            written = self._copy(chunk, spec, columns, load)
+            written = self._copy(chunk, lane, started)
         except FenceLostError as exc:
             self.log.warning("%s", exc, **fields)
-            self._reset_pg()
+            lane.reset_pg()
             return
         except Exception as exc:  # noqa: BLE001 - every failure is classified and recorded
             error = with_context(classify(exc, where), where)
@@ -163,10 +225,10 @@ class Worker:
             retry_in = self.plan.config.retry_policy().delay(chunk.attempts) if transient else None
             # Record before letting go of the connection: closing it drops the liveness lock, and
             # another worker would reclaim the chunk in between.
-            outcome = self._record_failure(chunk, str(error), retry_in, isinstance(error, StageNextTime))
-            self._reset_pg()
+            outcome = self._record_failure(chunk, lane, str(error), retry_in, isinstance(error, StageNextTime))
+            lane.reset_pg()
             if transient:
-                self._reset_source()
+                lane.reset_source()
             self.stats.errors.append(str(error))
             if outcome == "failed":
                 self.stats.chunks_failed += 1
@@ -180,83 +242,118 @@ class Worker:
         self.log.debug("chunk done: %d rows read, %d inserted, %d updated", written.rows, written.inserted,
                        written.updated, **fields)
 
-    def _copy(self, chunk: ClaimedChunk, spec: TableSpec, columns: list[Column], load: TableLoad) -> Written:
-        conn = self._pg()
+    def _start(self, chunk: ClaimedChunk, lane: _Lane) -> _Started:
+        """Begin a claimed chunk: its lease keeper, and its read, in the background, of rows to come."""
+        spec, columns, _ = self.plan.tables[chunk.table_name]
         settings = self.plan.config.settings
-        source = self._snowflake()
-        progress = Progress()
+        conn, source = lane.pg(), lane.snowflake()
 
         def give_up(reason: str) -> None:  # from the keeper's thread: free this worker from a stuck statement
             with contextlib.suppress(Exception):
                 conn.cancel_safe(timeout=5)
             source.cancel()
 
-        keeper = LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds, progress, give_up)
+        keeper = LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds, self._progress,
+                             give_up)
         scope = self.plan.repair_filters.get(chunk.table_name, spec.source_filter) if chunk.repair else spec.source_filter
         early = self.plan.early.take(chunk.table_name) if (
             self.plan.early and chunk.attempts == 1 and chunk.bounds.kind == "all" and not chunk.repair) else None
         read = early_batches(early, settings.batch_size) if early is not None else source.read(
             spec.source, columns, chunk.bounds, scope, settings.batch_size,
             on_part=lambda part: self.plan.observe(chunk.table_name, part_bytes=part.nbytes))
-        batches = Prefetcher(_ticking(read, progress), abort=keeper.lost,
-                             aborted=lambda: LeaseLostError(f"chunk given up: {keeper.lost_reason}"))
+        keeper.__enter__()
         try:
-            with keeper, conn.transaction():
-                moving = _ticking(self._measured(chunk.table_name, _with_fault_points(batches)), progress)
+            batches = Prefetcher(_ticking(read, self._progress), abort=keeper.lost,
+                                 aborted=lambda: LeaseLostError(f"chunk given up: {keeper.lost_reason}"))
+        except BaseException:
+            keeper.__exit__(None, None, None)
+            raise
+        return _Started(chunk, lane, keeper, batches)
+
+    def _copy(self, chunk: ClaimedChunk, lane: _Lane, started: _Started | None = None) -> Written:
+        """Copy a claimed chunk (`started`: its read already begun) in one transaction that marks it done."""
+        started = started or self._start(chunk, lane)
+        keeper, batches = started.keeper, started.batches
+        spec, columns, load = self.plan.tables[chunk.table_name]
+        conn = lane.pg()
+        try:
+            with conn.transaction():
+                moving = _then(_ticking(self._measured(chunk.table_name, _with_fault_points(batches)), self._progress),
+                               lambda: self._read_ahead(lane))
                 wire = Wire(columns, key=chunk.bounds.column, nul_bytes=self.plan.config.nul_bytes(spec))
                 written = loader_for(load, chunk.repair, chunk.staged).write(conn, wire, moving, chunk.bounds)
                 ledger.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated,
                                  wire.notes(), sum(wire.nul_values_changed.values()))
                 faults.maybe_crash("before_commit")
         finally:
+            keeper.__exit__(None, None, None)
             if not batches.close():
                 self.log.warning("a Snowflake read of chunk %s is still stuck: leaving it to its timeout",
                                  chunk.chunk_no, **ctx(run_id=chunk.run_id, table=chunk.table_name))
-                self._reset_source(wait=False)
+                lane.reset_source(wait=False)
         faults.maybe_crash("after_commit")
         ledger.release_liveness_lock(conn, chunk)
         return written
 
-    def _record_failure(self, chunk: ClaimedChunk, error: str, retry_in: float | None, stage_next: bool) -> str:
+    def _read_ahead(self, busy: _Lane) -> None:
+        """The chunk on `busy` has read its last row and goes on writing: claim the next one on the other lane and
+        start reading it now, so that Snowflake answers while PostgreSQL writes. Nothing here may fail that chunk:
+        a claim that fails is left to be claimed again."""
+        if not self.plan.read_ahead or self._ahead is not None or not self.plan.may_claim(self.index):
+            return
+        lane = self._lanes[1 - self._lanes.index(busy)]
+        settings = self.plan.config.settings
+        try:
+            chunk = ledger.claim_chunk(lane.pg(), self.plan.run_id, self.name, settings.lease_seconds,
+                                       settings.max_attempts)
+        except Exception as exc:  # noqa: BLE001 - the loop claims again after this chunk
+            self.log.warning("reading ahead: could not claim the next chunk (%s); claiming it after this one",
+                             classify(exc, "claiming a chunk"), **ctx(run_id=self.plan.run_id))
+            lane.reset_pg()  # a claim that committed loses its liveness lock with the connection: reclaimable
+            return
+        if chunk is None:
+            return
+        self.plan.claims += 1
+        try:
+            faults.maybe_crash("after_claim")
+            self._ahead = self._start(chunk, lane)
+        except Exception as exc:  # noqa: BLE001 - given back; the loop claims it, or another thread does
+            self.log.warning("reading ahead: could not start chunk %s (%s); giving it back", chunk.chunk_no,
+                             classify(exc, "starting a chunk"), **ctx(run_id=chunk.run_id, table=chunk.table_name))
+            self._unclaim(chunk, lane)
+        except BaseException:
+            self._unclaim(chunk, lane)
+            raise
+
+    def _release(self, started: _Started) -> None:
+        """Give back a chunk read ahead that this thread will not copy (a stop, the deadline, fewer threads)."""
+        started.batches.close()
+        started.keeper.__exit__(None, None, None)
+        self._unclaim(started.chunk, started.lane)
+
+    def _unclaim(self, chunk: ClaimedChunk, lane: _Lane) -> None:
+        try:
+            ledger.unclaim_chunk(lane.pg(), chunk)
+            ledger.release_liveness_lock(lane.pg(), chunk)
+        except Exception as exc:  # noqa: BLE001 - without its liveness lock the chunk is reclaimed anyway
+            self.log.warning("could not give back chunk %s read ahead (%s): it is reclaimed once this connection "
+                             "closes", chunk.chunk_no, classify(exc, "giving back a chunk"),
+                             **ctx(run_id=chunk.run_id, table=chunk.table_name))
+            lane.reset_pg()
+
+    def _record_failure(self, chunk: ClaimedChunk, lane: _Lane, error: str, retry_in: float | None,
+                        stage_next: bool) -> str:
         def record() -> str:
-            return ledger.mark_failed(self._pg(), chunk, error, retry_in, self.plan.config.settings.max_attempts,
+            return ledger.mark_failed(lane.pg(), chunk, error, retry_in, self.plan.config.settings.max_attempts,
                                       stage_next)
 
         try:
             return call_with_retry(record, self.plan.config.retry_policy(), f"recording the failure of chunk {chunk.chunk_id}",
-                                   on_retry=self._reset_pg)
+                                   on_retry=lane.reset_pg)
         except MigrationError as exc:
             # The chunk stays 'running'; its liveness lock died with our connection, so it is reclaimed.
             self.log.error("could not record the failure of chunk %s: %s", chunk.chunk_id, exc)
             return "unrecorded"
-
-    def _pg(self) -> psycopg.Connection[Any]:
-        if self._conn is None or self._conn.closed:
-            self._conn = pg.connect(self.plan.config.postgres_connect_args(), autocommit=True)
-            ledger.hold_run(self._conn, self.plan.run_id)
-        return self._conn
-
-    def _snowflake(self) -> SnowflakeSource:
-        if self._source is None:
-            self._source = SnowflakeSource(self.plan.config.snowflake_connect_args(), self.plan.config.retry_policy(),
-                                           self.plan.snapshots)
-        return self._source
-
-    def _reset_pg(self) -> None:
-        # A fresh connection also drops the chunk's liveness lock.
-        if self._conn is not None:
-            with contextlib.suppress(Exception):
-                self._conn.close()
-            self._conn = None
-
-    def _reset_source(self, wait: bool = True) -> None:
-        if self._source is not None:
-            self._source.close(wait=wait)
-            self._source = None
-
-    def _close(self) -> None:
-        self._reset_pg()
-        self._reset_source()
 
     def _measured(self, table: str, batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
@@ -282,6 +379,14 @@ def _ticking(batches: Iterator[pa.RecordBatch], progress: Progress) -> Iterator[
         yield batch
         del batch
     progress.tick()
+
+
+def _then(batches: Iterator[pa.RecordBatch], after: Callable[[], None]) -> Iterator[pa.RecordBatch]:
+    """The batches, then `after()` once the last one was taken (not if the consumer stops early)."""
+    for batch in batches:
+        yield batch
+        del batch
+    after()
 
 
 def _with_fault_points(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
