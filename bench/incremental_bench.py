@@ -11,6 +11,8 @@ UPDATED_AT, and a tenth more rows arrive. Measured, each engine run in a fresh p
            COPY'd server-side from that file into a TEMP stage and upserted with INSERT … ON CONFLICT (id) DO
            UPDATE of every column, in one transaction, into the target as it was before the window;
   no-op    the next run, with nothing new;
+  distant  the window through a relay that holds each Snowflake statement INCR_BENCH_LATENCY seconds (0.5),
+           with read_ahead on and off;
   import   a fresh interpreter that imports the engine (migrate.py and lib.run.orchestrator) and exits the way
            migrate.py does (without the interpreter's teardown), the no-op's floor; with the teardown, for the record.
 
@@ -31,6 +33,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -41,6 +44,7 @@ import psycopg
 from bench.results_file import keep
 from lib import ledger
 from scripts.local_stack import LocalStack
+from scripts.snowflake_relay import SnowflakeProxy
 
 ROOT = Path(__file__).resolve().parents[1]
 DATABASE, SCHEMA, TABLE = "INCR", "PUBLIC", "ITEMS"
@@ -64,11 +68,11 @@ FROM (SELECT SEQ8() AS n FROM TABLE(GENERATOR(ROWCOUNT => {rows})))
 CHANGED_AT = "2025-06-01 00:00:00"
 
 
-def engine_run(config: Path, env: dict[str, str]) -> dict[str, Any]:
-    """One run as a user starts it, `migrate.py --json` in a fresh process; its wall seconds include the
-    interpreter and the imports."""
+def engine_run(config: Path, env: dict[str, str], *args: str) -> dict[str, Any]:
+    """One run as a user starts it, `migrate.py --json` in a fresh process (with `args`); its wall seconds include
+    the interpreter and the imports."""
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "migrate.py", "--config", str(config), "--source", "bench", "--json"],
+    done = subprocess.run([sys.executable, "migrate.py", "--config", str(config), "--source", "bench", "--json", *args],
                           cwd=ROOT, env=env, capture_output=True, text=True)
     seconds = round(time.monotonic() - started, 2)
     if done.returncode != 0:
@@ -94,9 +98,9 @@ def chunk_rows(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any
     return [{"chunk": r[0], "rows": r[1], "seconds": float(r[2] or 0)} for r in rows]
 
 
-def measured_run(name: str, config: Path, env: dict[str, str], conn: psycopg.Connection[Any]) -> dict[str, Any]:
+def measured_run(name: str, config: Path, env: dict[str, str], conn: psycopg.Connection[Any], *args: str) -> dict[str, Any]:
     now = float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
-    report = engine_run(config, env)
+    report = engine_run(config, env, *args)
     end = float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
     out = {"seconds": report["wall"], "status": report["status"], "split": split(conn, report["run_id"], now, end),
            "chunks": chunk_rows(conn, report["run_id"]),
@@ -128,6 +132,34 @@ def floor(conn: psycopg.Connection[Any], path: Path) -> float:
     return round(time.monotonic() - started, 2)
 
 
+def distant_windows(stack: LocalStack, config: Path, env: dict[str, str]) -> dict[str, Any]:
+    """The window again, through a relay that holds every Snowflake statement LATENCY seconds before the stand-in
+    answers it (a warehouse compiling, queueing and starting a query), with read_ahead on and off, three times each,
+    alternately, on the database as it was before the window; medians. Reading ahead hides a chunk's wait behind
+    the last chunk's write."""
+    relay = SnowflakeProxy(f"http://127.0.0.1:{env['SNOWFLAKE_PORT']}")
+    relay.delay = lambda sql: LATENCY
+    serving = threading.Thread(target=relay.serve_forever, daemon=True)
+    serving.start()
+    far = {**env, "SNOWFLAKE_PORT": str(relay.port)}
+    seconds: dict[str, list[float]] = {"read_ahead": [], "without": []}
+    try:
+        for _ in range(3):
+            for name, value in (("read_ahead", "true"), ("without", "false")):
+                with reset(stack) as conn:
+                    run = measured_run(f"window {LATENCY} s away, {name}", config, far, conn, "--read-ahead", value)
+                    if run["status"] != "completed":
+                        raise RuntimeError(f"the distant window did not complete: {run}")
+                    seconds[name].append(run["seconds"])
+    finally:
+        relay.shutdown()
+        relay.server_close()
+    medians = {name: median(values) for name, values in seconds.items()}
+    return {"latency_seconds": LATENCY, "seconds": medians, "all_seconds": seconds,
+            "saved_seconds": round(medians["without"] - medians["read_ahead"], 2)}
+
+
+LATENCY = float(os.environ.get("INCR_BENCH_LATENCY", "0.5"))
 IMPORT = "import migrate, lib.run.orchestrator"
 
 
@@ -199,6 +231,7 @@ def main() -> None:
         with psycopg.connect(**stack.pg_args(PG_DB), autocommit=True) as conn:
             no_ops = sorted((measured_run("no-op", config, env, conn) for _ in range(3)), key=lambda r: r["seconds"])
         result["no_op"] = {**no_ops[1], "all_seconds": [r["seconds"] for r in no_ops]}
+        result["distant"] = distant_windows(stack, config, env)
         result["import_seconds"] = import_seconds(env, "import migrate; migrate.exit_without_teardown(0)")
         result["import_with_teardown_seconds"] = import_seconds(env, "pass")
     result["window_vs_floor"] = round(result["window"]["seconds"] / result["floor_seconds"], 2)
