@@ -29,9 +29,11 @@ import psycopg
 from lib import ledger
 from lib.config import TableSpec
 from lib.errors import MigrationError, classify
+from lib.models import Bounds
 from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
 from lib.target.load_modes import TableLoad, held_scope
+from lib.typemap import Column
 
 
 @dataclass(frozen=True)
@@ -46,11 +48,18 @@ class Reconciliation:
 
 def reconcile_table(
     source: SnowflakeSource, conn: psycopg.Connection[Any], run_id: int, spec: TableSpec,
-    chunks: dict[str, int], load: TableLoad,
+    chunks: dict[str, int], load: TableLoad, columns: list[Column] | None = None,
 ) -> Reconciliation:
     """Count both sides and store the verdict. `spec` is scoped to the run's window (planning.scoped_spec);
-    `chunks` is the table's entry of ledger.chunk_counts."""
+    `chunks` is the table's entry of ledger.chunk_counts; `columns` the table's, for the key check of a keyed
+    load read live (repeats_across_chunks)."""
     problems: list[str] = []
+    if columns is not None and not chunks.get("failed"):
+        try:
+            if repeated := repeats_across_chunks(source, conn, run_id, spec, columns, load):
+                problems.append(repeated)
+        except MigrationError as exc:
+            problems.append(f"the source's key could not be checked again: {exc}")
     source_count = target_count = None
     against = "rows_read" if load.staged else "target"
     # a copy's target may hold the rows of other loads too (complementary filters): count the scope it holds
@@ -96,3 +105,34 @@ def reconcile_table(
     ledger.store_reconciliation(conn, run_id, spec.name, rec.rows_copied, source_count, target_count, rec.ok, error,
                                 against, verdict)
     return rec
+
+
+def repeats_across_chunks(source: SnowflakeSource, conn: psycopg.Connection[Any], run_id: int, spec: TableSpec,
+                          columns: list[Column], load: TableLoad) -> str | None:
+    """What a keyed load read live cannot see chunk by chunk: a key whose rows fell into two chunks. Each stage
+    checks its own rows (lib/target/loaders.py), and planning checked the source as it was then; a row that
+    arrived meanwhile with another row's key, in a chunk read later, was kept out by ON CONFLICT DO NOTHING (a
+    catch-up) or replaced its twin (a merge), and the counts still agree. Cut on the key's one column, equal keys
+    share a chunk, and one chunk holds them all; read at a snapshot, planning checked what the chunks read: those
+    need no query. Otherwise the key is checked in Snowflake once more, on the rows in scope now."""
+    if not load.staged or spec.source in source.snapshots:
+        return None
+    bounds = [Bounds.from_json(b) for (b,) in conn.execute(
+        f"SELECT bounds FROM {ledger.SCHEMA}.migration_chunk_status WHERE run_id = %s AND table_name = %s",
+        (run_id, spec.name)).fetchall()]
+    names = {pg.target_column_name(c.name): c.name for c in columns}
+    source_key = [names.get(k, k) for k in load.key]
+    on_the_key = len(source_key) == 1 and all(b.kind in ("range", "null") and b.column == source_key[0] for b in bounds)
+    if len(bounds) <= 1 or on_the_key:
+        return None
+    found = source.key_problems(spec.source, source_key, spec.source_filter)
+    if not found.null_rows and not found.repeated_rows:
+        return None
+    shown = ", ".join(source_key)
+    examples = "; ".join(f"{', '.join(map(str, values))} in {count} rows" for values, count in found.examples)
+    found_rows = [f"{found.repeated_rows} row(s) repeating another row's key ({shown})"
+                  + (f", e.g. {examples}" if examples else "")] if found.repeated_rows else []
+    found_rows += [f"{found.null_rows} row(s) with a NULL in the key ({shown})"] if found.null_rows else []
+    return (f"the source now holds {' and '.join(found_rows)}, which chunks read separately could not see: the "
+            "target keeps one row per key. Deduplicate the source, or leave those rows out with source_filter, and "
+            "run again")

@@ -347,7 +347,8 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
                 refused = _deletes(conn, source, config, run_id, spec, columns, load, chunks, deadline)
                 if refused is CONTINUED:
                     continue
-                results.append(refused or reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load))
+                results.append(refused or reconcile_table(source, conn, run_id, scoped_spec(spec, load.window), chunks, load,
+                                                          columns))
             except StillRunning as pending:
                 log.info("%s: the count waits for Snowflake query %s", name, pending.query_id,
                          **ctx(run_id=run_id, table=name))

@@ -76,8 +76,9 @@ class KeyedLoader:
 
     The key must name one staged row: a catch-up's ON CONFLICT DO NOTHING would silently keep one of two rows
     with the same key, and NULL never conflicts, so such rows would be inserted again by every run. Planning
-    checks that at the table's read point (`keys_checked`: a snapshot, so every chunk reads what was
-    checked); a table read live is checked again in each stage, merges too (see _check_stage).
+    checks the source's values in scope; every stage is checked again as it is written (see _KeySeen), merges
+    too (see _check_stage): a table read live may have changed since, and two source values may become one
+    key on the way (NUL bytes stripped, text cast to a number or a uuid).
 
     `skip_equal` (merges): staged rows equal to the target's are left out before the upsert, so they are
     neither locked nor logged. It costs an extra index probe for each changed row, so a watermark window,
@@ -87,7 +88,6 @@ class KeyedLoader:
     key: tuple[str, ...]
     update: bool
     skip_equal: bool = True
-    keys_checked: bool = False
     direct: bool = True
 
     def write(self, conn: psycopg.Connection[Any], wire: Wire, batches: Iterable[pa.RecordBatch],
@@ -102,16 +102,16 @@ class KeyedLoader:
                                     "stage") from exc
             return Written(rows, nbytes, rows, 0)
         stage = pg.create_stage(conn, self.destination, columns)
-        seen = _KeySeen(columns, self.key) if not self.keys_checked else None
-        rows, nbytes = pg.copy_into(conn, stage, wire, seen.watch(batches) if seen else batches)
-        if seen is not None and not seen.clean():
-            self._check_stage(conn, stage)
+        seen = _KeySeen(columns, self.key)
+        rows, nbytes = pg.copy_into(conn, stage, wire, batches, seen.add)
+        if not seen.clean():
+            self._check_stage(conn, stage, columns)
         try:
             with conn.transaction():  # a savepoint: after a refused upsert the stage still answers which key repeats
                 inserted, updated = pg.insert_from_stage(conn, self.destination, columns, stage, self.key, self.update,
                                                          self.skip_equal)
         except (psycopg.errors.CardinalityViolation, psycopg.errors.NotNullViolation):
-            self._check_stage(conn, stage)
+            self._check_stage(conn, stage, columns)
             raise
         return Written(rows, nbytes, inserted, updated)
 
@@ -125,13 +125,14 @@ class KeyedLoader:
             return False
         return not pg.has_rows_in_range(conn, self.destination, bounds, columns)
 
-    def _check_stage(self, conn: psycopg.Connection[Any], stage: sql.Composable) -> None:
+    def _check_stage(self, conn: psycopg.Connection[Any], stage: sql.Composable, columns: list[Column]) -> None:
         """Fail the chunk (fatal: the same rows fail the same way) if a staged key is NULL or repeated.
 
         A merge cannot leave repeats to PostgreSQL: ON CONFLICT DO UPDATE raises a cardinality violation only when
         one statement changes a row twice, and a staged row equal to the target's changes nothing (its WHERE IS
         DISTINCT FROM, or skip_equal, leaves it out), so its twin would update the row alone, silently."""
-        nulls, repeated, examples = pg.stage_key_problems(conn, stage, self.key)
+        casts = {pg.target_column_name(c.name): c.pg_type for c in columns if c.via_text}
+        nulls, repeated, examples = pg.stage_key_problems(conn, stage, self.key, casts)
         shown = ", ".join(self.key)
         if nulls:
             raise FatalError(f"{nulls} row(s) of the chunk have a NULL in the key ({shown}): ON CONFLICT never matches "
@@ -145,22 +146,22 @@ class KeyedLoader:
 
 
 class _KeySeen:
-    """The key values of a chunk as its batches pass on their way to the stage, checked in Arrow (hashing in C++, a
-    few ms a chunk) rather than by a second pass over the stage in PostgreSQL. Only the key columns are kept, copied
-    out of their batches so that the batches themselves are freed as the COPY moves on."""
+    """The key values of a chunk as they are written to the stage (after the wire's casts and NUL handling, so two
+    source values that become one key are one key here), checked in Arrow (hashing in C++, a few ms a chunk) rather
+    than by a second pass over the stage in PostgreSQL. Only the key columns are kept, copied out of their batches
+    so that the batches themselves are freed as the COPY moves on. A key column sent as text and cast by PostgreSQL
+    (uuid, inet, ...) is left to that pass, which compares it as its type."""
 
     def __init__(self, columns: list[Column], key: tuple[str, ...]) -> None:
-        names = [pg.target_column_name(c.name) for c in columns]
-        self.indexes = [names.index(k) for k in key] if all(k in names for k in key) else None
+        by_name = {pg.target_column_name(c.name): (i, c) for i, c in enumerate(columns)}
+        known = all(k in by_name and not by_name[k][1].via_text for k in key)
+        self.indexes = [by_name[k][0] for k in key] if known else None
         self.values: list[list[pa.Array]] = [[] for _ in key]
 
-    def watch(self, batches: Iterable[pa.RecordBatch]) -> Iterable[pa.RecordBatch]:
-        for batch in batches:
-            if self.indexes is not None:
-                for kept, index in zip(self.values, self.indexes, strict=True):
-                    kept.append(pa.concat_arrays([batch.column(index)]))
-            yield batch
-            del batch
+    def add(self, batch: pa.RecordBatch) -> None:
+        if self.indexes is not None and batch.num_rows:
+            for kept, index in zip(self.values, self.indexes, strict=True):
+                kept.append(pa.concat_arrays([batch.column(index)]))
 
     def clean(self) -> bool:
         """No NULL in the key and no key twice; False also when it could not tell (a key column not written)."""
@@ -183,6 +184,6 @@ def loader_for(load: TableLoad, repair: bool = False, staged: bool = False) -> L
     `staged`: an earlier attempt of the chunk hit the key copying directly."""
     if load.staged:
         return KeyedLoader(load.destination, load.key, update=load.mode == "merge" or repair,
-                           skip_equal=load.window is None or repair, keys_checked=load.read_at is not None,
+                           skip_equal=load.window is None or repair,
                            direct=not staged)
     return RepairLoader(load.destination) if repair else CopyLoader(load.destination)

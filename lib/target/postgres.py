@@ -6,7 +6,7 @@ format, so no Python object is built per value.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import psycopg
@@ -209,9 +209,10 @@ def copy_batches(
 
 
 def copy_into(conn: psycopg.Connection[Any], destination: sql.Composable, wire: Wire,
-              batches: Iterable[pa.RecordBatch]) -> tuple[int, int]:
-    """Binary COPY of the batches, normalised to the wire, into `destination` (a table or a stage).
-    Returns (rows, bytes)."""
+              batches: Iterable[pa.RecordBatch],
+              watch: Callable[[pa.RecordBatch], None] | None = None) -> tuple[int, int]:
+    """Binary COPY of the batches, normalised to the wire, into `destination` (a table or a stage); `watch` sees
+    each batch as it is written (normalised). Returns (rows, bytes)."""
     encoder = wire.encoder()
     statement = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY)").format(
         destination, sql.SQL(", ").join(sql.Identifier(f.name) for f in wire.schema)
@@ -222,7 +223,11 @@ def copy_into(conn: psycopg.Connection[Any], destination: sql.Composable, wire: 
         for batch in batches:
             if batch.num_rows == 0:
                 continue
-            payload = encoder.write_batch(wire.normalize(batch))
+            normalized = wire.normalize(batch)
+            if watch is not None:
+                watch(normalized)
+            payload = encoder.write_batch(normalized)
+            del normalized
             copy.write(payload)
             rows += batch.num_rows
             written += len(payload)
@@ -282,12 +287,16 @@ def insert_from_stage(conn: psycopg.Connection[Any], target: tuple[str, str], co
     return int(row[0]), int(row[1])
 
 
-def stage_key_problems(conn: psycopg.Connection[Any], stage: sql.Composable,
-                       key: tuple[str, ...]) -> tuple[int, int, list[tuple[tuple[Any, ...], int]]]:
+def stage_key_problems(conn: psycopg.Connection[Any], stage: sql.Composable, key: tuple[str, ...],
+                       casts: dict[str, str] | None = None) -> tuple[int, int, list[tuple[tuple[Any, ...], int]]]:
     """(staged rows with a NULL in `key`, rows whose key another staged row has (each beyond the first), a few of
-    those keys with their counts)."""
-    cols = sql.SQL(", ").join(sql.Identifier(k) for k in key)
-    any_null = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(sql.Identifier(k)) for k in key)
+    those keys with their counts). `casts`: key columns staged as text, with the type the upsert casts them to,
+    compared as that type (two texts of one uuid are one key)."""
+    casts = casts or {}
+    keyed = [sql.SQL("{}::{}").format(sql.Identifier(k), sql.SQL(casts[k])) if k in casts else sql.Identifier(k)
+             for k in key]
+    cols = sql.SQL(", ").join(keyed)
+    any_null = sql.SQL(" OR ").join(sql.SQL("{} IS NULL").format(k) for k in keyed)
     grouped = sql.SQL("SELECT {}, count(*) AS n, bool_or({}) AS has_null FROM {} GROUP BY {}").format(
         cols, any_null, stage, cols)
     row = conn.execute(sql.SQL("SELECT coalesce(sum(n) FILTER (WHERE has_null), 0), "
