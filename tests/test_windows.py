@@ -306,3 +306,23 @@ def test_a_row_committed_late_below_the_windows_high_end_is_read_by_the_next_win
     second = run(env.config(table, snapshot=False))
     assert second.status == "completed" and second.tables[0]["reconcile"] == "match", second.tables
     _same(env)
+
+
+def test_a_window_read_at_a_snapshot_is_not_counted_again_at_reconcile(env, monkeypatch) -> None:
+    """Planning counted the window at the run's snapshot, the point every chunk reads: reconcile takes that count
+    instead of scanning the window once more, and a row added meanwhile belongs to the next window."""
+    _source(env)
+    assert run(env.config(WINDOW, snapshot=True)).status == "completed"
+    env.sf_execute("INSERT INTO ITEMS VALUES (5000, 'new', '2025-01-01')")
+    sent = _statements(monkeypatch)
+    late = at_fault_point_once(monkeypatch, "after_commit",
+                               lambda: env.sf_execute("INSERT INTO ITEMS VALUES (5001, 'late', '2025-01-01')"))
+
+    second = run(env.config(WINDOW, snapshot=True))
+
+    assert late and second.status == "completed" and second.tables[0]["reconcile"] == "match", second.tables
+    assert second.tables[0]["source_count"] == second.tables[0]["rows_copied"] == 2  # the boundary row and 5000
+    assert not any("COUNT(*) FROM" in s and "_MIGRATION" not in s for s in sent), sent
+    assert run(env.config(WINDOW, snapshot=True)).status == "completed"
+    _same(env)
+

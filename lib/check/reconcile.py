@@ -10,7 +10,9 @@ window) against what the load produced, stored per table.
   that arrives below `hi` after the read is caught by that count (source_changed: the next window starts
   at this one's `lo` again), as it would not be by the planning count. Not a window at its lower end
   (`hi` = `lo`, nothing newer was found): no row can arrive below `hi` and above `lo`, and one at `lo` is
-  read by the next window, which starts there; the count of the query that found `hi` stands.
+  read by the next window, which starts there; the count of the query that found `hi` stands. Nor a window
+  read at a snapshot: that query counted it at the very point every chunk read, which a count now would
+  only repeat.
 
 A table passes only when every chunk is done AND the counts match; anything else is `failed` with a
 reason, so "completed with a mismatch" can never be reported as success. One exception is named as
@@ -65,8 +67,9 @@ def reconcile_table(
     # a copy's target may hold the rows of other loads too (complementary filters): count the scope it holds
     scope = spec.source_filter if load.staged or load.window else held_scope(conn, run_id, spec)
     window = load.window
-    if load.staged and window is not None and window.at_its_lower_end and window.rows is not None:
-        source_count = window.rows
+    if window is not None and window.rows is not None and (
+            spec.source in source.snapshots or (load.staged and window.at_its_lower_end)):
+        source_count = window.rows  # counted at the read point by the query that found hi: a count now says the same
     else:
         try:
             source_count = source.count(spec.source, scope)
