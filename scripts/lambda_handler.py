@@ -19,7 +19,7 @@ from typing import Any
 from lib import ledger
 from lib.config import SourceConfig, load_config
 from lib.log import get_logger
-from lib.plan.budget import fit_connections
+from lib.plan.budget import fit_connections, reads_ahead
 from lib.run.orchestrator import (
     config_of_run,
     finalize_run,
@@ -89,6 +89,8 @@ def plan(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "done": start.mode == "nothing_to_do",
         "slots": list(range(slots)),
         "threads_per_slot": threads,
+        # each slot's threads claim and read their next chunk while they write one, where the cap allows it
+        "read_ahead": config.settings.read_ahead and reads_ahead(threads, config.settings.max_target_connections, slots),
         "distributed": slots > DISTRIBUTED_ABOVE,
         "max_loops": max_loops,
         "verify": config.settings.verify,
@@ -107,6 +109,7 @@ def work_slot(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     deadline = time.monotonic() + max(remaining - SAFETY_MARGIN_SECONDS, 0)
     work_state = work_plan(config, int(event["run_id"]), deadline=deadline)
     threads = thread_count(config, work_state, at_most=event.get("threads")) if work_state.tables else 0
+    work_state.read_ahead = bool(event.get("read_ahead"))  # decided by the Plan step for all slots together
     stats = work(work_state, threads) if work_state.tables else None
     return {
         "slot": event.get("slot"),

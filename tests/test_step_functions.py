@@ -9,6 +9,7 @@ import json
 import time
 import uuid
 import zipfile
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -315,6 +316,24 @@ def test_workers_and_threads_are_capped_by_max_target_connections(aws) -> None:
                                                  "max_target_connections": 20}, "run_id": planned["run_id"],
                                        "slot": 0, "threads": threads})
     assert worked["threads"] == 1
+    assert not planned["read_ahead"]  # 6 slots of 1 thread reading two chunks would hold 30 connections
+
+
+def test_slots_read_ahead_when_the_connection_cap_allows_it_and_copy_every_row(aws) -> None:
+    _load(aws.env, "RA", 3000)
+    aws.configure([_table("RA")], chunk_rows=500)
+    execution = aws.start(workers=2, parallel_threads=2)  # 2 × (2 × 4 + 1) = 18 connections of 64
+    result = aws.wait(execution, timeout=240)
+
+    assert result["status"] == "SUCCEEDED", result
+    _assert_copied(aws.env, "RA", 3000)
+    chunks = aws.env.pg_rows(f"SELECT worker, started_at, completed_at FROM {status.SCHEMA}.migration_chunk_status "
+                             "ORDER BY worker, started_at")
+    by_worker: dict[str, list[tuple]] = {}
+    for worker, started, completed in chunks:
+        by_worker.setdefault(worker, []).append((started, completed))
+    # some thread claimed a chunk before it committed its previous one: it read ahead
+    assert any(later[0] < earlier[1] for runs in by_worker.values() for earlier, later in pairwise(runs)), by_worker
 
 
 def test_max_loops_keeps_one_execution_within_its_event_history() -> None:

@@ -243,7 +243,7 @@ def thread_count(config: SourceConfig, plan: WorkPlan, at_most: int | None = Non
 
 def reading_ahead(config: SourceConfig, threads: int, run_id: int) -> bool:
     """Whether a local run's threads read ahead: read_ahead set and two chunks per thread within
-    max_target_connections (a Step Functions slot does not: the slots share the cap at two per thread)."""
+    max_target_connections (Step Functions: the Plan step decides for all slots, scripts/lambda_handler.py)."""
     if not config.settings.read_ahead:
         return False
     if reads_ahead(threads, config.settings.max_target_connections):
