@@ -104,6 +104,13 @@ def claim_chunk(
     return ClaimedChunk(row[0], row[1], row[2], row[3], Bounds.from_json(row[4]), row[5], row[6], row[7], row[8], row[9])
 
 
+def holds_claim(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> bool:
+    """The chunk is still claimed under this fence (no other worker took it over since)."""
+    row = conn.execute(f"SELECT 1 FROM {SCHEMA}.migration_chunk_status WHERE chunk_id = %s AND fence = %s "
+                       "AND status = 'running'", (chunk.chunk_id, chunk.fence)).fetchone()
+    return row is not None
+
+
 def unclaim_chunk(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> None:
     """Give a claimed chunk back untouched (a thread read it ahead and stops first): pending again, its attempt not
     counted. The caller then releases its liveness lock."""

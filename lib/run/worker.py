@@ -161,7 +161,8 @@ class Worker:
                     if not self.plan.may_claim(self.index):
                         self._release(started)
                         break
-                    self._process(started.chunk, started.lane, started)
+                    if self._still_held(started):
+                        self._process(started.chunk, started.lane, started)
                     continue
                 if not self.plan.may_claim(self.index):
                     break
@@ -324,6 +325,23 @@ class Worker:
         except BaseException:
             self._unclaim(chunk, lane)
             raise
+
+    def _still_held(self, started: _Started) -> bool:
+        """Whether a chunk read ahead is still this thread's to copy. Its claim may have lapsed while the last chunk
+        was written, through no fault of its own: its lease ran out (the thread made no progress for a whole lease,
+        a slow commit), or PostgreSQL restarted and took its liveness lock with the connection. Then it is given
+        back, its attempt not counted, and claimed again like any other."""
+        if not started.keeper.lost.is_set():
+            try:
+                if ledger.holds_claim(started.lane.pg(), started.chunk):
+                    return True
+            except Exception:  # noqa: BLE001 - a dead connection: the claim is given back on a fresh one
+                started.lane.reset_pg()
+        self.log.info("chunk %s, read ahead, is no longer held (%s): giving it back", started.chunk.chunk_no,
+                      started.keeper.lost_reason or "its claim lapsed",
+                      **ctx(run_id=started.chunk.run_id, table=started.chunk.table_name))
+        self._release(started)
+        return False
 
     def _release(self, started: _Started) -> None:
         """Give back a chunk read ahead that this thread will not copy (a stop, the deadline, fewer threads)."""
