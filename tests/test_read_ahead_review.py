@@ -35,7 +35,7 @@ def _chunks(env) -> list[tuple[Any, ...]]:
                        "ORDER BY chunk_no")
 
 
-def test_finding_a_slow_commit_of_one_chunk_fails_the_chunk_read_ahead_behind_it(env, monkeypatch) -> None:
+def test_finding_a_slow_commit_of_one_chunk_fails_the_chunk_read_ahead_behind_it(env, monkeypatch, caplog) -> None:
     """The chunk read ahead is kept alive only by progress ticks; while the current chunk commits slowly (here
     longer than lease_seconds, in Python after its last batch) nothing ticks, so the read-ahead chunk, which
     nobody has started writing, is given up and its only attempt is spent: the run ends with a failed chunk.
@@ -51,6 +51,8 @@ def test_finding_a_slow_commit_of_one_chunk_fails_the_chunk_read_ahead_behind_it
     chunks = _chunks(env)
     assert result.status == "completed" and all(c[1] == "done" and c[2] == 1 for c in chunks), (result.status, chunks)
     _exact(env)
+    # the slow chunk's keeper, seeing the next chunk's ticks, found it committed by its own thread: no alarm
+    assert "another worker took the chunk over" not in caplog.text
 
 
 def _sample_connections(env, stop: threading.Event, seen: list[int]) -> None:

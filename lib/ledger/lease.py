@@ -90,6 +90,8 @@ class LeaseKeeper:
                     conn = None
                     continue
                 if not renewed:
+                    if self._committed(conn):
+                        return  # its own copy committed meanwhile: nothing to keep
                     self._give_up("another worker took the chunk over")
                     return
                 deadline = sent + self._lease
@@ -97,6 +99,11 @@ class LeaseKeeper:
         finally:
             if conn is not None:
                 conn.close()
+
+    def _committed(self, conn: Any) -> bool:
+        row = conn.execute(f"SELECT 1 FROM {SCHEMA}.migration_chunk_status WHERE chunk_id = %s AND fence = %s "
+                           "AND status = 'done'", (self._chunk.chunk_id, self._chunk.fence)).fetchone()
+        return row is not None
 
     def _give_up(self, reason: str) -> None:
         self.lost_reason = reason
