@@ -91,6 +91,21 @@ def split(conn: psycopg.Connection[Any], run_id: int, wall_start: float, wall_en
             "after_chunks": round(wall_end - float(last), 2)}
 
 
+def phases(conn: psycopg.Connection[Any], run_id: int) -> dict[str, float]:
+    """Where the run's time went: its planning (seconds and Snowflake queries, as planning timed them), then the
+    chunks' phases summed over its threads (thread-seconds: waiting for Snowflake's rows, writing them into the
+    stage or table as they came, after the last row (key check, upsert), the ledger's done mark)."""
+    planned = conn.execute(f"SELECT coalesce(sum(plan_seconds), 0), coalesce(sum(plan_queries), 0) "
+                           f"FROM {ledger.SCHEMA}.migration_table_status WHERE run_id = %s", (run_id,)).fetchone()
+    summed = conn.execute(
+        "SELECT coalesce(sum((phase_seconds->>'read_wait')::float), 0), coalesce(sum((phase_seconds->>'copy')::float), 0), "
+        "coalesce(sum((phase_seconds->>'after_copy')::float), 0), coalesce(sum((phase_seconds->>'ledger')::float), 0) "
+        f"FROM {ledger.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done'", (run_id,)).fetchone()
+    return {"planning": round(float(planned[0]), 2), "planning_queries": int(planned[1]),
+            "snowflake_read_wait": round(summed[0], 2), "copy": round(summed[1], 2),
+            "upsert_and_checks": round(summed[2], 2), "ledger": round(summed[3], 2)}
+
+
 def chunk_rows(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any]]:
     rows = conn.execute(
         f"SELECT chunk_no, rows_copied, round(extract(epoch FROM completed_at - started_at)::numeric, 2) "
@@ -103,9 +118,9 @@ def measured_run(name: str, config: Path, env: dict[str, str], conn: psycopg.Con
     report = engine_run(config, env, *args)
     end = float(conn.execute("SELECT extract(epoch FROM clock_timestamp())").fetchone()[0])
     out = {"seconds": report["wall"], "status": report["status"], "split": split(conn, report["run_id"], now, end),
-           "chunks": chunk_rows(conn, report["run_id"]),
+           "phases": phases(conn, report["run_id"]), "chunks": chunk_rows(conn, report["run_id"]),
            "tables": [{k: t.get(k) for k in ("rows_copied", "rows_inserted", "reconcile", "status")} for t in report["tables"]]}
-    print(f"  {name}: {out['seconds']:.2f} s {out['split']}", flush=True)
+    print(f"  {name}: {out['seconds']:.2f} s {out['split']} {out['phases']}", flush=True)
     return out
 
 

@@ -44,6 +44,11 @@ def test_a_thread_claims_and_reads_its_next_chunk_before_it_commits_the_last(env
     assert len(chunks) >= 5 and all(c[4] == 1 and c[5] == "done" for c in chunks), chunks
     # each chunk after the first was claimed (and its read begun) before the one before it committed
     assert all(later[2] < earlier[3] for earlier, later in pairwise(chunks)), chunks
+    # and each says where its time went, within its own time from claim to done
+    for phases, seconds in env.pg_rows(f"SELECT phase_seconds, extract(epoch FROM completed_at - started_at) "
+                                       f"FROM {status.SCHEMA}.migration_chunk_status"):
+        assert set(phases) == {"read_wait", "copy", "after_copy", "ledger"} and min(phases.values()) >= 0, phases
+        assert sum(phases.values()) <= float(seconds) + 0.01, (phases, seconds)
 
 
 @pytest.mark.parametrize("settings", [{"read_ahead": False}, {"max_target_connections": 4}],

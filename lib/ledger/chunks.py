@@ -127,7 +127,7 @@ def release_liveness_lock(conn: psycopg.Connection[Any], chunk: ClaimedChunk) ->
 
 def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nbytes: int,
               inserted: int | None = None, updated: int | None = None, notes: list[str] | None = None,
-              values_changed: int = 0) -> None:
+              values_changed: int = 0, phases: dict[str, float] | None = None) -> None:
     """Inside the chunk's transaction: mark done only if the run is still running and we still hold the fence.
 
     The run row is share-locked until the chunk commits, so a run cannot be abandoned (and its target
@@ -143,10 +143,10 @@ def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nby
     cur = conn.execute(
         f"UPDATE {SCHEMA}.migration_chunk_status SET status = 'done', rows_copied = %s, bytes_copied = %s, "
         "rows_inserted = %s, rows_updated = %s, notes = %s, values_changed = %s, repair = false, "
-        "completed_at = clock_timestamp(), "
+        "completed_at = clock_timestamp(), phase_seconds = %s, "
         "lease_expires_at = NULL, error = NULL WHERE chunk_id = %s AND fence = %s AND status = 'running'",
         (rows, nbytes, rows if inserted is None else inserted, updated or 0, json.dumps(notes or []), values_changed,
-         chunk.chunk_id, chunk.fence),
+         json.dumps(phases) if phases else None, chunk.chunk_id, chunk.fence),
     )
     if cur.rowcount != 1:
         raise FenceLostError(

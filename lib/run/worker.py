@@ -277,14 +277,16 @@ class Worker:
         keeper, batches = started.keeper, started.batches
         spec, columns, load = self.plan.tables[chunk.table_name]
         conn = lane.pg()
+        phases = _Phases()
         try:
             with conn.transaction():
-                moving = _then(_ticking(self._measured(chunk.table_name, _with_fault_points(batches)), self._progress),
-                               lambda: self._read_ahead(lane))
+                moving = _then(_ticking(self._measured(chunk.table_name, _with_fault_points(
+                    _waited(batches, phases))), self._progress), lambda: phases.drained(lambda: self._read_ahead(lane)))
                 wire = Wire(columns, key=chunk.bounds.column, nul_bytes=self.plan.config.nul_bytes(spec))
                 written = loader_for(load, chunk.repair, chunk.staged).write(conn, wire, moving, chunk.bounds)
+                phases.wrote()
                 ledger.mark_done(conn, chunk, written.rows, written.bytes, written.inserted, written.updated,
-                                 wire.notes(), sum(wire.nul_values_changed.values()))
+                                 wire.notes(), sum(wire.nul_values_changed.values()), phases.seconds())
                 faults.maybe_crash("before_commit")
         finally:
             keeper.__exit__(None, None, None)
@@ -397,6 +399,46 @@ def _ticking(batches: Iterator[pa.RecordBatch], progress: Progress) -> Iterator[
         yield batch
         del batch
     progress.tick()
+
+
+class _Phases:
+    """Where a chunk's time goes, as its thread sees it (migration_chunk_status.phase_seconds): waiting for the
+    source's next batch, writing batches as they come, after the last one (key check, upsert, COPY's end), and
+    the ledger's done mark. Reading the next chunk ahead is left out: it overlaps the rest."""
+
+    def __init__(self) -> None:
+        self.started = time.monotonic()
+        self.read_wait = 0.0
+        self.last_row: float | None = None
+        self.ahead = 0.0  # claiming the next chunk and starting its read, which is no phase of this one
+        self.written: float | None = None
+
+    def drained(self, then: Callable[[], None]) -> None:
+        self.last_row = time.monotonic()
+        then()
+        self.ahead = time.monotonic() - self.last_row
+
+    def wrote(self) -> None:
+        self.written = time.monotonic()
+
+    def seconds(self) -> dict[str, float]:
+        now = time.monotonic()
+        written = self.written or now
+        last_row = self.last_row or written
+        copy = max(last_row - self.started - self.read_wait, 0.0)
+        return {"read_wait": round(self.read_wait, 4), "copy": round(copy, 4),
+                "after_copy": round(max(written - last_row - self.ahead, 0.0), 4), "ledger": round(now - written, 4)}
+
+
+def _waited(batches: Iterator[pa.RecordBatch], phases: _Phases) -> Iterator[pa.RecordBatch]:
+    """The batches, the time spent waiting for each added to `phases.read_wait`."""
+    waiting = time.monotonic()
+    for batch in batches:
+        phases.read_wait += time.monotonic() - waiting
+        yield batch
+        del batch
+        waiting = time.monotonic()
+    phases.read_wait += time.monotonic() - waiting
 
 
 def _then(batches: Iterator[pa.RecordBatch], after: Callable[[], None]) -> Iterator[pa.RecordBatch]:
