@@ -9,12 +9,13 @@ Project-owned adjustments, all at start-up and none touching fakesnow's files:
   Snowflake's definition: the lower 64 bits of the MD5 digest, big-endian) and the temporary UDF
   MIGRATION_JSONB_TEXT (lib/check/jsonb_text.py, registered as a DuckDB function; its CREATE statement is
   answered without running it);
-- `AT(TIMESTAMP => ...)` (Time Travel) is emulated by copy on write: the first read of a table AT a
-  timestamp registers it; the first statement after that which may change the table (INSERT, UPDATE,
-  DELETE, MERGE, TRUNCATE, ALTER, DROP, CREATE OR REPLACE naming it, in its database) first copies the
-  table as it is into the schema _TIME_TRAVEL, and reads AT that timestamp read the copy from then on.
-  So a run's reads see the table as it was when the run first read it, whatever is written meanwhile
-  (real Snowflake: as it was at the timestamp itself; the engine reads right after taking it);
+- `AT(TIMESTAMP => ...)` (Time Travel) is emulated by a copy: the first read of a table AT a timestamp
+  copies the table as it is into the schema _TIME_TRAVEL, and every read AT that timestamp, that first
+  one included, reads the copy. So a run's reads see the table as it was when the run first read it,
+  whatever is written meanwhile (real Snowflake: as it was at the timestamp itself; the engine reads right
+  after taking it). Without a handle on the database (never, once started) the copy is made by the first
+  statement that may change the table (INSERT, UPDATE, DELETE, MERGE, TRUNCATE, ALTER, DROP, CREATE OR
+  REPLACE naming it, in its database), before it runs;
 - with --result-chunk-mb, results answer like Snowflake's large results: the first part inline and the
   rest as result chunks of about that size, which the connector downloads from this server as it reads
   them (fakesnow alone answers every query in one response); the login then reports
@@ -95,6 +96,12 @@ class TimeTravel:
             table, at = _parts(match.group(1)), match.group(2)
             with self._lock:
                 copy = self._copies.get((table, at))
+                if copy is None and self.duck is not None:
+                    # copied now, not at the next write: another session's write could otherwise land between
+                    # this statement's rewriting and its running, and this first read would see a later state
+                    # than every read after it
+                    with contextlib.suppress(Exception):  # no such table: the read fails as a read would
+                        copy = self._copies[(table, at)] = self._copy(table, at)
                 if copy is None:
                     self._pending.add((table, at))
             return copy or match.group(1)
