@@ -92,8 +92,9 @@ def split(conn: psycopg.Connection[Any], run_id: int, wall_start: float, wall_en
 
 
 def phases(conn: psycopg.Connection[Any], run_id: int) -> dict[str, float]:
-    """Where the run's time went: its planning (seconds and Snowflake queries, as planning timed them), then the
-    chunks' phases summed over its threads (thread-seconds: waiting for Snowflake's rows, writing them into the
+    """Where the run's time went: cutting its chunks (seconds and Snowflake queries of the chunking strategy, as
+    planning timed them; the window's probe and the login are in `split`'s before_chunks), then the chunks'
+    phases summed over its threads (thread-seconds: waiting for Snowflake's rows, writing them into the
     stage or table as they came, after the last row (key check, upsert), the ledger's done mark)."""
     planned = conn.execute(f"SELECT coalesce(sum(plan_seconds), 0), coalesce(sum(plan_queries), 0) "
                            f"FROM {ledger.SCHEMA}.migration_table_status WHERE run_id = %s", (run_id,)).fetchone()
@@ -101,7 +102,7 @@ def phases(conn: psycopg.Connection[Any], run_id: int) -> dict[str, float]:
         "SELECT coalesce(sum((phase_seconds->>'read_wait')::float), 0), coalesce(sum((phase_seconds->>'copy')::float), 0), "
         "coalesce(sum((phase_seconds->>'after_copy')::float), 0), coalesce(sum((phase_seconds->>'ledger')::float), 0) "
         f"FROM {ledger.SCHEMA}.migration_chunk_status WHERE run_id = %s AND status = 'done'", (run_id,)).fetchone()
-    return {"planning": round(float(planned[0]), 2), "planning_queries": int(planned[1]),
+    return {"chunk_planning": round(float(planned[0]), 2), "chunk_planning_queries": int(planned[1]),
             "snowflake_read_wait": round(summed[0], 2), "copy": round(summed[1], 2),
             "upsert_and_checks": round(summed[2], 2), "ledger": round(summed[3], 2)}
 
