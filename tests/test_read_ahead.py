@@ -90,3 +90,20 @@ def test_a_thread_that_stops_gives_back_the_chunk_it_read_ahead_untouched_and_a_
 def test_two_chunks_a_thread_fit_the_connection_cap_or_it_does_not_read_ahead() -> None:
     assert reads_ahead(15, 64) and not reads_ahead(16, 64)  # 4 connections a thread (two chunks), 1 a process
     assert reads_ahead(1, 5) and not reads_ahead(1, 4)
+
+
+def test_a_run_with_no_more_chunks_than_threads_does_not_try_to_read_ahead(env, monkeypatch) -> None:
+    """A run that finds one chunk (a small window, a no-op) opens no second connection to claim a chunk that
+    cannot exist: the loop's claim, and the one that finds none left."""
+    from lib.run import worker
+
+    env.sf_execute("CREATE TABLE NOTES AS SELECT 'note ' || SEQ8() AS BODY FROM TABLE(GENERATOR(ROWCOUNT => 50))")
+    claims = []
+    real = worker.ledger.claim_chunk
+    monkeypatch.setattr(worker.ledger, "claim_chunk", lambda *a, **k: claims.append(1) or real(*a, **k))
+
+    result = run(env.config([{"source": "NOTES"}], parallel_threads=1))
+
+    assert result.status == "completed" and result.tables[0]["chunks"] == 1, result.tables
+    assert len(claims) == 2, claims
+    assert env.pg_value("SELECT count(*) FROM public.notes") == 50

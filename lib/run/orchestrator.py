@@ -531,7 +531,8 @@ def run(config: SourceConfig) -> RunResult:
         claimable = retried(lambda: _claimable_chunks(config, start.run_id), "counting the chunks to copy")
         if plan.tables and claimable:
             threads = thread_count(config, plan, at_most=claimable)
-            plan.read_ahead = reading_ahead(config, threads, plan.run_id)
+            # with no more chunks than threads, none is left to read ahead: no second connection is opened for it
+            plan.read_ahead = claimable > threads and reading_ahead(config, threads, plan.run_id)
             log.info("copying with %d thread(s)%s", threads, ", each reading its next chunk while it writes one"
                      if plan.read_ahead else "", **ctx(run_id=start.run_id))
             with ProgressMonitor(config.postgres_connect_args(), start.run_id):
