@@ -97,3 +97,20 @@ def test_workers_of_an_abandoned_run_claim_nothing_and_cannot_revive_it(planned)
         assert status.claim_chunk(conn, run_id, "late-worker", lease_seconds=60, max_attempts=3) is None
         status.set_run_status(conn, run_id, "completed")
     assert env.pg_value(f"SELECT status FROM {status.SCHEMA}.migration_runs WHERE run_id = %s", (run_id,)) == "abandoned"
+
+
+def test_a_chunk_whose_backoff_ran_out_after_the_claim_that_found_none_is_still_waited_for(planned) -> None:
+    """A worker that claims nothing asks how long until a pending chunk is claimable; a backoff that ran out between
+    the two questions must mean "now", not "nothing left" (the worker then stopped and the run ended running)."""
+    env, _config, run_id = planned
+    table = f"{status.SCHEMA}.migration_chunk_status"
+    with env.pg() as conn:
+        conn.execute(f"UPDATE {table} SET status = 'done' WHERE run_id = %s AND chunk_no > 0", (run_id,))
+        conn.execute(f"UPDATE {table} SET status = 'pending', attempts = 1, retry_at = now() - interval '1 second' "
+                     "WHERE run_id = %s AND chunk_no = 0", (run_id,))
+        assert status.seconds_until_retry(conn, run_id, max_attempts=3) == 0.0
+        conn.execute(f"UPDATE {table} SET retry_at = now() + interval '30 seconds' WHERE run_id = %s", (run_id,))
+        assert 29 < status.seconds_until_retry(conn, run_id, max_attempts=3) <= 30
+        assert status.seconds_until_retry(conn, run_id, max_attempts=1) is None  # its attempts are used up
+        conn.execute(f"UPDATE {table} SET status = 'done' WHERE run_id = %s", (run_id,))
+        assert status.seconds_until_retry(conn, run_id, max_attempts=3) is None

@@ -174,12 +174,14 @@ def mark_failed(conn: psycopg.Connection[Any], chunk: ClaimedChunk, error: str, 
     return row[0] if row else "already done or reclaimed"
 
 
-def seconds_until_retry(conn: psycopg.Connection[Any], run_id: int) -> float | None:
-    """Seconds until the next chunk waiting out a retry backoff becomes claimable; None if none waits."""
+def seconds_until_retry(conn: psycopg.Connection[Any], run_id: int, max_attempts: int) -> float | None:
+    """Seconds until the next pending chunk of the running run becomes claimable (0: now, its backoff ran out
+    since the claim that found none); None if no chunk is pending."""
     row = conn.execute(
-        f"SELECT extract(epoch FROM min(retry_at) - now()) FROM {SCHEMA}.migration_chunk_status "
-        "WHERE run_id = %s AND status = 'pending' AND retry_at > now()",
-        (run_id,),
+        f"SELECT extract(epoch FROM min(coalesce(c.retry_at, now())) - now()) FROM {SCHEMA}.migration_chunk_status c "
+        "WHERE c.run_id = %s AND c.status = 'pending' AND c.attempts < %s "
+        f"AND EXISTS (SELECT 1 FROM {SCHEMA}.migration_runs r WHERE r.run_id = c.run_id AND r.status = 'running')",
+        (run_id, max_attempts),
     ).fetchone()
     return None if row is None or row[0] is None else max(float(row[0]), 0.0)
 

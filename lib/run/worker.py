@@ -173,7 +173,7 @@ class Worker:
                     if chunk is not None:
                         self.plan.claims += 1
                     if chunk is None:
-                        wait = ledger.seconds_until_retry(lane.pg(), self.plan.run_id)
+                        wait = ledger.seconds_until_retry(lane.pg(), self.plan.run_id, settings.max_attempts)
                         if wait is None:
                             break
                         time.sleep(min(wait, 1.0) + 0.01)
