@@ -131,3 +131,8 @@ class KeyBucket:
     high: Decimal | str
     rows: int
     high_rows: int
+
+
+def key_examples(examples: list[tuple[tuple[Any, ...], int]]) -> str:
+    """Repeated keys with how many rows hold each, for a message: "5, x in 2 rows; 7, y in 3 rows"."""
+    return "; ".join(f"{', '.join(map(str, values))} in {count} rows" for values, count in examples)

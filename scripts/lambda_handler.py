@@ -19,10 +19,11 @@ from typing import Any
 from lib import ledger
 from lib.config import SourceConfig, load_config
 from lib.log import get_logger
-from lib.plan.budget import fit_connections, reads_ahead
+from lib.plan.budget import fit_connections
 from lib.run.orchestrator import (
     config_of_run,
     finalize_run,
+    reading_ahead,
     reconcile_finished_tables,
     start_run,
     thread_count,
@@ -90,7 +91,7 @@ def plan(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
         "slots": list(range(slots)),
         "threads_per_slot": threads,
         # each slot's threads claim and read their next chunk while they write one, where the cap allows it
-        "read_ahead": config.settings.read_ahead and reads_ahead(threads, config.settings.max_target_connections, slots),
+        "read_ahead": reading_ahead(config, threads, start.run_id, slots),
         "distributed": slots > DISTRIBUTED_ABOVE,
         "max_loops": max_loops,
         "verify": config.settings.verify,

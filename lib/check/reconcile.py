@@ -31,7 +31,7 @@ import psycopg
 from lib import ledger
 from lib.config import TableSpec
 from lib.errors import MigrationError, classify
-from lib.models import Bounds
+from lib.models import Bounds, key_examples
 from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
 from lib.target.load_modes import TableLoad, held_scope
@@ -132,7 +132,7 @@ def repeats_across_chunks(source: SnowflakeSource, conn: psycopg.Connection[Any]
     if not found.null_rows and not found.repeated_rows:
         return None
     shown = ", ".join(source_key)
-    examples = "; ".join(f"{', '.join(map(str, values))} in {count} rows" for values, count in found.examples)
+    examples = key_examples(found.examples)
     found_rows = [f"{found.repeated_rows} row(s) repeating another row's key ({shown})"
                   + (f", e.g. {examples}" if examples else "")] if found.repeated_rows else []
     found_rows += [f"{found.null_rows} row(s) with a NULL in the key ({shown})"] if found.null_rows else []

@@ -104,11 +104,12 @@ def claim_chunk(
     return ClaimedChunk(row[0], row[1], row[2], row[3], Bounds.from_json(row[4]), row[5], row[6], row[7], row[8], row[9])
 
 
-def holds_claim(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> bool:
-    """The chunk is still claimed under this fence (no other worker took it over since)."""
-    row = conn.execute(f"SELECT 1 FROM {SCHEMA}.migration_chunk_status WHERE chunk_id = %s AND fence = %s "
-                       "AND status = 'running'", (chunk.chunk_id, chunk.fence)).fetchone()
-    return row is not None
+def status_under_fence(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> str | None:
+    """The chunk's status while it is still under this claim's fence ('running': still claimed, 'done': this claim
+    committed it); None once another claim took it over."""
+    row = conn.execute(f"SELECT status FROM {SCHEMA}.migration_chunk_status WHERE chunk_id = %s AND fence = %s",
+                       (chunk.chunk_id, chunk.fence)).fetchone()
+    return row[0] if row else None
 
 
 def unclaim_chunk(conn: psycopg.Connection[Any], chunk: ClaimedChunk) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from lib.config.connections import connect
 from lib.errors import TransientError
+from lib.ledger.chunks import status_under_fence
 from lib.ledger.schema import SCHEMA
 from lib.log import ctx, get_logger
 from lib.models import ClaimedChunk
@@ -90,7 +91,7 @@ class LeaseKeeper:
                     conn = None
                     continue
                 if not renewed:
-                    if self._committed(conn):
+                    if status_under_fence(conn, self._chunk) == "done":
                         return  # its own copy committed meanwhile: nothing to keep
                     self._give_up("another worker took the chunk over")
                     return
@@ -99,11 +100,6 @@ class LeaseKeeper:
         finally:
             if conn is not None:
                 conn.close()
-
-    def _committed(self, conn: Any) -> bool:
-        row = conn.execute(f"SELECT 1 FROM {SCHEMA}.migration_chunk_status WHERE chunk_id = %s AND fence = %s "
-                           "AND status = 'done'", (self._chunk.chunk_id, self._chunk.fence)).fetchone()
-        return row is not None
 
     def _give_up(self, reason: str) -> None:
         self.lost_reason = reason

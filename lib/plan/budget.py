@@ -143,10 +143,15 @@ CONNECTIONS_PER_PROCESS = 1
 CONNECTIONS_PER_THREAD_READING_AHEAD = 4  # a data connection and a lease keeper's for each of two chunks
 
 
+def reading_ahead_connections(threads: int, slots: int = 1) -> int:
+    """PostgreSQL connections `slots` processes of `threads` threads hold at most while they read ahead."""
+    return slots * (threads * CONNECTIONS_PER_THREAD_READING_AHEAD + CONNECTIONS_PER_PROCESS)
+
+
 def reads_ahead(threads: int, max_connections: int, slots: int = 1) -> bool:
     """Whether `slots` processes of `threads` threads may read ahead (two chunks a thread) within
     max_target_connections."""
-    return slots * (threads * CONNECTIONS_PER_THREAD_READING_AHEAD + CONNECTIONS_PER_PROCESS) <= max_connections
+    return reading_ahead_connections(threads, slots) <= max_connections
 
 
 def fit_connections(slots: int, threads: int, max_connections: int) -> tuple[int, int, str | None]:

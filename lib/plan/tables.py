@@ -15,7 +15,7 @@ from lib import ledger
 from lib.config import Settings, SourceConfig, TableSpec, pg_identifier_problem
 from lib.errors import FatalError, StillRunning, TransientError, classify
 from lib.log import ctx, get_logger
-from lib.models import TablePlan
+from lib.models import TablePlan, key_examples
 from lib.plan import evolution
 from lib.plan.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
 from lib.plan.chunking import plan_single
@@ -248,7 +248,7 @@ def _check_source_key(source: SnowflakeSource, spec: TableSpec, columns: list[Co
                         "NULL, so every run would insert them again. Give them a key, leave them out with source_filter, "
                         "or set merge_key to columns that hold no NULL")
     if found.repeated_rows:
-        examples = "; ".join(f"{', '.join(map(str, values))} in {count} rows" for values, count in found.examples)
+        examples = key_examples(found.examples)
         problems.append(f"the source repeats keys: {found.repeated_rows} row(s) in scope have a key ({shown}) that another "
                         f"row has too (e.g. {examples}). Snowflake does not enforce keys; a catch-up would keep one row of "
                         "each and a merge cannot apply both. Deduplicate the source, leave the repeats out with "

@@ -27,13 +27,13 @@ from lib.ledger.tables import source_snapshots
 from lib.log import ctx, get_logger
 from lib.plan import discover
 from lib.plan.budget import (
-    CONNECTIONS_PER_THREAD_READING_AHEAD,
     MIB,
     ReadShape,
     estimate_bytes,
     fit_connections,
     fit_threads,
     memory_budget_bytes,
+    reading_ahead_connections,
     reads_ahead,
     requested_threads,
     widest,
@@ -241,16 +241,17 @@ def thread_count(config: SourceConfig, plan: WorkPlan, at_most: int | None = Non
     return threads
 
 
-def reading_ahead(config: SourceConfig, threads: int, run_id: int) -> bool:
-    """Whether a local run's threads read ahead: read_ahead set and two chunks per thread within
-    max_target_connections (Step Functions: the Plan step decides for all slots, scripts/lambda_handler.py)."""
+def reading_ahead(config: SourceConfig, threads: int, run_id: int, slots: int = 1) -> bool:
+    """Whether the threads read ahead: read_ahead set and two chunks per thread of every process (a local run,
+    or each of a Step Functions execution's slots, decided for all of them by its Plan step) within
+    max_target_connections."""
     if not config.settings.read_ahead:
         return False
-    if reads_ahead(threads, config.settings.max_target_connections):
+    if reads_ahead(threads, config.settings.max_target_connections, slots):
         return True
-    log.info("not reading ahead: %d thread(s) reading two chunks each would hold %d PostgreSQL connections, more "
-             "than max_target_connections (%d)", threads, threads * CONNECTIONS_PER_THREAD_READING_AHEAD + 1,
-             config.settings.max_target_connections, **ctx(run_id=run_id))
+    log.info("not reading ahead: %d slot(s) of %d thread(s) reading two chunks each would hold %d PostgreSQL "
+             "connections, more than max_target_connections (%d)", slots, threads,
+             reading_ahead_connections(threads, slots), config.settings.max_target_connections, **ctx(run_id=run_id))
     return False
 
 

@@ -335,7 +335,7 @@ class Worker:
         back, its attempt not counted, and claimed again like any other."""
         if not started.keeper.lost.is_set():
             try:
-                if ledger.holds_claim(started.lane.pg(), started.chunk):
+                if ledger.status_under_fence(started.lane.pg(), started.chunk) == "running":
                     return True
             except Exception:  # noqa: BLE001 - a dead connection: the claim is given back on a fresh one
                 started.lane.reset_pg()

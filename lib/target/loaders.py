@@ -14,7 +14,7 @@ import pyarrow.compute as pc
 from psycopg import sql
 
 from lib.errors import FatalError, StageNextTime
-from lib.models import Bounds
+from lib.models import Bounds, key_examples
 from lib.target import postgres as pg
 from lib.target.load_modes import TableLoad
 from lib.target.wire import Wire
@@ -139,7 +139,7 @@ class KeyedLoader:
                              "NULL, so every run would insert them again. Give them a key, leave them out with "
                              "source_filter, or set merge_key to columns that hold no NULL")
         if repeated:
-            shown_examples = "; ".join(f"{', '.join(map(str, v))} in {n} rows" for v, n in examples)
+            shown_examples = key_examples(examples)
             raise FatalError(f"the source repeats keys: {repeated} row(s) of the chunk have a key ({shown}) that another "
                              f"row has too (e.g. {shown_examples}). Snowflake does not enforce keys; deduplicate the "
                              "source, leave the repeats out with source_filter, or set merge_key to columns that name one row")
