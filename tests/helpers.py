@@ -57,3 +57,19 @@ def at_fault_point_once(monkeypatch: Any, point: str, action: Any) -> list[str]:
 
     monkeypatch.setattr(faults, "maybe_crash", hook)
     return done
+
+
+def first_live_window(env: Any, target_ddl: str, key: list[str]) -> list[dict[str, Any]]:
+    """ITEMS with a watermark, its target created by `target_ddl`, loaded by a first window merged on `key` (read
+    live): the tables of the next window's config."""
+    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0), NAME VARCHAR, UPDATED_AT TIMESTAMP_NTZ)",
+                   "INSERT INTO ITEMS SELECT SEQ8(), 'item ' || SEQ8(), DATEADD(second, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ) "
+                   "FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
+    with env.pg() as conn:
+        conn.execute(target_ddl)
+    from lib.run.orchestrator import run
+
+    table = [{"source": "ITEMS", "source_watermark": "UPDATED_AT", "merge_key": key, "chunking_columns": ["ID"],
+              "chunking_column_types": ["numeric"]}]
+    assert run(env.config(table, snapshot=False)).status == "completed"
+    return table

@@ -9,7 +9,7 @@ import pytest
 
 from lib import ledger as status
 from lib.run.orchestrator import run
-from tests.helpers import at_fault_point_once
+from tests.helpers import at_fault_point_once, first_live_window
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 
@@ -229,13 +229,8 @@ def test_held_the_new_key_range_probe_is_exact_at_its_ends_and_reads_the_index(e
 ])
 def test_held_a_small_live_window_keyed_on_two_columns_refuses_a_twin_of_its_boundary_row_and_a_null(
         env, bad, message) -> None:
-    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0), NAME VARCHAR, UPDATED_AT TIMESTAMP_NTZ)",
-                   "INSERT INTO ITEMS SELECT SEQ8(), 'item ' || SEQ8(), DATEADD(second, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ) "
-                   "FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
-    with env.pg() as conn:
-        conn.execute("CREATE TABLE public.items (id bigint, name text, updated_at timestamp, UNIQUE (id, name))")
-    table = [{"source": "ITEMS", "source_watermark": "UPDATED_AT", "merge_key": ["ID", "NAME"], **NUMERIC}]
-    assert run(env.config(table, snapshot=False)).status == "completed"
+    table = first_live_window(env, "CREATE TABLE public.items (id bigint, name text, updated_at timestamp, "
+                              "UNIQUE (id, name))", ["ID", "NAME"])
     before = env.pg_rows("SELECT * FROM public.items ORDER BY id, name")
 
     env.sf_execute(f"INSERT INTO ITEMS VALUES {bad}")

@@ -8,7 +8,7 @@ import pytest
 
 from lib import ledger as status
 from lib.run.orchestrator import run
-from tests.helpers import at_fault_point_once
+from tests.helpers import at_fault_point_once, first_live_window
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 
@@ -109,19 +109,6 @@ def test_a_merge_of_clean_keys_still_works_and_reports_the_check_in_its_plan(env
     assert "key (ID): no NULL and no repeated key in the rows in scope" in notes
 
 
-def _first_window(env, target_ddl: str, key: list[str]) -> list[dict]:
-    """ITEMS with a watermark, its target created by `target_ddl`, loaded by a first window merged on `key` (read
-    live): the tables of the next window's config."""
-    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0), NAME VARCHAR, UPDATED_AT TIMESTAMP_NTZ)",
-                   "INSERT INTO ITEMS SELECT SEQ8(), 'item ' || SEQ8(), DATEADD(second, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ) "
-                   "FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
-    with env.pg() as conn:
-        conn.execute(target_ddl)
-    table = [{"source": "ITEMS", "source_watermark": "UPDATED_AT", "merge_key": key, **NUMERIC}]
-    assert run(env.config(table, snapshot=False)).status == "completed"
-    return table
-
-
 @pytest.mark.parametrize(("bad", "message"), [
     (["(5000, 'new', '2025-01-01')", "(5000, 'new again', '2025-01-01')", "(7, 'seven', '2025-01-01')"],
      "the source repeats keys: 1 row(s) of the chunk have a key (id)"),
@@ -130,7 +117,7 @@ def _first_window(env, target_ddl: str, key: list[str]) -> list[dict]:
 def test_a_small_window_read_live_finds_repeated_and_null_keys_in_its_stage_and_writes_nothing(env, bad, message) -> None:
     """A window small enough to be one chunk is not key-checked at planning (its stage holds every row in scope):
     the stage's check must still refuse a repeated key and a NULL key, and the target stays as it was."""
-    table = _first_window(env, "CREATE TABLE public.items (id bigint UNIQUE, name text, updated_at timestamp)", ["ID"])
+    table = first_live_window(env, "CREATE TABLE public.items (id bigint UNIQUE, name text, updated_at timestamp)", ["ID"])
     before = env.pg_rows("SELECT * FROM public.items ORDER BY id")
 
     env.sf_execute(f"INSERT INTO ITEMS VALUES {', '.join(bad)}")
@@ -149,7 +136,7 @@ def test_a_repeated_key_one_of_whose_rows_equals_the_target_fails_a_small_live_w
     with its key arrives. ON CONFLICT DO UPDATE ... WHERE IS DISTINCT FROM skips the equal one without touching the
     target row, so the other updates it and PostgreSQL raises no cardinality violation: two source rows would become
     one target row behind a `match`. The stage's own check must refuse it."""
-    table = _first_window(env, "CREATE TABLE public.items (id bigint PRIMARY KEY, name text, updated_at timestamp)",
+    table = first_live_window(env, "CREATE TABLE public.items (id bigint PRIMARY KEY, name text, updated_at timestamp)",
                           ["ID"])
     before = env.pg_rows("SELECT * FROM public.items ORDER BY id")
 
@@ -186,7 +173,7 @@ def test_a_merge_read_live_refuses_a_key_repeated_after_planning_even_when_one_r
 @pytest.mark.parametrize("key", [["ID"], ["ID", "NAME"]])
 def test_a_null_key_in_a_merge_into_a_not_null_key_is_named_by_the_engine(env, key) -> None:
     """Not PostgreSQL's bare not-null violation: the engine's message, naming the key and what to do."""
-    table = _first_window(env, "CREATE TABLE public.items (id bigint, name text, updated_at timestamp, "
+    table = first_live_window(env, "CREATE TABLE public.items (id bigint, name text, updated_at timestamp, "
                           f"PRIMARY KEY ({', '.join(key)}))", key)
 
     env.sf_execute("INSERT INTO ITEMS VALUES (NULL, 'no key', '2025-01-01'), (5000, 'new', '2025-01-01')")
