@@ -241,3 +241,23 @@ def test_held_a_small_live_window_keyed_on_two_columns_refuses_a_twin_of_its_bou
     notes = env.pg_value(f"SELECT plan_notes::text FROM {status.SCHEMA}.migration_table_status ORDER BY run_id DESC LIMIT 1")
     assert "the window is one chunk read live, whose stage is checked" in notes
     assert env.pg_rows("SELECT * FROM public.items ORDER BY id, name") == before
+
+
+def test_held_a_key_of_one_instant_written_in_two_offsets_is_one_key(env) -> None:
+    """TIMESTAMP_TZ keys are compared as instants, as PostgreSQL's timestamptz holds them: two source rows at the same
+    instant in two offsets are one key, refused, not one row kept behind a `match`."""
+    env.sf_execute("CREATE TABLE EVENTS (ID NUMBER(18,0), HAPPENED TIMESTAMP_TZ, NAME VARCHAR)",
+                   "INSERT INTO EVENTS SELECT SEQ8(), DATEADD(second, SEQ8(), '2024-01-01 00:00:00 +00:00'::TIMESTAMP_TZ), "
+                   "'event ' || SEQ8() FROM TABLE(GENERATOR(ROWCOUNT => 500))",
+                   "INSERT INTO EVENTS VALUES (7000, '2024-03-01 00:00:00 +00:00'::TIMESTAMP_TZ, 'utc'), "
+                   "(7000, '2024-03-01 05:00:00 +05:00'::TIMESTAMP_TZ, 'at +05:00')")
+    with env.pg() as conn:
+        conn.execute("CREATE TABLE public.events (id bigint, happened timestamptz, name text, PRIMARY KEY (id, happened))")
+        conn.execute("INSERT INTO public.events VALUES (0, '2024-01-01 00:00:00+00', 'event 0')")
+
+    result = run(env.config([{"source": "EVENTS", "merge_key": ["ID", "HAPPENED"], **NUMERIC}], snapshot=False))
+
+    state, error, _ = _table(env)
+    assert result.status == "completed_with_errors" and state == "failed", (state, error)
+    assert "repeat" in error and "7000" in error, error
+    assert env.pg_value("SELECT count(*) FROM public.events WHERE id = 7000") == 0

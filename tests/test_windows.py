@@ -326,3 +326,35 @@ def test_a_window_read_at_a_snapshot_is_not_counted_again_at_reconcile(env, monk
     assert run(env.config(WINDOW, snapshot=True)).status == "completed"
     _same(env)
 
+
+
+@pytest.mark.parametrize(("watermark_type", "older", "last", "late"), [
+    # the last instant, 00:01:39 UTC, stored at +00:00; the late row at the same instant written at +05:00
+    ("TIMESTAMP_TZ", "'2023-06-01 00:00:00 +00:00'::TIMESTAMP_TZ", "'2024-01-01 00:01:39 +00:00'::TIMESTAMP_TZ",
+     "'2024-01-01 05:01:39 +05:00'::TIMESTAMP_TZ"),
+    ("DATE", "'2023-06-01'::DATE", "'2024-04-09'::DATE", "'2024-04-09'::DATE"),
+    ("NUMBER(38,9)", "1", "99.000000001", "99.000000001"),
+], ids=["zoned", "date", "decimal"])
+def test_a_run_that_finds_nothing_new_is_not_counted_again_and_a_row_arriving_at_its_end_is_read_next(
+        env, monkeypatch, watermark_type, older, last, late) -> None:
+    """Nothing newer than the last window's end: the window (every row at that end) is reconciled by the count of its
+    one query. A row arriving at that same end after the query, in another offset, a date or a decimal equal to
+    the last digit, is read by the next window, never lost behind the `match`."""
+    env.sf_execute(f"CREATE TABLE ITEMS (ID NUMBER(18,0) PRIMARY KEY, NAME VARCHAR, UPDATED_AT {watermark_type})",
+                   f"INSERT INTO ITEMS SELECT SEQ8(), 'item ' || SEQ8(), {last} FROM TABLE(GENERATOR(ROWCOUNT => 3))",
+                   f"INSERT INTO ITEMS VALUES (10, 'older', {older})")
+    assert run(env.config(LIVE, snapshot=False)).status == "completed"
+    assert run(env.config(LIVE, snapshot=False)).status == "completed"  # the window from the ledger's end onwards
+    sent = _statements(monkeypatch)
+    late_row = at_fault_point_once(monkeypatch, "after_commit",
+                                   lambda: env.sf_execute(f"INSERT INTO ITEMS VALUES (5000, 'late', {late})"))
+
+    quiet = run(env.config(LIVE, snapshot=False))
+
+    assert late_row and quiet.status == "completed" and quiet.tables[0]["reconcile"] == "match", quiet.tables
+    assert quiet.tables[0]["source_count"] == quiet.tables[0]["rows_copied"] == 3  # the rows at the end, once each
+    assert len(sent) == 1, sent
+    nxt = run(env.config(LIVE, snapshot=False))
+    assert nxt.status == "completed" and nxt.tables[0]["reconcile"] == "match", nxt.tables
+    assert env.pg_value("SELECT count(*) FROM public.items WHERE id = 5000") == 1
+    assert env.pg_value("SELECT count(*) FROM public.items") == env.pg_value("SELECT count(DISTINCT id) FROM public.items") == 5
