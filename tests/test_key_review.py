@@ -155,7 +155,7 @@ def _same(env) -> None:
 
 # ---------------------------------------------------------------------------------------------------------------
 # 15cd0c9 held: a window at its lower end (nothing newer than the last window's end: five rows at lo) is not counted
-# again. After the query that found hi (early: the chunk is written from that query's rows; live: the chunk reads the
+# again. After the query that found hi (early: its rows are written with the plan; live: the chunk reads the
 # window itself, as a Step Functions chunk step does), a boundary row is updated in place (same watermark, new name),
 # another moves above lo, and a new row arrives at lo, which keeps the count equal. Whatever this run reports, the next
 # window starts at lo again and the target ends equal to the source.
@@ -169,7 +169,8 @@ def test_held_a_window_at_its_lower_end_changed_after_its_one_query_loses_nothin
     if reads == "live":
         monkeypatch.setattr(probe, "EARLY_BYTES", 0)  # the probe returns no rows: the chunk reads the window itself
     edge = "2024-01-01 00:16:35"  # 995 s: the last window's hi, where rows 995-999 are
-    changed = at_fault_point_once(monkeypatch, "after_claim", lambda: env.sf_execute(
+    # after the one query: in the write of its rows with the plan (early), or once the chunk is claimed (live)
+    changed = at_fault_point_once(monkeypatch, "during_read" if reads == "early" else "after_claim", lambda: env.sf_execute(
         "UPDATE ITEMS SET NAME = 'changed in place' WHERE ID = 997",
         "UPDATE ITEMS SET NAME = 'moved up', UPDATED_AT = '2024-02-01' WHERE ID = 998",
         f"INSERT INTO ITEMS VALUES (5000, 'arrived at lo', '{edge}')"))

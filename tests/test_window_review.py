@@ -69,8 +69,8 @@ def test_review_f2_snapshot_false_a_row_arriving_after_planning_is_counted_and_n
     assert run(env.config(WINDOW, snapshot=False)).status == "completed"
     env.sf_execute("INSERT INTO ITEMS VALUES (5000, 'new', '2025-01-01')")
     assert run(env.config(WINDOW, snapshot=False)).status == "completed"
-    # a row arrives at the window's lower end after planning counted the window and before its chunk is written
-    late = at_fault_point_once(monkeypatch, "after_claim",
+    # a row arrives at the window's lower end after planning counted and read the window, before its rows are written
+    late = at_fault_point_once(monkeypatch, "during_read",
                                lambda: env.sf_execute("INSERT INTO ITEMS VALUES (5001, 'late', '2025-01-01')"))
     env.sf_execute("INSERT INTO ITEMS VALUES (5002, 'newer', '2025-01-02')")
 

@@ -296,7 +296,7 @@ def test_a_row_committed_late_below_the_windows_high_end_is_read_by_the_next_win
     table = [{**LIVE[0], "watermark_lag": 3600}]
     assert run(env.config(table, snapshot=False)).status == "completed"
     env.sf_execute("INSERT INTO ITEMS VALUES (5000, 'new', '2025-01-01 12:00:00')")
-    late = at_fault_point_once(monkeypatch, "after_claim", lambda: env.sf_execute(
+    late = at_fault_point_once(monkeypatch, "during_read", lambda: env.sf_execute(  # after the window's one query
         "INSERT INTO ITEMS VALUES (5001, 'committed late', '2025-01-01 11:30:00')"))
 
     first = run(env.config(table, snapshot=False))

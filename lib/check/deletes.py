@@ -228,7 +228,7 @@ class _Work:
 
 def add_soft_column(conn: psycopg.Connection[Any], target: tuple[str, str]) -> None:
     """The target's `_deleted_at` column, added once (ALTER TABLE locks the table even when the column exists)."""
-    if SOFT_COLUMN in pg.target_column_types(conn, target):
+    if SOFT_COLUMN in (pg.target_column_types(conn, target) or {}):
         return
     conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} timestamptz").format(
         pg.table_ident(target), sql.Identifier(SOFT_COLUMN)))

@@ -23,12 +23,6 @@ def previous_columns(conn: psycopg.Connection[Any], target: str, run_id: int) ->
     return list(row[0]) if row else None
 
 
-def last_load_columns(conn: psycopg.Connection[Any], scope: dict[str, Any], run_id: int) -> list[str] | None:
-    """The source columns the last completed load of `scope` (a watermark window) read; None: no such load."""
-    described = last_load_described(conn, scope, run_id)
-    return [c["name"] for c in described] if described is not None else None
-
-
 def last_load_described(conn: psycopg.Connection[Any], scope: dict[str, Any], run_id: int) -> list[dict[str, Any]] | None:
     """The source columns of the last completed load of `scope` as planning described them; None: no such load."""
     row = conn.execute(

@@ -156,6 +156,25 @@ def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nby
         )
 
 
+def mark_done_with_plan(conn: psycopg.Connection[Any], run_id: int, table: str, rows: int, nbytes: int, inserted: int,
+                        updated: int, notes: list[str], values_changed: int, phases: dict[str, float],
+                        seconds: float) -> bool:
+    """Inside the transaction that stored the table's plan of one chunk and wrote its rows (lib/plan/early_rows.py):
+    the chunk is done, in one attempt by no worker, if the run is still running (share-locked until the commit,
+    as mark_done does). False if it was not pending or the run no longer runs."""
+    cur = conn.execute(
+        f"UPDATE {SCHEMA}.migration_chunk_status c SET status = 'done', attempts = 1, fence = c.fence + 1, "
+        "worker = 'planning', started_at = clock_timestamp() - make_interval(secs => %s), "
+        "completed_at = clock_timestamp(), rows_copied = %s, bytes_copied = %s, rows_inserted = %s, rows_updated = %s, "
+        "notes = %s, values_changed = %s, phase_seconds = %s, repair = false "
+        "WHERE c.run_id = %s AND c.table_name = %s AND c.status = 'pending' "
+        f"AND EXISTS (SELECT 1 FROM {SCHEMA}.migration_runs r WHERE r.run_id = %s AND r.status = 'running' FOR SHARE)",
+        (seconds, rows, nbytes, inserted, updated, json.dumps(notes), values_changed, json.dumps(phases), run_id, table,
+         run_id),
+    )
+    return cur.rowcount == 1
+
+
 def mark_failed(conn: psycopg.Connection[Any], chunk: ClaimedChunk, error: str, retry_in: float | None,
                 max_attempts: int, stage_next: bool = False) -> str:
     """Record a failed attempt. With `retry_in` seconds (a transient error) the chunk goes back to

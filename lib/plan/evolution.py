@@ -20,15 +20,17 @@ from lib.typemap import Column
 
 
 def changes_for(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column], run_id: int,
-                dry_run: bool) -> list[Change]:
-    """The schema changes planning will apply to `spec`'s existing target; a FatalError listing every refused one
-    (recorded in the ledger first, unless `dry_run`) when any is refused. Nothing is applied here."""
-    if not pg.table_exists(conn, spec.target):
+                dry_run: bool, target_types: dict[str, str] | None) -> list[Change]:
+    """The schema changes planning will apply to `spec`'s existing target (`target_types`: its column types, None when
+    there is none); a FatalError listing every refused one (recorded in the ledger first, unless `dry_run`) when any is
+    refused. Nothing is applied here."""
+    if target_types is None:
         return []
     catch_up = (not spec.merges and not spec.truncate_onstart and spec.load_mode != "swap"
                 and pg.has_rows(conn, spec.target))
     previous = ledger.previous_columns(conn, spec.target_name, run_id)
-    changes = evolution.compare(conn, spec.target, columns, previous, spec.schema_changes == "freeze", catch_up)
+    changes = evolution.compare(conn, spec.target, target_types, columns, previous, spec.schema_changes == "freeze",
+                                catch_up)
     refused = [c for c in changes if c.kind == "refused"]
     if refused:
         if not dry_run:
@@ -39,15 +41,15 @@ def changes_for(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Co
     return changes
 
 
-def filling_window(conn: psycopg.Connection[Any], window: Window, changes: list[Change], columns: list[Column],
-                   scope: dict[str, Any], run_id: int, notes: list[str]) -> Window:
+def filling_window(window: Window, changes: list[Change], columns: list[Column], read_before: list[str] | None,
+                   notes: list[str]) -> Window:
     """The window that fills added columns: from the beginning when a column was added now, or since the last
-    completed window of the scope (whose run may have added it and then failed), so that the merge writes the
-    source's value into every row the target already holds. Cost: one read and merge of the whole scope."""
+    completed window of the scope (whose run may have added it and then failed; `read_before`: the source columns
+    that window read, None without one), so that the merge writes the source's value into every row the target
+    already holds. Cost: one read and merge of the whole scope."""
     if window.lo is None:
         return window
     added = evolution.added_sources(changes)
-    read_before = ledger.last_load_columns(conn, scope, run_id)
     if read_before is not None:
         added |= {c.name for c in columns if c.name not in read_before}
     if not added:

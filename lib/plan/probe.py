@@ -1,7 +1,7 @@
 """An incremental window's first look at the source, in one query: the table's columns (for schema evolution), the
 window's high end and size, the rows without a watermark and, when the window is small, every row of it. A run
 that finds little or nothing new then costs one Snowflake query per table: its one chunk is written from those rows
-(lib/source/early_reads.py) instead of being read again.
+with its plan (lib/plan/early_rows.py) instead of being read again.
 
 The query needs the window's lower end and the watermark's type before the columns are read: both come from the
 last completed window of the same scope, whose columns the ledger holds. When the columns read now differ from
@@ -14,18 +14,16 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-import psycopg
 import pyarrow as pa
 
 from lib.config.tables import TableSpec
 from lib.errors import MigrationError, TransientError
 from lib.identifiers import and_sql, quote_snowflake, raw_sql, where_sql
-from lib.ledger.changes import last_load_described
 from lib.source.snowflake import SnowflakeSource, columns_digest_sql
-from lib.target.windows import at_or_above, kind_of, last_load, lowered, max_expression
+from lib.target.windows import LastLoad, at_or_above, kind_of, lowered, max_expression
 from lib.typemap import columns_from_description, estimated_row_bytes
 
-# What the rows of probes may hold, all tables of a run together (they wait in memory for their chunk)
+# What the rows a probe returns may hold (they are written by the planning transaction, lib/plan/early_rows.py)
 EARLY_BYTES = 64 * 2**20
 DESCRIBED = ("name", "data_type", "precision", "scale", "char_length", "nullable", "collation")  # describe's keys
 META = ("_MIGRATION_HI", "_MIGRATION_NULLS", "_MIGRATION_ROWS", "_MIGRATION_COLUMNS")
@@ -48,16 +46,15 @@ class Probe:
         return column == self.column and kind == self.kind and lo == self.lo
 
 
-def probe_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, run_id: int,
-                 scope: dict[str, Any], row_limit: int, held_bytes: int = 0) -> Probe | None:
-    """One query for a watermark table whose last window of the same scope completed (None otherwise, or when the
-    query fails for a reason that is not transient: planning then reads the columns on their own and says why).
+def probe_window(source: SnowflakeSource, spec: TableSpec, prior: list[dict[str, Any]] | None, last: LastLoad,
+                 row_limit: int) -> Probe | None:
+    """One query for a watermark table whose last window of the same scope completed (`prior`: the columns it read,
+    `last`: the ledger's word on it). None otherwise, or when the query fails for a reason that is not transient:
+    planning then reads the columns on their own and says why.
     `row_limit`: the most rows of the window it returns (0: none); more than that, and it returns none; none either
-    when they might not fit beside the `held_bytes` that probes of other tables hold (EARLY_BYTES)."""
+    when they might not fit in EARLY_BYTES."""
     column = spec.source_watermark
     assert column is not None
-    prior = last_load_described(conn, scope, run_id)
-    last = last_load(conn, scope, run_id)
     if prior is None or last.hi is None or last.why:
         return None
     columns = columns_from_description(prior)
@@ -66,7 +63,7 @@ def probe_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: T
     if kind is None:
         return None
     lo = lowered(kind, last.hi, spec.watermark_lag) if spec.watermark_lag else last.hi
-    limit = row_limit if held_bytes + row_limit * estimated_row_bytes(columns) <= EARLY_BYTES else 0
+    limit = row_limit if row_limit * estimated_row_bytes(columns) <= EARLY_BYTES else 0
     table = source.table_sql(spec.source)
     above = raw_sql(at_or_above(column, kind, lo))
     db, schema, name = spec.source

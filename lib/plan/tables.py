@@ -11,23 +11,24 @@ from typing import Any
 
 import psycopg
 
-from lib import ledger
+from lib import faults, ledger
 from lib.config import Settings, SourceConfig, TableSpec, pg_identifier_problem
 from lib.errors import FatalError, StillRunning, TransientError, classify
+from lib.ledger.changes import last_load_described
 from lib.log import ctx, get_logger
 from lib.models import TablePlan, key_examples
 from lib.plan import evolution
 from lib.plan.budget import ReadShape, fit_chunk_rows, fit_connections, requested_threads
 from lib.plan.chunking import plan_single
+from lib.plan.early_rows import write_with_plan
 from lib.plan.probe import probe_window
 from lib.plan.strategy import plan_table
 from lib.plan.windows import plan_window
-from lib.source.early_reads import EarlyReads
 from lib.source.snowflake import SnowflakeSource
 from lib.target import load_modes
 from lib.target import postgres as pg
 from lib.target.evolution import added_sources, types_after
-from lib.target.windows import Window, load_scope, scope_filter
+from lib.target.windows import Window, last_load, load_scope, scope_filter
 from lib.typemap import Column, columns_from_description, estimated_row_bytes
 
 log = get_logger()
@@ -50,12 +51,12 @@ def refresh_target_types(conn: psycopg.Connection[Any], config: SourceConfig, ru
 
 def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int,
                         source: SnowflakeSource, deadline: float | None = None,
-                        post_load_seconds: float | None = None, early: EarlyReads | None = None) -> int:
+                        post_load_seconds: float | None = None, write_early: bool = False) -> int:
     """Plan each table that has no stored plan yet, reading through `source` (at the run's snapshot, if it
     has one), until `deadline` (time.monotonic()). A stored plan is never recomputed. Returns how many tables
     are left to plan: those the deadline left, and those whose stats query still runs in Snowflake (a Step
-    Functions Plan step asks again later, lib/source/deferred.py). `early`: where a process that copies the run's
-    chunks too keeps a small window's rows read while planning, for its chunk (lib/source/early_reads.py)."""
+    Functions Plan step asks again later, lib/source/deferred.py). `write_early`: the process copies the run's
+    chunks too, so a small window's rows read while planning are written with its plan (lib/plan/early_rows.py)."""
     planned = ledger.planned_tables(conn, run_id)
     todo = [t for t in config.tables if t.name not in planned]
     if not todo:
@@ -68,7 +69,7 @@ def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run
             continue
         attempted += 1
         try:
-            _plan_one(conn, source, config, run_id, spec, snapshot, post_load_seconds=post_load_seconds, early_reads=early)
+            _plan_one(conn, source, config, run_id, spec, snapshot, post_load_seconds=post_load_seconds, write_early=write_early)
         except StillRunning as pending:
             log.info("planning %s waits for Snowflake query %s", spec.name, pending.query_id,
                      **ctx(run_id=run_id, table=spec.name))
@@ -102,15 +103,16 @@ def preview(conn: psycopg.Connection[Any], source: SnowflakeSource, config: Sour
 
 def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: SourceConfig, run_id: int,
               spec: TableSpec, snapshot: str | None, dry_run: bool = False,
-              post_load_seconds: float | None = None, early_reads: EarlyReads | None = None) -> PlannedTable:
+              post_load_seconds: float | None = None, write_early: bool = False) -> PlannedTable:
     scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
                        spec.source_watermark, spec.target_name)
-    # a watermark table read live whose last window completed: its columns, window and (`early_reads`, a small
+    # a watermark table read live whose last window completed: its columns, window and (`write_early`, a small
     # window) rows in one query; without a snapshot only, whose time and retention would be queries of their own
-    probe = probe_window(conn, source, spec, run_id, scope,
-                         one_chunk_rows(config, spec) if early_reads is not None and not dry_run else 0,
-                         early_reads.held_bytes() if early_reads is not None else 0) \
-        if spec.source_watermark and snapshot is None else None
+    # the ledger's word on the scope's last window, read once for the probe, the window and schema evolution
+    prior = last_load_described(conn, scope, run_id) if spec.source_watermark else None
+    last = last_load(conn, scope, run_id) if spec.source_watermark else None
+    probe = probe_window(source, spec, prior, last, one_chunk_rows(config, spec) if write_early and not dry_run else 0) \
+        if last is not None and snapshot is None else None
     described = probe.described if probe and probe.described is not None else source.describe(spec.source)
     columns = columns_from_description(described)
     read_at, read_notes = reads_at(source, spec, config, snapshot)
@@ -121,17 +123,18 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     for name in pg.target_column_names(columns):
         if problem := pg_identifier_problem(name):
             raise FatalError(f"target column {problem}")
-    target_types = pg.target_column_types(conn, spec.target) if pg.table_exists(conn, spec.target) else None
+    target_types = pg.target_column_types(conn, spec.target)  # None: no such table
     problems = load_modes.schema_problems(spec, columns, target_types)
     if problems:
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
-    changes = evolution.changes_for(conn, spec, columns, run_id, dry_run)
-    planned_window = plan_window(conn, source, spec, columns, run_id, scope, probe) if spec.source_watermark else None
+    changes = evolution.changes_for(conn, spec, columns, run_id, dry_run, target_types)
+    planned_window = plan_window(conn, source, spec, columns, run_id, last, probe) if last is not None else None
     window = planned_window.window if planned_window else None
     window_notes = planned_window.notes if planned_window else []
     nulls_note = planned_window.nulls_note if planned_window else None
     if window is not None:
-        window = evolution.filling_window(conn, window, changes, columns, scope, run_id, window_notes)
+        window = evolution.filling_window(window, changes, columns, [c["name"] for c in prior] if prior else None,
+                                          window_notes)
     # a small incremental window (a run that finds little or nothing new) that fits one of its chunks: one chunk,
     # sized by the query that read hi, with no stats query and no sample (not a window that fills an added column
     # from the beginning: that one holds the whole scope, which the count did not cover)
@@ -170,8 +173,8 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     early_rows = probe.early if (one_chunk and probe and planned_window and planned_window.probed and read_at is None
                                  and probe.early is not None and probe.early.num_rows == plan.expected_rows) else None
     if early_rows is not None:
-        plan.notes.append(f"the window's {early_rows.num_rows} row(s) were read by the query that found its high end; "
-                          "its chunk is written from them")
+        plan.notes.append(f"the window's {early_rows.num_rows} row(s) were read by the query that found its high end "
+                          "and are written with the plan")
     with conn.transaction(force_rollback=dry_run):
         ledger.lock_target(conn, spec.target_name)
         owner = ledger.target_owner(conn, spec.target_name, run_id)
@@ -220,8 +223,13 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                           {**load.ledger_fields(), "load_scope": json.dumps(scope), "read_at": read_at})
         if key:
             ledger.set_primary_key_plan(conn, run_id, spec.name, key)
-    if early_reads is not None and early_rows is not None:
-        early_reads.keep(spec.name, early_rows)
+        written = early_rows is not None and write_with_plan(conn, config, run_id, spec, planned.columns, planned.load,
+                                                             early_rows) is not None
+        if early_rows is not None and not written:
+            ledger.add_plan_note(conn, run_id, spec.name, "the rows could not be written with the plan: its chunk "
+                                                          "reads them again")
+    if written:
+        faults.maybe_crash("after_commit")
     log.info(
         "planned %s: %s load, %s strategy, %d chunks, %d rows expected, %d planning quer%s in %.2fs (%s)",
         spec.name, load.mode, plan.strategy, len(plan.chunks), plan.expected_rows, plan.queries,

@@ -14,7 +14,7 @@ from lib.log import ctx, get_logger
 from lib.plan.probe import Probe
 from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
-from lib.target.windows import Window, at_or_above, kind_of, last_load, lowered, max_expression, target_max
+from lib.target.windows import LastLoad, Window, at_or_above, kind_of, lowered, max_expression, target_max
 from lib.typemap import Column
 
 log = get_logger()
@@ -51,14 +51,13 @@ def null_note(column: str, count: int) -> str | None:
 
 
 def plan_window(conn: psycopg.Connection[Any], source: SnowflakeSource, spec: TableSpec, columns: list[Column],
-            run_id: int, scope: dict[str, Any], probe: Probe | None = None) -> PlannedWindow:
+            run_id: int, last: LastLoad, probe: Probe | None = None) -> PlannedWindow:
     """This run's watermark window: lo from the last window of the same scope (else, where it may serve, the
     target's largest watermark), hi from the source, now, with its size and the rows without a watermark."""
     assert spec.source_watermark is not None
     column = spec.source_watermark
     kind = kind_of({c.name: c for c in columns}[column])
     assert kind is not None
-    last = last_load(conn, scope, run_id)
     lo, lo_from, notes = last.hi, "ledger", []
     if last.why:
         log.info("window: %s", last.why, **ctx(run_id=run_id, table=spec.name))

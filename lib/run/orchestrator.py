@@ -43,7 +43,6 @@ from lib.retry import call_with_retry
 from lib.run.progress import ProgressMonitor
 from lib.run.worker import Worker, WorkerStats, WorkPlan
 from lib.source.deferred import Deferred
-from lib.source.early_reads import EarlyReads
 from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
 from lib.target import swap
@@ -109,7 +108,7 @@ def _hash_lock_key(conn: psycopg.Connection[Any], config_hash: str) -> int:
 
 def start_run(config: SourceConfig, start_token: str | None = None, deadline: float | None = None,
               defer_seconds: float | None = None, post_load_seconds: float | None = None,
-              early: EarlyReads | None = None) -> StartResult:
+              write_early: bool = False) -> StartResult:
     """Resume the run of this config, or plan a new one. Two starters at once join one run.
 
     `deadline` (time.monotonic()) stops planning there, and `defer_seconds` lets a stats query run on in
@@ -120,7 +119,7 @@ def start_run(config: SourceConfig, start_token: str | None = None, deadline: fl
 
     `start_token` names the invocation (a local run, a Step Functions execution). A retry of the same
     invocation, e.g. after a transient error while planning its second table, resumes the run that
-    invocation created, even under `no_resume`: only a new invocation starts a fresh run. `early`: this process
+    invocation created, even under `no_resume`: only a new invocation starts a fresh run. `write_early`: this process
     copies the chunks too (a local run), see plan_missing_tables.
     """
     config_hash = config.fingerprint()
@@ -196,14 +195,13 @@ def start_run(config: SourceConfig, start_token: str | None = None, deadline: fl
             if defer_seconds is not None:
                 source.deferred = deferred_queries(conn, run_id, defer_seconds)
             discover.pin(conn, config, run_id)
-            unplanned = plan_missing_tables(conn, config, run_id, source, deadline, post_load_seconds, early)
+            unplanned = plan_missing_tables(conn, config, run_id, source, deadline, post_load_seconds, write_early)
             return StartResult(run_id, mode, message, unplanned, config)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (key,))
 
 
-def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None,
-              early: EarlyReads | None = None) -> WorkPlan:
+def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None) -> WorkPlan:
     """What the workers need of every planned table: its scope, columns and stored load mode."""
     with pg.connect(config.postgres_connect_args(), autocommit=True) as conn:
         loads = table_loads(conn, config, run_id)
@@ -219,7 +217,7 @@ def work_plan(config: SourceConfig, run_id: int, deadline: float | None = None,
         shapes[name] = ReadShape.for_settings(results or "whole", row_bytes or estimated_row_bytes(columns),
                                               max(largest_chunk, 1), settings)
     return WorkPlan(config, run_id, tables, deadline=deadline, snapshots=snapshots, shapes=shapes,
-                    repair_filters=repair_filters, early=early)
+                    repair_filters=repair_filters)
 
 
 def thread_count(config: SourceConfig, plan: WorkPlan, at_most: int | None = None) -> int:
@@ -517,8 +515,7 @@ def run(config: SourceConfig) -> RunResult:
 
     started = time.monotonic()
     token = uuid.uuid4().hex  # retries of this start resume the run it created, even under no_resume
-    early = EarlyReads()  # a small window's rows read while planning, for its chunk
-    start = retried(lambda: start_run(config, token, early=early), "starting the run")
+    start = retried(lambda: start_run(config, token, write_early=True), "starting the run")
     config = start.config or config
     if start.mode == "nothing_to_do":
         tables = retried(lambda: summarize(config, start.run_id, None), "summarizing")
@@ -528,9 +525,9 @@ def run(config: SourceConfig) -> RunResult:
     interrupted, error = False, None
     final = "running"
     try:
-        plan = retried(lambda: work_plan(config, start.run_id, early=early), "loading the plan")
         claimable = retried(lambda: _claimable_chunks(config, start.run_id), "counting the chunks to copy")
-        if plan.tables and claimable:
+        plan = retried(lambda: work_plan(config, start.run_id), "loading the plan") if claimable else None
+        if plan is not None and plan.tables:
             threads = thread_count(config, plan, at_most=claimable)
             # with no more chunks than threads, none is left to read ahead: no second connection is opened for it
             plan.read_ahead = claimable > threads and reading_ahead(config, threads, plan.run_id)

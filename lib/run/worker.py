@@ -23,7 +23,6 @@ from lib.log import ctx, get_logger
 from lib.models import ClaimedChunk
 from lib.plan.budget import ReadShape, fit_threads
 from lib.retry import call_with_retry
-from lib.source.early_reads import EarlyReads
 from lib.source.prefetch import Prefetcher
 from lib.source.snowflake import SnowflakeSource
 from lib.target import postgres as pg
@@ -56,7 +55,6 @@ class WorkPlan:
     shapes: dict[str, ReadShape] = field(default_factory=dict)  # per table: what a thread holds (lib/plan/budget.py)
     # per copy or swap table: the source rows its target holds (load_modes.held_scope), which a repair copies again
     repair_filters: dict[str, str | None] = field(default_factory=dict)
-    early: EarlyReads | None = None  # rows planning read for a table's one chunk, in this process
     read_ahead: bool = False  # each thread claims and starts reading its next chunk while it writes one
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -257,11 +255,8 @@ class Worker:
         keeper = LeaseKeeper(self.plan.config.postgres_connect_args(), chunk, settings.lease_seconds, self._progress,
                              give_up)
         scope = self.plan.repair_filters.get(chunk.table_name, spec.source_filter) if chunk.repair else spec.source_filter
-        early = self.plan.early.take(chunk.table_name) if (
-            self.plan.early and chunk.attempts == 1 and chunk.bounds.kind == "all" and not chunk.repair) else None
-        read = early_batches(early, settings.batch_size) if early is not None else source.read(
-            spec.source, columns, chunk.bounds, scope, settings.batch_size,
-            on_part=lambda part: self.plan.observe(chunk.table_name, part_bytes=part.nbytes))
+        read = source.read(spec.source, columns, chunk.bounds, scope, settings.batch_size,
+                           on_part=lambda part: self.plan.observe(chunk.table_name, part_bytes=part.nbytes))
         keeper.__enter__()
         try:
             batches = Prefetcher(_ticking(read, self._progress), abort=keeper.lost,
@@ -380,15 +375,6 @@ class Worker:
             self.plan.observe(table, batch_bytes=batch.nbytes)
             yield batch
             del batch
-
-
-def early_batches(rows: pa.Table, batch_size: int) -> Iterator[pa.RecordBatch]:
-    """Rows planning read for the chunk (lib/source/early_reads.py), as a read gives them."""
-    batches = rows.to_batches(max_chunksize=batch_size)
-    del rows
-    batches.reverse()
-    while batches:
-        yield batches.pop()
 
 
 # The generators below drop each batch as soon as the consumer asks for the next one: a loop variable

@@ -131,11 +131,11 @@ def same_type(a: str, b: str) -> bool:
     return parse_type(a) == parse_type(b)
 
 
-def compare(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column],
+def compare(conn: psycopg.Connection[Any], target: tuple[str, str], types: dict[str, str], columns: list[Column],
             previous: list[dict[str, Any]] | None, freeze: bool, catch_up: bool) -> list[Change]:
-    """Every difference between the source `columns` and the existing `target`; `previous`: the source columns of
-    the target's last stored plan (None: none), `catch_up`: the table is an insert-only catch-up into rows."""
-    types = pg.target_column_types(conn, target)
+    """Every difference between the source `columns` and the existing `target`, whose column `types` are given;
+    `previous`: the source columns of the target's last stored plan (None: none), `catch_up`: the table is an
+    insert-only catch-up into rows."""
     before = {c.name: c for c in columns_from_description([_source_only(d) for d in previous or []])}
     changes = [c for c in (_compare_column(conn, target, col, types, before.get(col.name)) for col in columns) if c]
     names = {c.name for c in columns}

@@ -33,14 +33,16 @@ def table_exists(conn: psycopg.Connection[Any], target: tuple[str, str]) -> bool
     return row is not None
 
 
-def target_column_types(conn: psycopg.Connection[Any], target: tuple[str, str]) -> dict[str, str]:
-    """Column name → format_type of an existing table."""
+def target_column_types(conn: psycopg.Connection[Any], target: tuple[str, str]) -> dict[str, str] | None:
+    """Column name → format_type of the table `target`; None when there is no such table (one query for both)."""
     rows = conn.execute(
-        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_attribute a "
-        "WHERE a.attrelid = %s::regclass AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
-        (sql.Identifier(*target).as_string(conn),),
+        "SELECT a.attname, format_type(a.atttypid, a.atttypmod) FROM pg_catalog.pg_class c "
+        "JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace LEFT JOIN pg_catalog.pg_attribute a "
+        "ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped "
+        "WHERE n.nspname = %s AND c.relname = %s AND c.relkind IN ('r', 'p') ORDER BY a.attnum",
+        target,
     ).fetchall()
-    return {r[0]: r[1] for r in rows}
+    return {r[0]: r[1] for r in rows if r[0] is not None} if rows else None
 
 
 def target_column_names(columns: list[Column]) -> list[str]:
@@ -49,16 +51,21 @@ def target_column_names(columns: list[Column]) -> list[str]:
 
 def types_by_source_column(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> dict[str, str]:
     """An existing target's column types, keyed by the source column each one receives."""
-    existing = target_column_types(conn, target)
-    return {c.name: existing[target_column_name(c.name)] for c in columns if target_column_name(c.name) in existing}
+    return by_source_column(target_column_types(conn, target) or {}, columns)
+
+
+def by_source_column(types: dict[str, str], columns: list[Column]) -> dict[str, str]:
+    """Target column types (by target column name) keyed by the source column each one receives."""
+    return {c.name: types[target_column_name(c.name)] for c in columns if target_column_name(c.name) in types}
 
 
 def existing_types(conn: psycopg.Connection[Any], target: tuple[str, str], columns: list[Column]) -> dict[str, str] | None:
     """An existing target's column types by source column name, checked to have every column; None if there is
     no such table."""
-    if not table_exists(conn, target):
+    existing = target_column_types(conn, target)
+    if existing is None:
         return None
-    types = types_by_source_column(conn, target, columns)
+    types = by_source_column(existing, columns)
     missing = [target_column_name(c.name) for c in columns if c.name not in types]
     if missing:
         raise FatalError(f"target table {'.'.join(target)} exists but lacks column(s) {', '.join(missing)}")

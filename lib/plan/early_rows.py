@@ -1,0 +1,73 @@
+"""A small window's rows, read by the query that found its high end (lib/plan/probe.py), written by the transaction
+that stores the table's plan: the plan, the rows and the chunk's done mark commit together or not at all. No claim,
+lease, liveness lock or worker thread is needed, since no other process can see the chunk before that commit; a
+run that finds little or nothing new then starts no worker for the table.
+
+Should the write fail, it is rolled back alone (a savepoint) and the chunk stays pending: a worker reads it again and
+meets, and reports, what the write met, as for any chunk. A lost connection fails the whole planning transaction,
+which the run retries like any transient planning error. Only a run whose process copies the chunks itself (a local
+run) writes them here; a Step Functions Plan step leaves them to its workers."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pyarrow as pa
+
+from lib import faults, ledger
+from lib.config import SourceConfig, TableSpec
+from lib.errors import classify
+from lib.log import ctx, get_logger
+from lib.models import Bounds
+from lib.target.load_modes import TableLoad
+from lib.target.loaders import Written, loader_for
+from lib.target.wire import Wire
+from lib.typemap import Column
+
+log = get_logger()
+
+
+def write_with_plan(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int, spec: TableSpec,
+                    columns: list[Column], load: TableLoad, rows: pa.Table) -> Written | None:
+    """Inside the planning transaction, after store_plan: write the table's one chunk from `rows` and mark it done.
+    None (the chunk left pending, nothing of it written) when the write fails."""
+    started = time.monotonic()
+    last_row: list[float] = []
+    wire = Wire(columns, nul_bytes=config.nul_bytes(spec))
+    try:
+        with conn.transaction():
+            written = loader_for(load).write(conn, wire, _batches(rows, config.settings.batch_size, last_row),
+                                             Bounds("all"))
+            wrote = time.monotonic()
+            drained = last_row[0] if last_row else wrote
+            phases = {"read_wait": 0.0, "copy": round(drained - started, 4), "after_copy": round(wrote - drained, 4),
+                      "ledger": 0.0}
+            if not ledger.mark_done_with_plan(conn, run_id, spec.name, written.rows, written.bytes, written.inserted,
+                                              written.updated, wire.notes(), sum(wire.nul_values_changed.values()),
+                                              phases, wrote - started):
+                raise RuntimeError(f"run {run_id} no longer runs, or its chunk of {spec.name} is not pending")
+            faults.maybe_crash("before_commit")
+    except Exception as exc:
+        if conn.closed or conn.broken:
+            raise
+        log.warning("the window's rows read while planning could not be written (%s): its chunk is left to a worker, "
+                    "which reads it again", classify(exc, f"writing {spec.name}"), **ctx(run_id=run_id, table=spec.name))
+        return None
+    return written
+
+
+def _batches(rows: pa.Table, batch_size: int, last_row: list[float]) -> Iterator[pa.RecordBatch]:
+    """The rows as a chunk's read gives them, each batch dropped once the next is asked for; then the time the last
+    one was taken, in `last_row`."""
+    batches = rows.to_batches(max_chunksize=batch_size)
+    batches.reverse()
+    first = True
+    while batches:
+        faults.maybe_crash("during_read" if first else "during_copy")
+        first = False
+        yield batches.pop()
+    faults.maybe_crash("during_copy")
+    last_row.append(time.monotonic())
