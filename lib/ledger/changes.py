@@ -1,5 +1,5 @@
 """The ledger's record of schema changes (migrations/014): what planning added, widened, found dropped or refused
-in a target, and the source columns earlier loads of a target read."""
+in a target (the source columns earlier loads read are in lib/target/windows.load_history)."""
 
 from __future__ import annotations
 
@@ -7,29 +7,10 @@ from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
-from psycopg.types.json import Jsonb
 
 from lib.ledger.schema import SCHEMA
 
 CHANGE_FIELDS = ("column_name", "change", "from_type", "to_type", "ddl", "note")
-
-
-def previous_columns(conn: psycopg.Connection[Any], target: str, run_id: int) -> list[dict[str, Any]] | None:
-    """The source columns of the latest stored plan of `target` by another run (None: no plan of it stored)."""
-    row = conn.execute(
-        f"SELECT source_columns FROM {SCHEMA}.migration_table_status WHERE target_table = %s AND run_id <> %s "
-        "AND source_columns IS NOT NULL AND planned_chunks IS NOT NULL ORDER BY run_id DESC LIMIT 1",
-        (target, run_id)).fetchone()
-    return list(row[0]) if row else None
-
-
-def last_load_described(conn: psycopg.Connection[Any], scope: dict[str, Any], run_id: int) -> list[dict[str, Any]] | None:
-    """The source columns of the last completed load of `scope` as planning described them; None: no such load."""
-    row = conn.execute(
-        f"SELECT source_columns FROM {SCHEMA}.migration_table_status WHERE target_table = %s AND status = 'completed' "
-        "AND run_id <> %s AND load_scope = %s::jsonb AND source_columns IS NOT NULL ORDER BY completed_at DESC LIMIT 1",
-        (scope["target"], run_id, Jsonb(scope))).fetchone()
-    return list(row[0]) if row else None
 
 
 def record_schema_changes(conn: psycopg.Connection[Any], run_id: int, table: str, target: str,

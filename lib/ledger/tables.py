@@ -203,13 +203,6 @@ def store_reconciliation(
     )
 
 
-def rows_written(conn: psycopg.Connection[Any], run_id: int, table: str) -> int:
-    """Rows the table's done chunks wrote in this run (inserted or updated)."""
-    row = conn.execute(f"SELECT coalesce(sum(rows_copied), 0) FROM {SCHEMA}.migration_chunk_status "
-                       "WHERE run_id = %s AND table_name = %s AND status = 'done'", (run_id, table)).fetchone()
-    return int(row[0]) if row else 0
-
-
 def add_plan_note(conn: psycopg.Connection[Any], run_id: int, table: str, note: str) -> None:
     conn.execute(f"UPDATE {SCHEMA}.migration_table_status SET plan_notes = plan_notes || jsonb_build_array(%s::text) "
                  "WHERE run_id = %s AND table_name = %s", (note, run_id, table))
@@ -218,27 +211,32 @@ def add_plan_note(conn: psycopg.Connection[Any], run_id: int, table: str, note: 
 @dataclass(frozen=True)
 class PostLoad:
     primary_key: list[str]  # to build, or [] when there is none to build or it is built
+    rows_written: int = 0  # rows the table's done chunks wrote in this run (inserted, updated or already there)
 
 
 def claim_post_load(conn: psycopg.Connection[Any], run_id: int, table: str) -> PostLoad | None:
     """Inside a transaction: lock the table's ledger row if it waits for its post-load step (None if it
     does not, e.g. another process finished it first). The lock serialises concurrent finishers."""
     row = conn.execute(
-        f"SELECT primary_key, primary_key_built_at FROM {SCHEMA}.migration_table_status "
-        "WHERE run_id = %s AND table_name = %s AND status = 'post_load' FOR UPDATE",
+        f"SELECT t.primary_key, t.primary_key_built_at, (SELECT coalesce(sum(c.rows_copied), 0) "
+        f"FROM {SCHEMA}.migration_chunk_status c WHERE c.run_id = t.run_id AND c.table_name = t.table_name "
+        f"AND c.status = 'done') FROM {SCHEMA}.migration_table_status t "
+        "WHERE t.run_id = %s AND t.table_name = %s AND t.status = 'post_load' FOR UPDATE OF t",
         (run_id, table),
     ).fetchone()
     if row is None:
         return None
-    return PostLoad(list(row[0]) if row[0] and row[1] is None else [])
+    return PostLoad(list(row[0]) if row[0] and row[1] is None else [], int(row[2]))
 
 
-def complete_post_load(conn: psycopg.Connection[Any], run_id: int, table: str, built_key: bool) -> None:
+def complete_post_load(conn: psycopg.Connection[Any], run_id: int, table: str, built_key: bool,
+                       analyzed: bool = True) -> None:
     conn.execute(
-        f"UPDATE {SCHEMA}.migration_table_status SET status = 'completed', completed_at = now(), analyzed_at = now(), "
+        f"UPDATE {SCHEMA}.migration_table_status SET status = 'completed', completed_at = now(), "
+        "analyzed_at = CASE WHEN %s THEN now() ELSE analyzed_at END, "
         "primary_key_built_at = CASE WHEN %s THEN now() ELSE primary_key_built_at END "
         "WHERE run_id = %s AND table_name = %s AND status = 'post_load'",
-        (built_key, run_id, table),
+        (analyzed, built_key, run_id, table),
     )
 
 

@@ -20,15 +20,16 @@ from lib.typemap import Column
 
 
 def changes_for(conn: psycopg.Connection[Any], spec: TableSpec, columns: list[Column], run_id: int,
-                dry_run: bool, target_types: dict[str, str] | None) -> list[Change]:
+                dry_run: bool, target_types: dict[str, str] | None,
+                previous: list[dict[str, Any]] | None) -> list[Change]:
     """The schema changes planning will apply to `spec`'s existing target (`target_types`: its column types, None when
-    there is none); a FatalError listing every refused one (recorded in the ledger first, unless `dry_run`) when any is
-    refused. Nothing is applied here."""
+    there is none; `previous`: the source columns of its latest plan by another run, None without one); a FatalError
+    listing every refused one (recorded in the ledger first, unless `dry_run`) when any is refused. Nothing is
+    applied here."""
     if target_types is None:
         return []
     catch_up = (not spec.merges and not spec.truncate_onstart and spec.load_mode != "swap"
                 and pg.has_rows(conn, spec.target))
-    previous = ledger.previous_columns(conn, spec.target_name, run_id)
     changes = evolution.compare(conn, spec.target, target_types, columns, previous, spec.schema_changes == "freeze",
                                 catch_up)
     refused = [c for c in changes if c.kind == "refused"]

@@ -14,7 +14,6 @@ import psycopg
 from lib import faults, ledger
 from lib.config import Settings, SourceConfig, TableSpec, pg_identifier_problem
 from lib.errors import FatalError, StillRunning, TransientError, classify
-from lib.ledger.changes import last_load_described
 from lib.log import ctx, get_logger
 from lib.models import TablePlan, key_examples
 from lib.plan import evolution
@@ -28,7 +27,7 @@ from lib.source.snowflake import SnowflakeSource
 from lib.target import load_modes
 from lib.target import postgres as pg
 from lib.target.evolution import added_sources, types_after
-from lib.target.windows import Window, last_load, load_scope, scope_filter
+from lib.target.windows import Window, load_history, load_scope, scope_filter
 from lib.typemap import Column, columns_from_description, estimated_row_bytes
 
 log = get_logger()
@@ -108,9 +107,9 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                        spec.source_watermark, spec.target_name)
     # a watermark table read live whose last window completed: its columns, window and (`write_early`, a small
     # window) rows in one query; without a snapshot only, whose time and retention would be queries of their own
-    # the ledger's word on the scope's last window, read once for the probe, the window and schema evolution
-    prior = last_load_described(conn, scope, run_id) if spec.source_watermark else None
-    last = last_load(conn, scope, run_id) if spec.source_watermark else None
+    # the ledger's word on the target's earlier loads, read once for the probe, the window and schema evolution
+    history = load_history(conn, scope, run_id)
+    prior, last = history.described, history.last if spec.source_watermark else None
     probe = probe_window(source, spec, prior, last, one_chunk_rows(config, spec) if write_early and not dry_run else 0) \
         if last is not None and snapshot is None else None
     described = probe.described if probe and probe.described is not None else source.describe(spec.source)
@@ -127,7 +126,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     problems = load_modes.schema_problems(spec, columns, target_types)
     if problems:
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
-    changes = evolution.changes_for(conn, spec, columns, run_id, dry_run, target_types)
+    changes = evolution.changes_for(conn, spec, columns, run_id, dry_run, target_types, history.planned_columns)
     planned_window = plan_window(conn, source, spec, columns, run_id, last, probe) if last is not None else None
     window = planned_window.window if planned_window else None
     window_notes = planned_window.notes if planned_window else []

@@ -430,20 +430,25 @@ def finish_table(conn: psycopg.Connection[Any], run_id: int, spec: TableSpec, lo
             step = ledger.claim_post_load(conn, run_id, spec.name)
             if step is None:
                 return False
-            conn.execute("SET LOCAL statement_timeout = 0")
+            analyzed = False
             if swapping:
+                conn.execute("SET LOCAL statement_timeout = 0")
                 what = f"swapping {'.'.join(load.destination)} in for {spec.target_name}"
                 conn.execute(f"SET LOCAL lock_timeout = {max(1, int(swap_lock_timeout * 1000))}")
                 began = time.monotonic()
                 backup = swap.swap_in(conn, spec.target, load.destination, run_id, spec.name)
             else:
-                if step.primary_key and not pg.has_primary_key(conn, spec.target):
+                build_key = bool(step.primary_key) and not pg.has_primary_key(conn, spec.target)
+                analyzed = not load.staged or pg.worth_analyzing(conn, spec.target, step.rows_written)
+                if build_key or analyzed:
+                    conn.execute("SET LOCAL statement_timeout = 0")  # index builds on a big table may take hours
+                if build_key:
                     what = f"building the primary key of {spec.target_name} after the load"
                     pg.add_primary_key(conn, spec.target, step.primary_key)
-                if not load.staged or pg.worth_analyzing(conn, spec.target, ledger.rows_written(conn, run_id, spec.name)):
+                if analyzed:
                     pg.analyze(conn, spec.target)  # fresh planner statistics once the bulk load is over
             faults.maybe_crash("post_load")
-            ledger.complete_post_load(conn, run_id, spec.name, bool(step.primary_key))
+            ledger.complete_post_load(conn, run_id, spec.name, bool(step.primary_key), analyzed or swapping)
     except Exception as exc:
         error = classify(exc, what)
         if swapping and isinstance(exc, psycopg.errors.LockNotAvailable):

@@ -29,9 +29,11 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from lib.errors import FatalError
 from lib.identifiers import quote_snowflake, quote_snowflake_raw
+from lib.ledger.schema import SCHEMA
 from lib.typemap import Column
 
 # Snowflake base type → watermark kind. Anything else cannot be compared reliably (text, JSON, binary).
@@ -137,6 +139,60 @@ class LastLoad:
     why: str | None  # why the window starts afresh, if it does
 
 
+@dataclass(frozen=True)
+class LoadHistory:
+    """What planning needs of a target's earlier loads, read in one query whatever the length of its history."""
+
+    last: LastLoad
+    described: list[dict[str, Any]] | None  # the source columns the last completed load of the scope read
+    planned_columns: list[dict[str, Any]] | None  # the source columns of the target's latest plan by another run
+
+
+# One row at most of each kind: the last completed load of the scope, the last completed load of the target, one
+# completed load of the target that was not a plain copy of the same source and filter, the target's latest plan.
+_HISTORY = f"""
+(SELECT 'same', load_scope, watermark_lo, watermark_hi, reconcile_status, run_id, source_columns FROM {SCHEMA}.migration_table_status
+ WHERE target_table = %(target)s AND status = 'completed' AND run_id <> %(run)s AND load_scope = %(scope)s
+ ORDER BY completed_at DESC LIMIT 1)
+UNION ALL
+(SELECT 'latest', load_scope, NULL, NULL, NULL, run_id, NULL FROM {SCHEMA}.migration_table_status
+ WHERE target_table = %(target)s AND status = 'completed' AND run_id <> %(run)s ORDER BY completed_at DESC LIMIT 1)
+UNION ALL
+(SELECT 'other', NULL, NULL, NULL, NULL, run_id, NULL FROM {SCHEMA}.migration_table_status
+ WHERE target_table = %(target)s AND status = 'completed' AND run_id <> %(run)s
+   AND NOT coalesce(load_scope - 'watermark' = %(scope)s::jsonb - 'watermark' AND load_scope -> 'watermark' = 'null'::jsonb,
+                    false)
+ LIMIT 1)
+UNION ALL
+(SELECT 'planned', NULL, NULL, NULL, NULL, run_id, source_columns FROM {SCHEMA}.migration_table_status
+ WHERE target_table = %(target)s AND run_id <> %(run)s AND source_columns IS NOT NULL AND planned_chunks IS NOT NULL
+ ORDER BY run_id DESC LIMIT 1)
+"""
+
+
+def load_history(conn: psycopg.Connection[Any], scope: dict[str, Any], run_id: int) -> LoadHistory:
+    """The target's earlier loads as planning `scope` in run `run_id` needs them (see last_load)."""
+    found = {kind: rest for kind, *rest in conn.execute(
+        _HISTORY, {"target": scope["target"], "run": run_id, "scope": Jsonb(scope)}).fetchall()}
+    planned = found.get("planned")
+    planned_columns = list(planned[5]) if planned else None
+    if same := found.get("same"):
+        _, lo, hi, reconciled, _, columns = same
+        # (hi None: the source held no watermark yet, nothing was read)
+        last = LastLoad(lo if reconciled == "source_changed" else hi, False, None)
+        return LoadHistory(last, list(columns) if columns is not None else None, planned_columns)
+    if "other" not in found:
+        return LoadHistory(LastLoad(None, True, None), None, planned_columns)
+    stored, _, _, _, other_run, _ = found["latest"]
+    if stored is None:
+        why = f"the last load of {scope['target']} (run {other_run}) recorded no scope"
+    else:
+        changed = [k for k in ("account", "source", "filter", "watermark") if stored.get(k) != scope[k]]
+        why = f"its scope changed since run {other_run} ({', '.join(f'{k} {stored.get(k)!r} → {scope[k]!r}' for k in changed)})"
+    why += ": rows it now includes were never read, so this window starts from the beginning"
+    return LoadHistory(LastLoad(None, False, why), None, planned_columns)
+
+
 def last_load(conn: psycopg.Connection[Any], scope: dict[str, Any], run_id: int) -> LastLoad:
     """Where the next window of `scope` starts, from the completed loads of its target in the ledger.
 
@@ -145,24 +201,7 @@ def last_load(conn: psycopg.Connection[Any], scope: dict[str, Any], run_id: int)
     - no load of the target recorded, or only plain copies of the same source and filter: the target's maximum;
     - loads of the target of another scope only: from the beginning (a widened filter's new rows were never read).
     """
-    rows = conn.execute(
-        "SELECT load_scope, watermark_lo, watermark_hi, reconcile_status, run_id FROM migration_status.migration_table_status "
-        "WHERE target_table = %s AND status = 'completed' AND run_id <> %s ORDER BY completed_at DESC",
-        (scope["target"], run_id),
-    ).fetchall()
-    for stored, lo, hi, reconciled, _ in rows:
-        if stored == scope:  # (hi None: the source held no watermark yet, nothing was read)
-            return LastLoad(lo if reconciled == "source_changed" else hi, False, None)
-    if all(stored is not None and {**stored, "watermark": scope["watermark"]} == scope and stored["watermark"] is None
-           for stored, *_ in rows):
-        return LastLoad(None, True, None)
-    stored, _, _, _, other_run = rows[0]
-    if stored is None:
-        why = f"the last load of {scope['target']} (run {other_run}) recorded no scope"
-    else:
-        changed = [k for k in ("account", "source", "filter", "watermark") if stored.get(k) != scope[k]]
-        why = f"its scope changed since run {other_run} ({', '.join(f'{k} {stored.get(k)!r} → {scope[k]!r}' for k in changed)})"
-    return LastLoad(None, False, f"{why}: rows it now includes were never read, so this window starts from the beginning")
+    return load_history(conn, scope, run_id).last
 
 
 def target_max(conn: psycopg.Connection[Any], target: tuple[str, str], column: str, kind: str) -> str | None:
