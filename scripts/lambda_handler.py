@@ -67,7 +67,7 @@ def plan(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     execution_id = event.get("execution_id")
     deadline = _step_deadline(context)
     start = start_run(config, start_token=execution_id, deadline=deadline, defer_seconds=DEFER_WAIT_SECONDS,
-                      post_load_seconds=max(RECONCILE_TIMEOUT_SECONDS - STEP_SAFETY_MARGIN_SECONDS, 1.0))
+                      post_load_seconds=max(RECONCILE_TIMEOUT_SECONDS - STEP_SAFETY_MARGIN_SECONDS, 1.0), write_early=True)
     slots, threads, why = fit_connections(execution["workers"], config.settings.parallel_threads or 64,
                                           config.settings.max_target_connections)
     if why:

@@ -449,3 +449,26 @@ def test_the_verify_state_checks_content_when_the_config_asks_for_it(aws) -> Non
     assert aws.entered(execution, "Verify") == 1
     chunks = aws.env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.migration_chunk_status")
     assert aws.env.pg_value(f"SELECT count(*) FROM {status.SCHEMA}.verification WHERE result = 'match'") == chunks
+
+
+def test_a_run_that_finds_nothing_new_is_planned_and_written_by_the_plan_step_in_one_snowflake_query(aws) -> None:
+    from lib.source import snowflake as snowflake_source
+
+    aws.env.sf_execute("CREATE TABLE W (ID NUMBER(18,0) PRIMARY KEY, V VARCHAR, TS TIMESTAMP_NTZ)",
+                       "INSERT INTO W SELECT SEQ8(), 'v', DATEADD(second, SEQ8(), '2024-01-01'::TIMESTAMP_NTZ) "
+                       "FROM TABLE(GENERATOR(ROWCOUNT => 2000))")
+    aws.configure([{**_table("W"), "source_watermark": "TS"}], snapshot=False)
+    assert aws.wait(aws.start(workers=2))["status"] == "SUCCEEDED"
+    sent: list[str] = []
+    real = snowflake_source.run
+    aws.monkeypatch.setattr(snowflake_source, "run", lambda cur, sql, params=None: sent.append(sql) or real(cur, sql, params))
+
+    assert aws.wait(aws.start(workers=2))["status"] == "SUCCEEDED"
+
+    assert len(sent) == 1 and "_MIGRATION_HI" in sent[0], sent  # the probe, whose rows the Plan step wrote
+    chunks = aws.env.pg_rows(f"SELECT status, worker, rows_copied FROM {status.SCHEMA}.migration_chunk_status "
+                             "WHERE run_id = 2")
+    assert chunks == [("done", "planning", 1)]  # the row at the last window's end
+    assert aws.env.pg_rows(f"SELECT status, reconcile_status FROM {status.SCHEMA}.migration_table_status "
+                           "WHERE run_id = 2") == [("completed", "match")]
+    _assert_copied(aws.env, "W", 2000)

@@ -5,8 +5,8 @@ run that finds little or nothing new then starts no worker for the table.
 
 Should the write fail, it is rolled back alone (a savepoint) and the chunk stays pending: a worker reads it again and
 meets, and reports, what the write met, as for any chunk. A lost connection fails the whole planning transaction,
-which the run retries like any transient planning error. Only a run whose process copies the chunks itself (a local
-run) writes them here; a Step Functions Plan step leaves them to its workers."""
+which the run retries like any transient planning error. A local run and a Step Functions Plan step write them
+here; a caller that only plans (start_run without write_early, `migrate.py plan`) leaves the chunk to the workers."""
 
 from __future__ import annotations
 

@@ -54,8 +54,8 @@ def plan_missing_tables(conn: psycopg.Connection[Any], config: SourceConfig, run
     """Plan each table that has no stored plan yet, reading through `source` (at the run's snapshot, if it
     has one), until `deadline` (time.monotonic()). A stored plan is never recomputed. Returns how many tables
     are left to plan: those the deadline left, and those whose stats query still runs in Snowflake (a Step
-    Functions Plan step asks again later, lib/source/deferred.py). `write_early`: the process copies the run's
-    chunks too, so a small window's rows read while planning are written with its plan (lib/plan/early_rows.py)."""
+    Functions Plan step asks again later, lib/source/deferred.py). `write_early`: a small window's rows read while
+    planning are written with its plan (lib/plan/early_rows.py)."""
     planned = ledger.planned_tables(conn, run_id)
     todo = [t for t in config.tables if t.name not in planned]
     if not todo:

@@ -119,8 +119,8 @@ def start_run(config: SourceConfig, start_token: str | None = None, deadline: fl
 
     `start_token` names the invocation (a local run, a Step Functions execution). A retry of the same
     invocation, e.g. after a transient error while planning its second table, resumes the run that
-    invocation created, even under `no_resume`: only a new invocation starts a fresh run. `write_early`: this process
-    copies the chunks too (a local run), see plan_missing_tables.
+    invocation created, even under `no_resume`: only a new invocation starts a fresh run. `write_early`: a small window read while
+    planning is written with its plan, see plan_missing_tables.
     """
     config_hash = config.fingerprint()
     max_age = config.settings.resume_max_age
