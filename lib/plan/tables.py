@@ -27,7 +27,7 @@ from lib.source.snowflake import SnowflakeSource
 from lib.target import load_modes
 from lib.target import postgres as pg
 from lib.target.evolution import added_sources, types_after
-from lib.target.windows import Window, load_history, load_scope, scope_filter
+from lib.target.windows import LastLoad, Window, load_history, load_scope, scope_filter
 from lib.typemap import Column, columns_from_description, estimated_row_bytes
 
 log = get_logger()
@@ -105,11 +105,14 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
               post_load_seconds: float | None = None, write_early: bool = False) -> PlannedTable:
     scope = load_scope(config.snowflake_connect_args().get("account"), spec.source, spec.source_filter,
                        spec.source_watermark, spec.target_name)
-    # a watermark table read live whose last window completed: its columns, window and (`write_early`, a small
-    # window) rows in one query; without a snapshot only, whose time and retention would be queries of their own
     # the ledger's word on the target's earlier loads, read once for the probe, the window and schema evolution
     history = load_history(conn, scope, run_id)
     prior, last = history.described, history.last if spec.source_watermark else None
+    target_types = pg.target_column_types(conn, spec.target)  # None: no such table
+    if last is not None and last.hi is not None and not last.why:
+        last = _target_lost(conn, spec, target_types, last)
+    # a watermark table read live whose last window completed: its columns, window and (`write_early`, a small
+    # window) rows in one query; without a snapshot only, whose time and retention would be queries of their own
     probe = probe_window(source, spec, prior, last, one_chunk_rows(config, spec) if write_early and not dry_run else 0) \
         if last is not None and snapshot is None else None
     described = probe.described if probe and probe.described is not None else source.describe(spec.source)
@@ -122,7 +125,6 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     for name in pg.target_column_names(columns):
         if problem := pg_identifier_problem(name):
             raise FatalError(f"target column {problem}")
-    target_types = pg.target_column_types(conn, spec.target)  # None: no such table
     problems = load_modes.schema_problems(spec, columns, target_types)
     if problems:
         raise FatalError(f"{spec.name} cannot be planned: {'; '.join(problems)}")
@@ -237,6 +239,20 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
     for note in plan.notes:
         log.info("plan note: %s", note, **ctx(run_id=run_id, table=spec.name))
     return planned
+
+
+def _target_lost(conn: psycopg.Connection[Any], spec: TableSpec, target_types: dict[str, str] | None,
+                 last: LastLoad) -> LastLoad:
+    """The ledger's last window, unless the target lost what it loaded: dropped or renamed (gone), or emptied. A window
+    from the ledger's end would then bring back only the rows changed since, and its counts, which cover the window
+    alone, would match; the whole scope is read instead (a merge: harmless also when the target is empty because
+    every source row was deleted)."""
+    lost = ("does not exist" if target_types is None
+            else "holds no rows" if not pg.has_rows(conn, spec.target) else None)
+    if lost is None:
+        return last
+    return LastLoad(None, False, f"target {spec.target_name} {lost}, yet an earlier window of this scope loaded it "
+                                 "(it was dropped, renamed or emptied since), so this window reads the whole scope")
 
 
 def _check_source_key(source: SnowflakeSource, spec: TableSpec, columns: list[Column], key: tuple[str, ...],
