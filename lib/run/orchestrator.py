@@ -520,13 +520,13 @@ def run(config: SourceConfig) -> RunResult:
 
     started = time.monotonic()
     token = uuid.uuid4().hex  # retries of this start resume the run it created, even under no_resume
+    wall_start = retried(lambda: _db_now(config), "reading the clock")  # before planning, which may write rows
     start = retried(lambda: start_run(config, token, write_early=True), "starting the run")
     config = start.config or config
     if start.mode == "nothing_to_do":
         tables = retried(lambda: summarize(config, start.run_id, None), "summarizing")
         return RunResult(start.run_id, start.mode, "completed", start.message,
                          retried(lambda: run_seconds(config, start.run_id), "reading the run's duration"), tables=tables)
-    wall_start = retried(lambda: _db_now(config), "reading the clock")
     interrupted, error = False, None
     final = "running"
     try:
