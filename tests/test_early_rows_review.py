@@ -376,7 +376,8 @@ def test_verify_checks_a_window_written_with_its_plan(env) -> None:
 
 
 def test_two_starters_at_once_write_the_window_once(env) -> None:
-    """HOLDS: two processes started together join one run; planning writes the window once."""
+    """HOLDS: two processes started together join one run, and planning writes the window once; on a busy machine the
+    second may start only after the first finished, and then runs the next window (which finds nothing new)."""
     _source(env)
     path = env.write_config([_table()], FAST)
     assert cli(env.env, path).returncode == 0
@@ -385,9 +386,11 @@ def test_two_starters_at_once_write_the_window_once(env) -> None:
     procs = [cli_popen(env.env, path) for _ in range(2)]
     outs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    assert env.pg_value(f"SELECT count(*) FROM {S}.migration_runs") == 2
+    runs = env.pg_value(f"SELECT count(*) FROM {S}.migration_runs")
+    assert runs in (2, 3), runs
     assert _chunks(env, 2) == [("done", "planning", 4)]
-    assert _verdicts(env, 2) == [("completed", "match")]
+    for run_id in range(2, runs + 1):
+        assert _verdicts(env, run_id) == [("completed", "match")]
     _same_rows(env)
 
 

@@ -39,11 +39,12 @@ def write_with_plan(conn: psycopg.Connection[Any], config: SourceConfig, run_id:
     wire = Wire(columns, nul_bytes=config.nul_bytes(spec))
     try:
         with conn.transaction():
-            # the planning session waits without limit for another starter; this write waits as a worker's would
-            conn.execute(f"SET LOCAL lock_timeout = {config.settings.lock_timeout_seconds * 1000}")
+            # the planning session waits without limit for another starter; this write waits as a worker's would. A
+            # deferred constraint is checked as each statement ends: it fails this write, not the whole plan
+            conn.execute(f"SET LOCAL lock_timeout = {config.settings.lock_timeout_seconds * 1000}; "
+                         "SET CONSTRAINTS ALL IMMEDIATE")
             written = loader_for(load).write(conn, wire, _batches(rows, config.settings.batch_size, last_row),
                                              Bounds("all"))
-            conn.execute("SET CONSTRAINTS ALL IMMEDIATE")  # a deferred check fails this write, not the whole plan
             wrote = time.monotonic()
             drained = last_row[0] if last_row else wrote
             phases = {"read_wait": 0.0, "copy": round(drained - started, 4), "after_copy": round(wrote - drained, 4),
