@@ -85,3 +85,27 @@ def test_a_table_whose_key_cannot_be_built_stays_failed_whoever_reconciles_it(en
     assert reconciled.returncode == 1, reconciled.stdout
     assert _table_state(env) == ("failed", False)
     assert env.pg_value(f"SELECT status FROM {status.SCHEMA}.migration_runs") == "completed_with_errors"
+
+
+def test_a_reconcile_pass_claims_only_the_tables_that_wait_for_their_post_load_step(env, monkeypatch) -> None:
+    """A Step Functions Reconcile step passes over every table of the run, thousands of them, each invocation: the
+    completed ones cost no claim each."""
+    import psycopg
+
+    from lib.run.orchestrator import reconcile_tables, run
+
+    for name in ("A", "B", "C"):
+        env.sf_execute(f"CREATE TABLE {name} (ID NUMBER(18,0) PRIMARY KEY)",
+                       f"INSERT INTO {name} SELECT SEQ8() FROM TABLE(GENERATOR(ROWCOUNT => 100))")
+    config = env.config([{"source": name} for name in ("A", "B", "C")])
+    done = run(config)
+    assert done.status == "completed"
+    sent: list[str] = []
+    real = psycopg.Cursor.execute
+    monkeypatch.setattr(psycopg.Cursor, "execute",
+                        lambda self, query, params=None, **kw: sent.append(str(query)) or real(self, query, params, **kw))
+
+    with env.pg() as conn:
+        assert reconcile_tables(conn, config, done.run_id, only_running=True) == []
+
+    assert not [s for s in sent if "'post_load' FOR UPDATE" in s], sent

@@ -182,6 +182,13 @@ def table_rows(conn: psycopg.Connection[Any], run_id: int) -> list[dict[str, Any
         return list(cur.fetchall())
 
 
+def tables_waiting_for_post_load(conn: psycopg.Connection[Any], run_id: int) -> set[str]:
+    """The run's tables that reconciled and wait for their post-load step (one query for the whole run)."""
+    rows = conn.execute(f"SELECT table_name FROM {SCHEMA}.migration_table_status WHERE run_id = %s "
+                        "AND status = 'post_load'", (run_id,)).fetchall()
+    return {r[0] for r in rows}
+
+
 def store_reconciliation(
     conn: psycopg.Connection[Any], run_id: int, table: str, rows_copied: int,
     source_count: int | None, target_count: int | None, ok: bool, error: str | None, against: str = "target",

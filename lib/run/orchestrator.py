@@ -353,7 +353,10 @@ def reconcile_tables(conn: psycopg.Connection[Any], config: SourceConfig, run_id
                          **ctx(run_id=run_id, table=name))
     finally:
         source.close()
-    for spec, _, load in loads.values():
+    waiting = ledger.tables_waiting_for_post_load(conn, run_id)  # not one claim per table of a run of thousands
+    for name, (spec, _, load) in loads.items():
+        if name not in waiting:
+            continue
         if deadline is not None and time.monotonic() >= deadline:
             break
         finish_table(conn, run_id, spec, load, config.settings.swap_lock_timeout_seconds)
