@@ -158,21 +158,36 @@ def mark_done(conn: psycopg.Connection[Any], chunk: ClaimedChunk, rows: int, nby
 
 def mark_done_with_plan(conn: psycopg.Connection[Any], run_id: int, table: str, rows: int, nbytes: int, inserted: int,
                         updated: int, notes: list[str], values_changed: int, phases: dict[str, float],
-                        seconds: float) -> bool:
+                        seconds: float, completes: tuple[int, bool] | None = None) -> bool:
     """Inside the transaction that stored the table's plan of one chunk and wrote its rows (lib/plan/early_rows.py):
     the chunk is done, in one attempt by no worker, if the run is still running (share-locked until the commit,
-    as mark_done does). False if it was not pending or the run no longer runs."""
-    cur = conn.execute(
-        f"UPDATE {SCHEMA}.migration_chunk_status c SET status = 'done', attempts = 1, fence = c.fence + 1, "
-        "worker = 'planning', started_at = clock_timestamp() - make_interval(secs => %s), "
-        "completed_at = clock_timestamp(), rows_copied = %s, bytes_copied = %s, rows_inserted = %s, rows_updated = %s, "
-        "notes = %s, values_changed = %s, phase_seconds = %s, repair = false "
-        "WHERE c.run_id = %s AND c.table_name = %s AND c.status = 'pending' "
-        f"AND EXISTS (SELECT 1 FROM {SCHEMA}.migration_runs r WHERE r.run_id = %s AND r.status = 'running' FOR SHARE)",
-        (seconds, rows, nbytes, inserted, updated, json.dumps(notes), values_changed, json.dumps(phases), run_id, table,
-         run_id),
-    )
-    return cur.rowcount == 1
+    as mark_done does). False if it was not pending or the run no longer runs.
+
+    `completes` (the source's count of the rows, whether ANALYZE ran): the table is reconciled against the rows read,
+    which that count equals, and completed in the same statement; it has no other post-load work."""
+    source_count, analyzed = completes or (None, False)
+    row = conn.execute(
+        f"WITH done AS (UPDATE {SCHEMA}.migration_chunk_status c SET status = 'done', attempts = 1, fence = c.fence + 1, "
+        "worker = 'planning', started_at = clock_timestamp() - make_interval(secs => %(seconds)s), "
+        "completed_at = clock_timestamp(), rows_copied = %(rows)s, bytes_copied = %(bytes)s, "
+        "rows_inserted = %(inserted)s, rows_updated = %(updated)s, notes = %(notes)s, "
+        "values_changed = %(changed)s, phase_seconds = %(phases)s, repair = false "
+        "WHERE c.run_id = %(run)s AND c.table_name = %(table)s AND c.status = 'pending' "
+        f"AND EXISTS (SELECT 1 FROM {SCHEMA}.migration_runs r WHERE r.run_id = %(run)s AND r.status = 'running' FOR SHARE) "
+        "RETURNING c.rows_copied), "
+        f"completed AS (UPDATE {SCHEMA}.migration_table_status t SET rows_copied = done.rows_copied, "
+        "source_count = %(source)s, target_count = NULL, reconcile_status = 'match', reconciled_at = now(), error = NULL, "
+        "reconciled_against = 'rows_read', status = 'completed', completed_at = now(), "
+        "analyzed_at = CASE WHEN %(analyzed)s THEN now() ELSE t.analyzed_at END FROM done "
+        "WHERE %(completes)s AND t.run_id = %(run)s AND t.table_name = %(table)s AND done.rows_copied = %(source)s "
+        "RETURNING 1) "
+        "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM completed)",
+        {"seconds": seconds, "rows": rows, "bytes": nbytes, "inserted": inserted, "updated": updated,
+         "notes": json.dumps(notes), "changed": values_changed, "phases": json.dumps(phases), "run": run_id,
+         "table": table, "source": source_count, "analyzed": analyzed, "completes": completes is not None},
+    ).fetchone()
+    assert row is not None
+    return row[0] == 1 and (completes is None or row[1] == 1)
 
 
 def mark_failed(conn: psycopg.Connection[Any], chunk: ClaimedChunk, error: str, retry_in: float | None,

@@ -22,6 +22,7 @@ from lib.config import SourceConfig, TableSpec
 from lib.errors import classify
 from lib.log import ctx, get_logger
 from lib.models import Bounds
+from lib.target import postgres as pg
 from lib.target.load_modes import TableLoad
 from lib.target.loaders import Written, loader_for
 from lib.target.wire import Wire
@@ -31,9 +32,13 @@ log = get_logger()
 
 
 def write_with_plan(conn: psycopg.Connection[Any], config: SourceConfig, run_id: int, spec: TableSpec,
-                    columns: list[Column], load: TableLoad, rows: pa.Table) -> Written | None:
+                    columns: list[Column], load: TableLoad, rows: pa.Table, counted: int | None = None) -> Written | None:
     """Inside the planning transaction, after store_plan: write the table's one chunk from `rows` and mark it done.
-    None (the chunk left pending, nothing of it written) when the write fails."""
+    None (the chunk left pending, nothing of it written) when the write fails.
+
+    `counted`: the source's count of the rows, when that count is the table's whole reconciliation (a window at its
+    lower end, whose count is never taken again) and its post-load step has nothing to do but ANALYZE: the table is
+    then reconciled and completed with its plan, if the rows written are that many."""
     started = time.monotonic()
     last_row: list[float] = []
     wire = Wire(columns, nul_bytes=config.nul_bytes(spec))
@@ -49,11 +54,18 @@ def write_with_plan(conn: psycopg.Connection[Any], config: SourceConfig, run_id:
             drained = last_row[0] if last_row else wrote
             phases = {"read_wait": 0.0, "copy": round(drained - started, 4), "after_copy": round(wrote - drained, 4),
                       "ledger": 0.0}
+            completes = counted is not None and written.rows == counted
+            analyzed = completes and pg.worth_analyzing(conn, load.destination, written.rows)
+            if analyzed:
+                pg.analyze(conn, load.destination)
             if not ledger.mark_done_with_plan(conn, run_id, spec.name, written.rows, written.bytes, written.inserted,
                                               written.updated, wire.notes(), sum(wire.nul_values_changed.values()),
-                                              phases, wrote - started):
+                                              phases, wrote - started, (written.rows, analyzed) if completes else None):
                 raise RuntimeError(f"run {run_id} no longer runs, or its chunk of {spec.name} is not pending")
             faults.maybe_crash("before_commit")
+            if completes:
+                log.info("reconciled with its plan: the %d row(s) of the window at its lower end, as counted",
+                         written.rows, **ctx(run_id=run_id, table=spec.name))
     except Exception as exc:
         if conn.closed or conn.broken:
             raise
