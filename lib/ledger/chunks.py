@@ -176,9 +176,9 @@ def mark_done_with_plan(conn: psycopg.Connection[Any], run_id: int, table: str, 
         f"AND EXISTS (SELECT 1 FROM {SCHEMA}.migration_runs r WHERE r.run_id = %(run)s AND r.status = 'running' FOR SHARE) "
         "RETURNING c.rows_copied), "
         f"completed AS (UPDATE {SCHEMA}.migration_table_status t SET rows_copied = done.rows_copied, "
-        "source_count = %(source)s, target_count = NULL, reconcile_status = 'match', reconciled_at = now(), error = NULL, "
-        "reconciled_against = 'rows_read', status = 'completed', completed_at = now(), "
-        "analyzed_at = CASE WHEN %(analyzed)s THEN now() ELSE t.analyzed_at END FROM done "
+        "source_count = %(source)s, target_count = NULL, reconcile_status = 'match', reconciled_at = clock_timestamp(), "
+        "error = NULL, reconciled_against = 'rows_read', status = 'completed', completed_at = clock_timestamp(), "
+        "analyzed_at = CASE WHEN %(analyzed)s THEN clock_timestamp() ELSE t.analyzed_at END FROM done "
         "WHERE %(completes)s AND t.run_id = %(run)s AND t.table_name = %(table)s AND done.rows_copied = %(source)s "
         "RETURNING 1) "
         "SELECT (SELECT count(*) FROM done), (SELECT count(*) FROM completed)",
