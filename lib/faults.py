@@ -9,6 +9,8 @@ import os
 import random
 import signal
 from collections import Counter
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 CHUNK_POINTS = ("after_claim", "during_read", "during_copy", "before_commit", "after_commit")
 # inside a table's post-load transaction: after the renames of a swap, and before the commit; inside a table's
@@ -44,3 +46,16 @@ def maybe_crash(point: str) -> None:
     _passes[point] += 1
     if (nth and _passes[point] == nth) or (probability and random.random() < probability):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+T = TypeVar("T")
+
+
+def at_chunk_points(batches: Iterable[T]) -> Iterator[T]:
+    """A chunk's batches on their way to PostgreSQL, passing its points: during_read before the first, during_copy
+    before each further one and after the last. Each batch is let go once the next is asked for."""
+    for i, batch in enumerate(batches):
+        maybe_crash("during_read" if i == 0 else "during_copy")
+        yield batch
+        del batch
+    maybe_crash("during_copy")

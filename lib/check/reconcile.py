@@ -66,10 +66,8 @@ def reconcile_table(
     against = "rows_read" if load.staged else "target"
     # a copy's target may hold the rows of other loads too (complementary filters): count the scope it holds
     scope = spec.source_filter if load.staged or load.window else held_scope(conn, run_id, spec)
-    window = load.window
-    if window is not None and window.rows is not None and (
-            spec.source in source.snapshots or (load.staged and window.at_its_lower_end)):
-        source_count = window.rows  # counted at the read point by the query that found hi: a count now says the same
+    if load.window is not None and load.counted_when_planned(spec.source in source.snapshots):
+        source_count = load.window.rows  # counted by the query that found hi: a count now would say the same
     else:
         try:
             source_count = source.count(spec.source, scope)

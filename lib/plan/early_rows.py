@@ -78,12 +78,12 @@ def write_with_plan(conn: psycopg.Connection[Any], config: SourceConfig, run_id:
 def _batches(rows: pa.Table, batch_size: int, last_row: list[float]) -> Iterator[pa.RecordBatch]:
     """The rows as a chunk's read gives them, each batch dropped once the next is asked for; then the time the last
     one was taken, in `last_row`."""
-    batches = rows.to_batches(max_chunksize=batch_size)
-    batches.reverse()
-    first = True
-    while batches:
-        faults.maybe_crash("during_read" if first else "during_copy")
-        first = False
-        yield batches.pop()
-    faults.maybe_crash("during_copy")
+    yield from faults.at_chunk_points(_popped(rows.to_batches(max_chunksize=batch_size)))
     last_row.append(time.monotonic())
+
+
+def _popped(batches: list[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    """The batches in order, each dropped from the list as it is handed out."""
+    batches.reverse()
+    while batches:
+        yield batches.pop()

@@ -224,10 +224,10 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
                           {**load.ledger_fields(), "load_scope": json.dumps(scope), "read_at": read_at})
         if key:
             ledger.set_primary_key_plan(conn, run_id, spec.name, key)
-        # a window at its lower end is reconciled by its one count (lib/check/reconcile.py); with no deletes pass and
-        # no key to build, nothing is left for later: the table completes with its plan
-        counted = window.rows if (window is not None and window.at_its_lower_end and load.staged and not key
-                                  and spec.deletes == "ignore") else None
+        # a window whose planning count is its whole reconciliation, with no deletes pass and no key to build, has
+        # nothing left for later: the table completes with its plan
+        counted = window.rows if (window is not None and planned.load.counted_when_planned(read_at is not None)
+                                  and not key and spec.deletes == "ignore") else None
         written = early_rows is not None and write_with_plan(conn, config, run_id, spec, planned.columns, planned.load,
                                                              early_rows, counted) is not None
         if early_rows is not None and not written:

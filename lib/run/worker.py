@@ -275,7 +275,7 @@ class Worker:
         phases = _Phases()
         try:
             with conn.transaction():
-                moving = _then(_ticking(self._measured(chunk.table_name, _with_fault_points(
+                moving = _then(_ticking(self._measured(chunk.table_name, faults.at_chunk_points(
                     _waited(batches, phases))), self._progress), lambda: phases.drained(lambda: self._read_ahead(lane)))
                 wire = Wire(columns, key=chunk.bounds.column, nul_bytes=self.plan.config.nul_bytes(spec))
                 written = loader_for(load, chunk.repair, chunk.staged).write(conn, wire, moving, chunk.bounds)
@@ -435,9 +435,3 @@ def _then(batches: Iterator[pa.RecordBatch], after: Callable[[], None]) -> Itera
     after()
 
 
-def _with_fault_points(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    for i, batch in enumerate(batches):
-        faults.maybe_crash("during_read" if i == 0 else "during_copy")
-        yield batch
-        del batch
-    faults.maybe_crash("during_copy")

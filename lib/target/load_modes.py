@@ -49,6 +49,13 @@ class TableLoad:
     def staged(self) -> bool:
         return self.mode in ("insert_missing", "merge")
 
+    def counted_when_planned(self, at_snapshot: bool) -> bool:
+        """The count of the query that found the window's hi is its whole source count, never taken again: read at
+        a snapshot (that query counted it at the point every chunk reads), or a keyed window at its lower end (no row
+        can arrive between lo and hi, and one arriving at lo is read by the next window, which starts there)."""
+        w = self.window
+        return w is not None and w.rows is not None and (at_snapshot or (self.staged and w.at_its_lower_end))
+
     def ledger_fields(self) -> dict[str, Any]:
         w = self.window
         return {
