@@ -6,6 +6,7 @@ is cast to before binary COPY encoding, so the bytes match the PostgreSQL column
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -148,3 +149,19 @@ def _column(name: str, source_type: str, rule: _Rule, nullable: bool) -> Column:
 def estimated_row_bytes(columns: list[Column]) -> int:
     # Arrow buffers plus validity bitmaps and offsets; roughly one extra word per column.
     return sum(c.est_bytes + 4 for c in columns)
+
+
+_TEXT_SOURCES = ("VARCHAR", "TEXT", "STRING", "CHAR", "CHARACTER", "NCHAR", "NVARCHAR")
+
+
+def numeric_key_scale(column: Column, target_type: str | None = None) -> int | None:
+    """The scale at which a key column held as text in Snowflake becomes a number in its target (`target_type`, or
+    the column's own target type): two texts of one number ('0350', '350') are two keys in Snowflake and one in
+    the target. None when the column keeps its kind on the way."""
+    if column.source_type.split("(")[0].upper() not in _TEXT_SOURCES:
+        return None
+    target = (target_type or column.pg_type).lower()
+    if target in ("smallint", "integer", "bigint"):
+        return 0
+    scale = re.fullmatch(r"numeric\(\d+,\s*(\d+)\)", target)
+    return int(scale.group(1)) if scale else None

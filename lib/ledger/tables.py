@@ -198,8 +198,9 @@ def store_reconciliation(
     reconciles goes to 'post_load' (a completed one stays completed); only finish_table, once the post-load work
     is done, makes it 'completed'."""
     compared = rows_copied if against == "rows_read" else target_count
+    # counts that agree are no match when the table failed for another reason (a key repeated across chunks)
     reconcile = verdict or ("error" if source_count is None or compared is None
-                            else "match" if source_count == compared else "mismatch")
+                            else "match" if source_count == compared and ok else "mismatch")
     conn.execute(
         f"UPDATE {SCHEMA}.migration_table_status SET rows_copied = %s, source_count = %s, target_count = %s, "
         "reconcile_status = %s, reconciled_at = now(), error = %s, reconciled_against = %s, "

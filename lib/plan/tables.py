@@ -28,7 +28,7 @@ from lib.target import load_modes
 from lib.target import postgres as pg
 from lib.target.evolution import added_sources, types_after
 from lib.target.windows import LastLoad, Window, load_history, load_scope, scope_filter
-from lib.typemap import Column, columns_from_description, estimated_row_bytes
+from lib.typemap import Column, columns_from_description, estimated_row_bytes, numeric_key_scale
 
 log = get_logger()
 
@@ -203,7 +203,7 @@ def _plan_one(conn: psycopg.Connection[Any], source: SnowflakeSource, config: So
             plan.notes.append(f"key ({', '.join(load.key)}): the window is one chunk read live, whose stage is "
                               "checked for NULL and repeated keys")
         elif load.staged:
-            _check_source_key(source, scoped_spec(spec, window), columns, load.key, read_at, plan.notes)
+            _check_source_key(source, scoped_spec(spec, window), columns, load.key, read_at, plan.notes, target_types)
         if not early:
             evolution.apply_changes(conn, spec, run_id, changes, dry_run, plan.notes)
         if existing_types is not None and changes:
@@ -260,14 +260,16 @@ def _target_lost(conn: psycopg.Connection[Any], spec: TableSpec, target_types: d
 
 
 def _check_source_key(source: SnowflakeSource, spec: TableSpec, columns: list[Column], key: tuple[str, ...],
-                      read_at: str | None, notes: list[str]) -> None:
+                      read_at: str | None, notes: list[str], target_types: dict[str, str] | None = None) -> None:
     """The key of a catch-up or merge must name one source row: no NULL in it (ON CONFLICT never matches NULL,
     so those rows would be inserted again by every run) and no key held by two rows (Snowflake does not enforce
     keys: a catch-up would keep one of them, a merge cannot apply both). Checked on the rows in scope, at the
     table's read point; a table read live is checked again in each chunk's stage (lib/target/loaders.py)."""
-    names = {pg.target_column_name(c.name): c.name for c in columns}
-    source_key = [names[k] for k in key]
-    found = source.key_problems(spec.source, source_key, spec.source_filter)
+    names = {pg.target_column_name(c.name): c for c in columns}
+    source_key = [names[k].name for k in key]
+    as_numbers = {names[k].name: scale for k in key
+                  if (scale := numeric_key_scale(names[k], (target_types or {}).get(k))) is not None}
+    found = source.key_problems(spec.source, source_key, spec.source_filter, as_numbers)
     shown = ", ".join(source_key)
     problems = []
     if found.null_rows:

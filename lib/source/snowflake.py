@@ -276,14 +276,21 @@ class SnowflakeSource:
         rows = self.scan(sql, {"m": modulus}, f"counting rows per hash class of {'.'.join(table)}")
         return {int(r[0]): int(r[1]) for r in rows}
 
-    def key_problems(self, table: tuple[str, ...], key: list[str], source_filter: str | None) -> KeyProblems:
+    def key_problems(self, table: tuple[str, ...], key: list[str], source_filter: str | None,
+                     as_numbers: dict[str, int] | None = None) -> KeyProblems:
         """ONE aggregated query over the rows in scope: how many have a NULL in `key`, and how many repeat a key
-        another row has (each beyond the first); a second query, only when keys repeat, for a few of them."""
-        counted = self._column_keys.get((table, key[0], source_filter, self.snapshots.get(table))) if len(key) == 1 else None
+        another row has (each beyond the first); a second query, only when keys repeat, for a few of them.
+        `as_numbers`: key columns held as text that the target holds as numbers, compared as numbers of that scale
+        (lib/typemap.numeric_key_scale); one that is no number counts as NULL (its chunk fails on it anyway)."""
+        as_numbers = as_numbers or {}
+        counted = self._column_keys.get((table, key[0], source_filter, self.snapshots.get(table))) \
+            if len(key) == 1 and not as_numbers else None
         if counted is not None and not counted[1]:  # counted by key_buckets; repeats need the query for examples
             return KeyProblems(counted[0], 0, [])
-        cols = ", ".join(quote_snowflake(c) for c in key)
-        any_null = " OR ".join(f"{quote_snowflake(c)} IS NULL" for c in key)
+        keyed = [f"TRY_TO_DECIMAL({quote_snowflake(c)}, 38, {as_numbers[c]})" if c in as_numbers else quote_snowflake(c)
+                 for c in key]
+        cols = ", ".join(keyed)
+        any_null = " OR ".join(f"{k} IS NULL" for k in keyed)
         grouped = (f"SELECT {cols}, COUNT(*) AS N, ({any_null}) AS HAS_NULL FROM {self.table_sql(table)}"
                    f"{where_sql(source_filter)} GROUP BY {cols}")
         what = f"checking the key ({', '.join(key)}) of {'.'.join(table)}"
