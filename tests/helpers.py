@@ -73,3 +73,16 @@ def first_live_window(env: Any, target_ddl: str, key: list[str]) -> list[dict[st
               "chunking_column_types": ["numeric"]}]
     assert run(env.config(table, snapshot=False)).status == "completed"
     return table
+
+
+def twin_after_first_chunk(env: Any, monkeypatch: Any) -> list[str]:
+    """A source of 1,000 rows keyed on ID (not enforced) and cut on GRP, a target that holds keys 0-9; after the
+    first chunk commits, a second row for key 5 arrives in the last chunk's range of GRP. Returns the list that
+    records its arrival."""
+    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0), GRP NUMBER(18,0), NAME VARCHAR)",
+                   "INSERT INTO ITEMS SELECT SEQ8(), SEQ8(), 'item ' || SEQ8() FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
+    with env.pg() as conn:
+        conn.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, grp bigint, name text)")
+        conn.execute("INSERT INTO public.items SELECT g, g, 'kept ' || g FROM generate_series(0, 9) g")
+    return at_fault_point_once(monkeypatch, "after_commit",
+                               lambda: env.sf_execute("INSERT INTO ITEMS VALUES (5, 990, 'a second row for key 5')"))

@@ -15,7 +15,7 @@ import pytest
 
 from lib import ledger as status
 from lib.run.orchestrator import run
-from tests.helpers import at_fault_point_once, first_live_window
+from tests.helpers import at_fault_point_once, first_live_window, twin_after_first_chunk
 
 S = status.SCHEMA
 FAST = {"retry_base_seconds": 0.2, "retry_max_seconds": 1.0, "snapshot": False}
@@ -377,13 +377,7 @@ def test_a_key_repeated_after_planning_in_a_later_chunk_of_a_live_merge_read_ahe
     after the first chunk commits a second row for key 5 arrives in the last chunk's range. Its upsert replaces key
     5's row silently; the cross-chunk recheck fails the table naming key 5, but its reconcile_status (and the run's
     `reconcile`) is stored `match`, since the counts agree: a `match` verdict for a target one source row short."""
-    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0), GRP NUMBER(18,0), NAME VARCHAR)",
-                   "INSERT INTO ITEMS SELECT SEQ8(), SEQ8(), 'item ' || SEQ8() FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
-    with env.pg() as conn:
-        conn.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, grp bigint, name text)")
-        conn.execute("INSERT INTO public.items SELECT g, g, 'old ' || g FROM generate_series(0, 9) g")
-    twin = at_fault_point_once(monkeypatch, "after_commit",
-                               lambda: env.sf_execute("INSERT INTO ITEMS VALUES (5, 990, 'a second row for key 5')"))
+    twin = twin_after_first_chunk(env, monkeypatch)
     result = run(env.config([{"source": "ITEMS", "merge_key": ["ID"], "insert_only_mode": False,
                               "chunking_columns": ["GRP"], "chunking_column_types": ["numeric"]}], FAST,
                             chunk_rows=250, parallel_threads=1))

@@ -9,7 +9,7 @@ import pytest
 
 from lib import ledger as status
 from lib.run.orchestrator import run
-from tests.helpers import at_fault_point_once, first_live_window
+from tests.helpers import at_fault_point_once, first_live_window, twin_after_first_chunk
 
 NUMERIC = {"chunking_columns": ["ID"], "chunking_column_types": ["numeric"]}
 
@@ -113,14 +113,7 @@ def test_finding_a_live_catch_up_whose_key_arrives_in_two_integer_widths_is_load
 # ---------------------------------------------------------------------------------------------------------------
 def test_finding_a_key_repeated_after_planning_in_another_chunk_than_its_twin_is_not_reported_as_a_match(
         env, monkeypatch) -> None:
-    env.sf_execute("CREATE TABLE ITEMS (ID NUMBER(18,0), GRP NUMBER(18,0), NAME VARCHAR)",
-                   "INSERT INTO ITEMS SELECT SEQ8(), SEQ8(), 'item ' || SEQ8() FROM TABLE(GENERATOR(ROWCOUNT => 1000))")
-    with env.pg() as conn:
-        conn.execute("CREATE TABLE public.items (id bigint PRIMARY KEY, grp bigint, name text)")
-        conn.execute("INSERT INTO public.items SELECT g, g, 'kept ' || g FROM generate_series(0, 9) g")
-    # after the first chunk (GRP < 250) committed: a second row for key 5, in the last chunk's range of GRP
-    twin = at_fault_point_once(monkeypatch, "after_commit",
-                               lambda: env.sf_execute("INSERT INTO ITEMS VALUES (5, 990, 'a second row for key 5')"))
+    twin = twin_after_first_chunk(env, monkeypatch)  # after the first chunk (GRP < 250): key 5 again, GRP 990
 
     result = run(env.config([{"source": "ITEMS", "merge_key": ["ID"], "chunking_columns": ["GRP"],
                               "chunking_column_types": ["numeric"]}], snapshot=False, chunk_rows=250,
